@@ -1,0 +1,233 @@
+"""The anchor set: N image-caption pairs as two normalised matrices with stable ids."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from asif_index.errors import AnchorError, EncoderMismatchError, ShapeError
+from asif_index.projection import check_kp, project
+from asif_index.sparse import SparseBatch
+from asif_index.topk_engine import TopKEngine, l2_normalize, validate_rows
+
+Modality = Literal["image", "text"]
+MANIFEST = "manifest.json"
+ARRAYS = "anchors.npz"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AnchorPayload:
+    caption: str
+    image_ref: str = ""
+    source: str = ""
+
+
+@dataclass
+class AnchorManifest:
+    """What a stored anchor set (or collection) was built with."""
+
+    image_encoder: str
+    text_encoder: str
+    image_dim: int
+    text_dim: int
+    k: int = 800
+    p: float = 8.0
+    version: int = 0
+    format_version: int = FORMAT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def check_encoders(self, image_encoder: str, text_encoder: str, where: str) -> None:
+        """Raise :class:`EncoderMismatchError` unless the encoder names match."""
+        mism = []
+        if image_encoder != self.image_encoder:
+            mism.append(f"image encoder '{image_encoder}' != stored '{self.image_encoder}'")
+        if text_encoder != self.text_encoder:
+            mism.append(f"text encoder '{text_encoder}' != stored '{self.text_encoder}'")
+        if mism:
+            raise EncoderMismatchError(
+                f"{where} was built with other encoders: {'; '.join(mism)}. Use the stored "
+                "encoders (see its manifest) or rebuild it with the new ones"
+            )
+
+
+class AnchorSet:
+    """Image-caption anchor pairs.
+
+    Row ``r`` holds anchor id ``ids[r]`` (uint32, never reused), its image embedding
+    ``image[r]`` (float32 [d_i], unit norm), caption embedding ``text[r]`` (float32 [d_t]) and
+    payload. Adding or removing anchors bumps ``version`` and touches no other row.
+    """
+
+    def __init__(self, manifest: AnchorManifest) -> None:
+        self.manifest = manifest
+        self.ids = np.zeros(0, np.uint32)
+        self.image = np.zeros((0, manifest.image_dim), np.float32)
+        self.text = np.zeros((0, manifest.text_dim), np.float32)
+        self.payloads: list[AnchorPayload] = []
+        self.added_at = np.zeros(0, np.float64)
+        self.next_id = 0
+        self._engines: dict[tuple, TopKEngine] = {}
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def matrix(self, modality: Modality) -> np.ndarray:
+        if modality == "image":
+            return self.image
+        if modality == "text":
+            return self.text
+        raise AnchorError(f"modality must be 'image' or 'text'; got '{modality}'")
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions of anchor ids; unknown ids are an error naming them."""
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(self.ids)
+        pos = np.searchsorted(self.ids[order], ids)
+        pos = np.minimum(pos, max(len(self.ids) - 1, 0))
+        found = len(self.ids) > 0
+        ok = found & (self.ids[order][pos] == ids) if found else np.zeros(len(ids), bool)
+        if not np.all(ok):
+            raise AnchorError(f"unknown anchor ids {ids[~ok][:10].tolist()}")
+        return order[pos]
+
+    # ------------------------------------------------------------- mutations
+    def add(
+        self,
+        image_embeddings: np.ndarray,
+        text_embeddings: np.ndarray,
+        payloads: list[AnchorPayload] | None = None,
+        ids: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Append pairs; returns their new uint32 ids.
+
+        image_embeddings: float [n, d_i]; text_embeddings: float [n, d_t] (row i of each is
+        pair i). ``ids`` may be given when restoring from a database; fresh ids otherwise.
+        """
+        img = l2_normalize(
+            validate_rows(image_embeddings, "anchor image embeddings", self.manifest.image_dim),
+            "anchor image embeddings",
+        )
+        txt = l2_normalize(
+            validate_rows(text_embeddings, "anchor text embeddings", self.manifest.text_dim),
+            "anchor text embeddings",
+        )
+        if img.shape[0] != txt.shape[0]:
+            raise ShapeError(
+                f"{img.shape[0]} image embeddings but {txt.shape[0]} text embeddings: "
+                "anchors are pairs, one caption per image"
+            )
+        n = img.shape[0]
+        payloads = payloads or [AnchorPayload(caption="") for _ in range(n)]
+        if len(payloads) != n:
+            raise ShapeError(f"{len(payloads)} payloads for {n} anchor pairs")
+        if ids is None:
+            new_ids = np.arange(self.next_id, self.next_id + n, dtype=np.uint32)
+        else:
+            new_ids = np.asarray(ids, dtype=np.uint32)
+            if len(np.unique(new_ids)) != n or np.isin(new_ids, self.ids).any():
+                raise AnchorError("anchor ids must be new and unique")
+        self.ids = np.concatenate([self.ids, new_ids])
+        self.image = np.concatenate([self.image, img])
+        self.text = np.concatenate([self.text, txt])
+        self.payloads.extend(payloads)
+        self.added_at = np.concatenate([self.added_at, np.full(n, time.time())])
+        if n:
+            self.next_id = max(self.next_id, int(new_ids.max()) + 1)
+        self._changed()
+        return new_ids
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove anchors by id (ids are never reused)."""
+        rows = self.rows_of(ids)
+        keep = np.ones(len(self.ids), bool)
+        keep[rows] = False
+        self.ids, self.image, self.text = self.ids[keep], self.image[keep], self.text[keep]
+        self.added_at = self.added_at[keep]
+        self.payloads = [p for p, kp in zip(self.payloads, keep) if kp]
+        self._changed()
+
+    def _changed(self) -> None:
+        self.manifest.version += 1
+        self._engines.clear()
+
+    # ------------------------------------------------------------ projection
+    def engine(self, modality: Modality, **options) -> TopKEngine:
+        """A cached :class:`TopKEngine` over one modality's anchors (rebuilt after changes)."""
+        if len(self) == 0:
+            raise AnchorError("the anchor set is empty; add anchor pairs first")
+        key = (modality, tuple(sorted(options.items())))
+        if key not in self._engines:
+            self._engines[key] = TopKEngine(self.matrix(modality), **options)
+        return self._engines[key]
+
+    def project(
+        self,
+        embeddings: np.ndarray,
+        modality: Modality,
+        k: int | None = None,
+        p: float | None = None,
+        **engine_options,
+    ) -> SparseBatch:
+        """Relative vectors of ``embeddings`` [B, d] of ``modality`` against these anchors."""
+        k = self.manifest.k if k is None else k
+        p = self.manifest.p if p is None else p
+        check_kp(k, p)
+        return project(
+            embeddings, self.engine(modality, **engine_options), self.ids.astype(np.int64), k=k, p=p
+        )
+
+    # ------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> Path:
+        """Write ``anchors.npz`` and ``manifest.json`` (payloads included) to ``directory``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / (ARRAYS + ".tmp.npz")
+        np.savez(tmp, ids=self.ids, image=self.image, text=self.text, added_at=self.added_at)
+        tmp.replace(d / ARRAYS)
+        doc = {
+            "manifest": asdict(self.manifest),
+            "next_id": self.next_id,
+            "payloads": [asdict(p) for p in self.payloads],
+        }
+        tmpj = d / (MANIFEST + ".tmp")
+        tmpj.write_text(json.dumps(doc, indent=1))
+        tmpj.replace(d / MANIFEST)
+        return d
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | Path,
+        image_encoder: str | None = None,
+        text_encoder: str | None = None,
+    ) -> "AnchorSet":
+        """Load a saved set; if encoder names are given they must match the manifest."""
+        d = Path(directory)
+        if not (d / MANIFEST).is_file() or not (d / ARRAYS).is_file():
+            raise AnchorError(f"no anchor set at '{d}' (expected {MANIFEST} and {ARRAYS})")
+        doc = json.loads((d / MANIFEST).read_text())
+        man = AnchorManifest(**doc["manifest"])
+        if image_encoder is not None or text_encoder is not None:
+            man.check_encoders(
+                image_encoder or man.image_encoder, text_encoder or man.text_encoder, f"'{d}'"
+            )
+        arr = np.load(d / ARRAYS)
+        s = cls(man)
+        s.ids, s.image, s.text = arr["ids"], arr["image"], arr["text"]
+        s.added_at = arr["added_at"]
+        s.payloads = [AnchorPayload(**p) for p in doc["payloads"]]
+        s.next_id = int(doc["next_id"])
+        if not (len(s.ids) == len(s.image) == len(s.text) == len(s.payloads)):
+            raise AnchorError(f"anchor set at '{d}' is inconsistent: array lengths differ")
+        return s

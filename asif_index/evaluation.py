@@ -1,0 +1,199 @@
+"""Zero-shot evaluation on real data: CIFAR-10 classification and Flickr8k retrieval.
+
+Anchors: Flickr8k train pairs (each caption with its image, 30,000 pairs). Reports the
+published defaults (k=800, p=8) and a k x p sweep as JSON and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from asif_index.anchors import AnchorManifest, AnchorPayload, AnchorSet
+from asif_index.datasets import flickr8k, read_class_folder
+from asif_index.encoders.base import Encoder
+from asif_index.errors import ConfigError
+from asif_index.search import prompts, rank, recall_at, zero_shot_classify
+
+CIFAR_TEMPLATES = (
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a picture of a {}.",
+    "a close-up photo of a {}.",
+)
+
+
+@dataclass
+class EvalData:
+    anchors: AnchorSet
+    cifar_img: np.ndarray
+    cifar_y: np.ndarray
+    cifar_classes: list[str]
+    dev_img: np.ndarray
+    dev_txt: np.ndarray
+    dev_txt_img: np.ndarray  # image position of each dev caption
+    timings: dict = field(default_factory=dict)
+
+
+def _take(seq, limit: int | None, seed: int = 0):
+    if limit is None or limit >= len(seq):
+        return list(seq)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(seq), limit, replace=False))
+    return [seq[i] for i in pick]
+
+
+def load_eval_data(
+    data_dir: Path,
+    image_encoder: Encoder,
+    text_encoder: Encoder,
+    limit_anchor_images: int | None = None,
+    limit_cifar: int | None = None,
+    limit_dev_images: int | None = None,
+    log=print,
+) -> EvalData:
+    """Embed (through the encoders' cache) everything the evaluation needs."""
+    fl = data_dir / "flickr8k"
+    cf = data_dir / "cifar10-test"
+    if not fl.is_dir() or not cf.is_dir():
+        raise ConfigError(f"'{data_dir}' lacks flickr8k/ or cifar10-test/ (see its README)")
+    train, dev = flickr8k(fl)
+    timings = {}
+
+    def by_image(rows):
+        d: dict = {}
+        for r in rows:
+            d.setdefault(r.image, []).append(r.caption)
+        return d
+
+    tr = by_image(train)
+    tr_imgs = _take(sorted(tr), limit_anchor_images)
+    t0 = time.perf_counter()
+    log(f"embedding {len(tr_imgs)} anchor images ...")
+    a_img = image_encoder.encode(tr_imgs)
+    caps, cap_img = [], []
+    for i, im in enumerate(tr_imgs):
+        for c in tr[im]:
+            caps.append(c)
+            cap_img.append(i)
+    log(f"embedding {len(caps)} anchor captions ...")
+    a_txt = text_encoder.encode(caps)
+    timings["anchors_s"] = time.perf_counter() - t0
+    anchors = AnchorSet(
+        AnchorManifest(image_encoder.name, text_encoder.name, image_encoder.dim, text_encoder.dim)
+    )
+    anchors.add(
+        a_img[cap_img],
+        a_txt,
+        [AnchorPayload(c, str(tr_imgs[i].name), "flickr8k-train") for c, i in zip(caps, cap_img)],
+    )
+    dv = by_image(dev)
+    dv_imgs = _take(sorted(dv), limit_dev_images)
+    t0 = time.perf_counter()
+    log(f"embedding {len(dv_imgs)} dev images and their captions ...")
+    dev_img = image_encoder.encode(dv_imgs)
+    dcaps, dcap_img = [], []
+    for i, im in enumerate(dv_imgs):
+        for c in dv[im]:
+            dcaps.append(c)
+            dcap_img.append(i)
+    dev_txt = text_encoder.encode(dcaps)
+    timings["dev_s"] = time.perf_counter() - t0
+    items = _take(read_class_folder(cf), limit_cifar)
+    classes = sorted({c for _, c in items})
+    t0 = time.perf_counter()
+    log(f"embedding {len(items)} CIFAR-10 test images ...")
+    cifar_img = image_encoder.encode([p for p, _ in items])
+    timings["cifar_s"] = time.perf_counter() - t0
+    y = np.array([classes.index(c) for _, c in items])
+    return EvalData(anchors, cifar_img, y, classes, dev_img, dev_txt, np.array(dcap_img), timings)
+
+
+def evaluate_point(data: EvalData, text_encoder: Encoder, k: int, p: float) -> dict:
+    """All metrics at one (k, p)."""
+    n_t = len(CIFAR_TEMPLATES)
+    ptxt = text_encoder.encode(prompts(data.cifar_classes, CIFAR_TEMPLATES))
+    res: dict = {"k": k, "p": p}
+    for red in ("mean", "max"):
+        pred, _ = zero_shot_classify(
+            data.anchors, data.cifar_img, ptxt, len(data.cifar_classes), n_t, red, k, p
+        )
+        res[f"cifar10_acc_{red}"] = float((pred == data.cifar_y).mean())
+    t0 = time.perf_counter()
+    qt = data.anchors.project(data.dev_txt, "text", k, p)
+    iv = data.anchors.project(data.dev_img, "image", k, p)
+    res["project_s"] = time.perf_counter() - t0
+    _, order = rank(qt, iv, 10)
+    rel = [{int(i)} for i in data.dev_txt_img]
+    res.update({f"t2i_{m}": v for m, v in recall_at(order, rel).items()})
+    _, order_i = rank(iv, qt, 10)
+    rel_i = [set(np.flatnonzero(data.dev_txt_img == i).tolist()) for i in range(len(iv))]
+    res.update({f"i2t_{m}": v for m, v in recall_at(order_i, rel_i).items()})
+    return res
+
+
+def run_evaluation(
+    data: EvalData,
+    text_encoder: Encoder,
+    ks=(100, 400, 800, 1600, 3200),
+    ps=(1.0, 4.0, 8.0, 12.0),
+    log=print,
+) -> dict:
+    n = len(data.anchors)
+    grid = []
+    for k in ks:
+        for p in ps:
+            r = evaluate_point(data, text_encoder, min(k, n), p)
+            log(
+                f"k={r['k']:5d} p={p:4.1f}  cifar10 acc(mean)={r['cifar10_acc_mean']:.4f} "
+                f"acc(max)={r['cifar10_acc_max']:.4f}  t2i R@1/5/10={r['t2i_R@1']:.3f}/"
+                f"{r['t2i_R@5']:.3f}/{r['t2i_R@10']:.3f}"
+            )
+            grid.append(r)
+    default = next((g for g in grid if g["k"] == min(800, n) and g["p"] == 8.0), None)
+    return {
+        "anchors": n,
+        "cifar_images": int(len(data.cifar_y)),
+        "dev_images": int(len(data.dev_img)),
+        "dev_captions": int(len(data.dev_txt)),
+        "encoders": {"image": data.anchors.manifest.image_encoder,
+                     "text": data.anchors.manifest.text_encoder},
+        "chance_cifar10": 1.0 / len(data.cifar_classes),
+        "default": default,
+        "grid": grid,
+        "timings": data.timings,
+    }
+
+
+def markdown_table(result: dict) -> str:
+    lines = [
+        f"Anchors: {result['anchors']} Flickr8k train pairs; CIFAR-10 test images: "
+        f"{result['cifar_images']} (chance {result['chance_cifar10']:.2f}); Flickr8k dev: "
+        f"{result['dev_images']} images, {result['dev_captions']} captions. Encoders: "
+        f"{result['encoders']['image']} + {result['encoders']['text']}.",
+        "",
+        "| k | p | CIFAR-10 acc (mean tmpl) | CIFAR-10 acc (max tmpl) | T2I R@1 | T2I R@5 "
+        "| T2I R@10 | I2T R@1 | I2T R@5 | I2T R@10 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g in result["grid"]:
+        lines.append(
+            f"| {g['k']} | {g['p']:g} | {g['cifar10_acc_mean']:.4f} | {g['cifar10_acc_max']:.4f} "
+            f"| {g['t2i_R@1']:.3f} | {g['t2i_R@5']:.3f} | {g['t2i_R@10']:.3f} "
+            f"| {g['i2t_R@1']:.3f} | {g['i2t_R@5']:.3f} | {g['i2t_R@10']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    j = out_dir / "evaluation.json"
+    m = out_dir / "evaluation.md"
+    j.write_text(json.dumps(result, indent=1))
+    m.write_text(markdown_table(result))
+    return j, m
