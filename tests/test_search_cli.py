@@ -1,0 +1,107 @@
+import json
+
+import numpy as np
+import pytest
+
+from asif_index.anchors import AnchorManifest, AnchorSet
+from asif_index.cli import main
+from asif_index.errors import ConfigError
+from asif_index.search import ExactIndex, prompts, rank, recall_at, zero_shot_classify
+from asif_index.sparse import SparseBatch
+
+
+def test_rank_orders_by_score_then_position():
+    q = SparseBatch(np.array([[0, 1]]), np.array([[1.0, 0.0]], np.float32), np.zeros(1, np.float32))
+    items = SparseBatch(
+        np.array([[0, 1], [1, 2], [0, 2]]),
+        np.array([[0.5, 0.5], [1.0, 0.0], [0.5, 0.1]], np.float32),
+        np.zeros(3, np.float32),
+    )
+    s, o = rank(q, items, 3)
+    assert o[0].tolist() == [0, 2, 1]
+    assert s[0].tolist() == [0.5, 0.5, 0.0]
+
+
+def test_recall_at():
+    r = recall_at(np.array([[3, 1, 2], [0, 1, 2]]), [{1}, {5}], ks=(1, 2))
+    assert r == {"R@1": 0.0, "R@2": 0.5}
+
+
+def test_prompts_validation():
+    assert prompts(["cat"], ["a {}", "the {}"]) == ["a cat", "the cat"]
+    with pytest.raises(ConfigError):
+        prompts(["cat"], ["no slot"])
+
+
+def test_cross_modal_search_and_zero_shot_on_real_embeddings(sample_embeddings, encoders):
+    img, txt, labels = sample_embeddings
+    _, txt_enc = encoders
+    s = AnchorSet(AnchorManifest("i", "t", img.shape[1], txt.shape[1], k=20, p=8.0))
+    # anchors: two of the three views of each photo; items: the third (held out)
+    anchor_rows = [i for i in range(len(labels)) if i % 3 != 2]
+    held = [i for i in range(len(labels)) if i % 3 == 2]
+    s.add(img[anchor_rows], txt[anchor_rows])
+    idx = ExactIndex(s)
+    idx.add(img[held], "image")
+    q = txt_enc.encode([f"a photo of {labels[h]}" for h in held])
+    _, order = idx.search(q, "text", limit=3)
+    hits = np.mean([held.index(h) in order[n].tolist() for n, h in enumerate(held)])
+    assert hits >= 0.5, f"text->held-out image R@3 {hits}"
+    classes = sorted(set(labels))
+    ptxt = txt_enc.encode(prompts(classes))
+    for red in ("mean", "max"):
+        pred, scores = zero_shot_classify(s, img[held], ptxt, len(classes), 3, red)
+        acc = np.mean([classes[p] == labels[h] for p, h in zip(pred, held)])
+        assert scores.shape == (len(held), len(classes))
+        assert acc > 3 / len(classes), f"{red}: accuracy {acc} not above chance"
+
+
+def test_cli_demo_runs_on_bundled_sample(tmp_path, capsys):
+    rc = main(["demo", "--cache-dir", str(tmp_path), "--k", "20", "--save", str(tmp_path / "a")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "42 anchor pairs" in out and "zero-shot classification" in out
+    assert (tmp_path / "a" / "manifest.json").is_file()
+
+
+def test_cli_demo_on_a_captions_table_skips_corrupt(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    rows = ["image\tcaption"]
+    for i, c in enumerate(["red square", "blue square", "green square"]):
+        arr = np.zeros((32, 32, 3), np.uint8)
+        arr[..., i] = 255
+        Image.fromarray(arr).save(tmp_path / "img" / f"{i}.png")
+        rows.append(f"{i}.png\t{c}")
+    (tmp_path / "img" / "bad.png").write_bytes(b"broken")
+    rows.append("bad.png\tbroken file")
+    (tmp_path / "caps.tsv").write_text("\n".join(rows) + "\n")
+    rc = main(["demo", "--captions", str(tmp_path / "caps.tsv"), "--images", str(tmp_path / "img"),
+               "--cache-dir", str(tmp_path / "c"), "--k", "3", "--query", "red"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "3 anchor pairs" in cap.out
+    assert "bad.png" in cap.err and "cannot be decoded" in cap.err
+
+
+def test_cli_reports_errors_without_traceback(tmp_path, capsys):
+    rc = main(["demo", "--captions", str(tmp_path / "none.csv"), "--cache-dir", str(tmp_path)])
+    assert rc == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_evaluation_on_a_slice_of_real_data(data_dir, encoders, tmp_path):
+    from asif_index.evaluation import load_eval_data, run_evaluation, write_report
+
+    img_enc, txt_enc = encoders
+    d = load_eval_data(data_dir, img_enc, txt_enc, limit_anchor_images=60, limit_cifar=60,
+                       limit_dev_images=20, log=lambda *_: None)
+    assert len(d.anchors) == 300  # 60 images x 5 captions
+    res = run_evaluation(d, txt_enc, ks=(50, 800), ps=(8.0,), log=lambda *_: None)
+    assert res["default"]["k"] == 300  # k capped at N
+    for g in res["grid"]:
+        assert 0.0 <= g["cifar10_acc_mean"] <= 1.0
+        assert g["t2i_R@1"] <= g["t2i_R@5"] <= g["t2i_R@10"]
+    j, m = write_report(res, tmp_path)
+    assert json.loads(j.read_text())["anchors"] == 300
+    assert "| 300 | 8 |" in m.read_text()
