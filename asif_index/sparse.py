@@ -44,8 +44,9 @@ class SparseBatch:
 
         b, k = self.indices.shape
         cols = int(self.indices.max()) + 1 if n_cols is None and self.indices.size else n_cols
+        # Copies: eliminate_zeros/sort_indices work in place and would scramble this batch.
         m = sp.csr_matrix(
-            (self.values.ravel(), self.indices.ravel(), np.arange(0, b * k + 1, k)),
+            (self.values.ravel().copy(), self.indices.ravel().copy(), np.arange(0, b * k + 1, k)),
             shape=(b, cols or 0),
         )
         m.eliminate_zeros()

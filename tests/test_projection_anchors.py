@@ -116,3 +116,18 @@ def test_add_validation():
         s.add(unit_rows(rng, 2, 7), unit_rows(rng, 2, 5))
     with pytest.raises(AnchorError):
         AnchorSet(AnchorManifest("a", "b", 2, 2)).engine("image")
+
+
+def test_to_csr_does_not_mutate_the_batch():
+    rng = np.random.default_rng(9)
+    a = unit_rows(rng, 60, 8)
+    sb = project(a[:5], a, k=20, p=8.0, device="cpu")
+    idx, val = sb.indices.copy(), sb.values.copy()
+    first = sb.to_csr(60).toarray()
+    second = sb.to_csr(60).toarray()
+    np.testing.assert_array_equal(sb.indices, idx)
+    np.testing.assert_array_equal(sb.values, val)
+    np.testing.assert_array_equal(first, second)
+    dense = np.zeros((5, 60), np.float32)
+    np.put_along_axis(dense, idx, val, 1)
+    np.testing.assert_allclose(sb.dot(sb), dense @ dense.T, atol=1e-6)

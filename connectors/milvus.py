@@ -1,0 +1,244 @@
+"""Milvus: Milvus Lite (a ``.db`` file, embedded) or a server (``uri=http://...``, token).
+
+Tested in CI against milvus-lite 2.5.1, the real Milvus C++ engine (3.x is a pure-Python
+rewrite). Milvus Lite has no aliases (create_alias answers UNIMPLEMENTED); the store then keeps
+alias records in its meta collection.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Iterator
+
+import numpy as np
+
+from asif_index._optional import require
+from asif_index.anchors import AnchorManifest
+from asif_index.errors import CollectionError
+from connectors.base import AnchorRecord, Filter, Hit, ItemRecord, VectorStore, with_retries
+
+_MAX_RPC_ITEMS = 512  # rows per upsert RPC; far below Milvus' 64 MB cap for d <= 4096
+
+
+def _expr(flt: Filter | None) -> str:
+    if not flt:
+        return ""
+    parts = []
+    for k, v in flt.items():
+        field = "modality" if k == "modality" else f'payload["{k}"]'
+        parts.append(f"{field} == {json.dumps(v)}")
+    return " and ".join(parts)
+
+
+class MilvusStore(VectorStore):
+    backend = "milvus"
+
+    def __init__(self, name: str = "asif", *, uri: str = "asif.db", token: str | None = None,
+                 timeout: float = 30.0) -> None:
+        pm = require("pymilvus", "the Milvus connector")
+        self._pm = pm
+        self.name = name
+        self.where = uri
+        transient: tuple = (ConnectionError, TimeoutError)
+        try:
+            from grpc import RpcError
+
+            transient = transient + (RpcError, pm.exceptions.MilvusUnavailableException)
+        except (ImportError, AttributeError):  # pragma: no cover
+            pass
+        self._transient = transient
+        self._call = lambda what, fn, *a, **kw: with_retries(
+            fn, transient, f"Milvus {what} on {uri}")(*a, **kw)
+        kw = {"uri": uri, "timeout": timeout}
+        if token:
+            kw["token"] = token
+        self.client = self._call("connect", pm.MilvusClient, **kw)
+        self._man: AnchorManifest | None = None  # dims, read once
+
+    @property
+    def items(self) -> str:
+        return f"{self.name}_items"
+
+    @property
+    def anchors(self) -> str:
+        return f"{self.name}_anchors"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.name}_meta"
+
+    def _has(self, c: str) -> bool:
+        return bool(self._call("has_collection", self.client.has_collection, c))
+
+    def exists(self) -> bool:
+        return self._has(self.meta)
+
+    def create(self, manifest: AnchorManifest, recreate: bool = False) -> None:
+        DT = self._pm.DataType
+        if self.exists():
+            if not recreate:
+                raise CollectionError(
+                    f"index '{self.name}' already exists in Milvus at {self.where}; open it, or "
+                    "pass recreate=True (--recreate) to replace it"
+                )
+            self.drop()
+        cs = self._pm.MilvusClient.create_schema
+        meta = cs(auto_id=False, enable_dynamic_field=False)
+        meta.add_field("key", DT.VARCHAR, is_primary=True, max_length=64)
+        meta.add_field("doc", DT.VARCHAR, max_length=65535)
+        meta.add_field("v", DT.FLOAT_VECTOR, dim=2)
+        self._create(self.meta, meta, [("v", "FLAT", "IP")])
+        anc = cs(auto_id=False, enable_dynamic_field=False)
+        anc.add_field("id", DT.INT64, is_primary=True)
+        anc.add_field("image", DT.FLOAT_VECTOR, dim=manifest.image_dim)
+        anc.add_field("text", DT.FLOAT_VECTOR, dim=manifest.text_dim)
+        anc.add_field("caption", DT.VARCHAR, max_length=4096)
+        anc.add_field("image_ref", DT.VARCHAR, max_length=2048)
+        anc.add_field("source", DT.VARCHAR, max_length=256)
+        anc.add_field("added_at", DT.DOUBLE)
+        self._create(self.anchors, anc, [("image", "FLAT", "COSINE"), ("text", "FLAT", "COSINE")])
+        it = cs(auto_id=False, enable_dynamic_field=False)
+        it.add_field("id", DT.VARCHAR, is_primary=True, max_length=64)
+        it.add_field("rel", DT.SPARSE_FLOAT_VECTOR)
+        # One dense field per modality dimension is impossible in one row schema when the
+        # dims differ, so the raw embedding is zero-padded to the larger dim.
+        it.add_field("emb", DT.FLOAT_VECTOR, dim=max(manifest.image_dim, manifest.text_dim))
+        it.add_field("modality", DT.VARCHAR, max_length=16)
+        it.add_field("kth", DT.FLOAT)
+        it.add_field("version", DT.INT64)
+        it.add_field("payload", DT.JSON)
+        self._create(self.items, it, [("rel", "SPARSE_INVERTED_INDEX", "IP"), ("emb", "FLAT", "IP")])
+        self.write_manifest(manifest)
+
+    def _create(self, name, schema, indexes) -> None:
+        ip = self.client.prepare_index_params()
+        for field, kind, metric in indexes:
+            ip.add_index(field, index_type=kind, metric_type=metric)
+        self._call("create_collection", self.client.create_collection, name, schema=schema,
+                   index_params=ip)
+
+    def drop(self) -> None:
+        for c in (self.items, self.anchors, self.meta):
+            if self._has(c):
+                self._call("drop", self.client.drop_collection, c)
+
+    def read_manifest(self) -> AnchorManifest | None:
+        if not self.exists():
+            return None
+        rows = self._call("get", self.client.get, self.meta, ids=["manifest"], output_fields=["doc"])
+        return AnchorManifest(**json.loads(rows[0]["doc"])) if rows else None
+
+    def write_manifest(self, manifest: AnchorManifest) -> None:
+        self._man = manifest
+        self._call("upsert", self.client.upsert, self.meta,
+                   [{"key": "manifest", "doc": json.dumps(asdict(manifest)), "v": [1.0, 0.0]}])
+
+    # anchors ------------------------------------------------------------------------
+    def upsert_anchors(self, anchors: list[AnchorRecord]) -> None:
+        rows = [{"id": int(a.id), "image": a.image.tolist(), "text": a.text.tolist(),
+                 "caption": a.caption, "image_ref": a.image_ref, "source": a.source,
+                 "added_at": float(a.added_at)} for a in anchors]
+        for s in range(0, len(rows), _MAX_RPC_ITEMS):
+            self._call("upsert anchors", self.client.upsert, self.anchors, rows[s:s + _MAX_RPC_ITEMS])
+
+    def delete_anchors(self, ids: list[int]) -> None:
+        self._call("delete anchors", self.client.delete, self.anchors, ids=[int(i) for i in ids])
+
+    def fetch_anchors(self) -> list[AnchorRecord]:
+        it = self.client.query_iterator(self.anchors, batch_size=1000, filter="",
+                                        output_fields=["*"])
+        out = []
+        while True:
+            rows = self._call("query anchors", it.next)
+            if not rows:
+                it.close()
+                break
+            out.extend(AnchorRecord(int(r["id"]), np.asarray(r["image"], np.float32),
+                                    np.asarray(r["text"], np.float32), r["caption"], r["image_ref"],
+                                    r["source"], float(r["added_at"])) for r in rows)
+        out.sort(key=lambda a: a.id)
+        return out
+
+    # items -----------------------------------------------------------------------------
+    def upsert_items(self, items: list[ItemRecord]) -> None:
+        if not items:
+            return
+        man = self._manifest_cached()
+        d = max(man.image_dim, man.text_dim)
+        rows = []
+        for it in items:
+            emb = np.zeros(d, np.float32)
+            emb[: it.embedding.shape[0]] = it.embedding
+            rows.append({
+                "id": it.id,
+                "rel": {int(i): float(v) for i, v in zip(it.sparse_indices, it.sparse_values)},
+                "emb": emb.tolist(), "modality": it.modality, "kth": float(it.kth_similarity),
+                "version": int(it.anchor_version), "payload": it.payload,
+            })
+        for s in range(0, len(rows), _MAX_RPC_ITEMS):
+            self._call("upsert items", self.client.upsert, self.items, rows[s:s + _MAX_RPC_ITEMS])
+
+    def _manifest_cached(self) -> AnchorManifest:
+        if self._man is None:
+            self._man = self.read_manifest()
+            if self._man is None:
+                raise CollectionError(f"index '{self.name}' does not exist in Milvus at {self.where}")
+        return self._man
+
+    def _record(self, r) -> ItemRecord:
+        man = self._manifest_cached()
+        dim = man.image_dim if r["modality"] == "image" else man.text_dim
+        rel = r["rel"]
+        idx = np.fromiter(rel.keys(), np.int64, len(rel))
+        val = np.fromiter(rel.values(), np.float32, len(rel))
+        order = np.argsort(idx)
+        return ItemRecord(r["id"], r["modality"], idx[order], val[order],
+                          np.asarray(r["emb"][:dim], np.float32), float(r["kth"]),
+                          int(r["version"]), dict(r["payload"] or {}))
+
+    _FIELDS = ["id", "rel", "emb", "modality", "kth", "version", "payload"]
+
+    def fetch_items(self, ids: list[str]) -> list[ItemRecord]:
+        if not ids:
+            return []
+        rows = self._call("get", self.client.get, self.items, ids=list(ids), output_fields=self._FIELDS)
+        return [self._record(r) for r in rows]
+
+    def existing_ids(self, ids: list[str]) -> set[str]:
+        if not ids:
+            return set()
+        rows = self._call("get", self.client.get, self.items, ids=list(ids), output_fields=["id"])
+        return {r["id"] for r in rows}
+
+    def delete_items(self, ids: list[str]) -> None:
+        if ids:
+            self._call("delete items", self.client.delete, self.items, ids=list(ids))
+
+    def count_items(self, flt: Filter | None = None) -> int:
+        rows = self._call("count", self.client.query, self.items, filter=_expr(flt),
+                          output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def search(self, indices, values, limit, flt=None) -> list[Hit]:
+        q = {int(i): float(v) for i, v in zip(indices, values) if v > 0}
+        if not q:
+            return []
+        res = self._call("search", self.client.search, self.items, data=[q], anns_field="rel",
+                         limit=limit, filter=_expr(flt), output_fields=["modality", "payload"],
+                         search_params={"metric_type": "IP", "params": {"drop_ratio_search": 0.0}})
+        return [Hit(h["id"], float(h["distance"]), h["entity"]["modality"],
+                    dict(h["entity"]["payload"] or {})) for h in res[0]]
+
+    def scroll_items(self, batch: int = 256) -> Iterator[list[ItemRecord]]:
+        it = self.client.query_iterator(self.items, batch_size=batch, filter="",
+                                        output_fields=self._FIELDS)
+        while True:
+            rows = self._call("scroll", it.next)
+            if not rows:
+                it.close()
+                return
+            yield [self._record(r) for r in rows]
+
+    def close(self) -> None:
+        self.client.close()
