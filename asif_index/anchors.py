@@ -26,6 +26,7 @@ class AnchorPayload:
     caption: str
     image_ref: str = ""
     source: str = ""
+    key: str = ""  # content hash of the pair: re-ingesting the same pair is a no-op
 
 
 @dataclass

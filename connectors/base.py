@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from asif_index.anchors import AnchorManifest
-from asif_index.errors import BackendUnavailableError
+from asif_index.errors import BackendError, BackendUnavailableError
 
 T = TypeVar("T")
 
@@ -55,6 +55,7 @@ class AnchorRecord:
     image_ref: str
     source: str
     added_at: float
+    key: str = ""
 
 
 @dataclass
@@ -130,12 +131,17 @@ class VectorStore(ABC):
 
 
 def with_retries(
-    fn: Callable[..., T], transient: tuple[type[BaseException], ...], what: str, attempts: int = 5
+    fn: Callable[..., T],
+    is_transient: Callable[[BaseException], bool],
+    what: str,
+    backend_errors: tuple[type[BaseException], ...] = (),
+    attempts: int = 5,
 ) -> Callable[..., T]:
     """Retry transient backend errors with exponential backoff, then raise
-    :class:`BackendUnavailableError` naming the operation and the fix."""
+    :class:`BackendUnavailableError` naming the operation and the fix; map other backend
+    errors (``backend_errors``) to :class:`BackendError` at this boundary."""
     wrapped = retry(
-        retry=retry_if_exception_type(transient),
+        retry=retry_if_exception(is_transient),
         stop=stop_after_attempt(attempts),
         wait=wait_exponential(multiplier=0.2, max=5),
         reraise=True,
@@ -144,12 +150,16 @@ def with_retries(
     def call(*args: Any, **kwargs: Any) -> T:
         try:
             return wrapped(*args, **kwargs)
-        except transient as exc:
-            raise BackendUnavailableError(
-                f"{what} failed after {attempts} attempts ({type(exc).__name__}: {exc}); check "
-                "that the server is running and reachable, then re-run: ingestion resumes "
-                "from its checkpoint"
-            ) from exc
+        except Exception as exc:
+            if is_transient(exc):
+                raise BackendUnavailableError(
+                    f"{what} failed after {attempts} attempts ({type(exc).__name__}: "
+                    f"{str(exc)[:300]}); check that the server is running and reachable, then "
+                    "re-run: ingestion resumes from its checkpoint"
+                ) from exc
+            if backend_errors and isinstance(exc, backend_errors):
+                raise BackendError(f"{what} failed: {str(exc)[:500]}") from exc
+            raise
 
     return call
 

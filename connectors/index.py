@@ -62,7 +62,7 @@ class Index:
         recs = store.fetch_anchors()
         if recs:
             anchors.add(np.stack([r.image for r in recs]), np.stack([r.text for r in recs]),
-                        [AnchorPayload(r.caption, r.image_ref, r.source) for r in recs],
+                        [AnchorPayload(r.caption, r.image_ref, r.source, r.key) for r in recs],
                         ids=np.array([r.id for r in recs], np.uint32))
             anchors.added_at = np.array([r.added_at for r in recs])
         anchors.manifest.version = stored_version  # add() bumped it; the stored one is the truth
@@ -85,7 +85,7 @@ class Index:
         rows = self.anchors.rows_of(ids)
         self.store.upsert_anchors([
             AnchorRecord(int(i), self.anchors.image[r], self.anchors.text[r], pl.caption,
-                         pl.image_ref, pl.source, float(self.anchors.added_at[r]))
+                         pl.image_ref, pl.source, float(self.anchors.added_at[r]), pl.key)
             for i, r, pl in zip(ids, rows, payloads)])
         self._save_manifest()
         return ids

@@ -31,6 +31,23 @@ def _expr(flt: Filter | None) -> str:
     return " and ".join(parts)
 
 
+def _milvus_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        from grpc import RpcError
+        from pymilvus.exceptions import MilvusException, MilvusUnavailableException
+    except ImportError:  # pragma: no cover
+        return False
+    if isinstance(exc, (RpcError, MilvusUnavailableException)):
+        return True
+    if isinstance(exc, MilvusException):
+        msg = str(exc)
+        return any(s in msg for s in ("UNAVAILABLE", "failed to connect", "Connection refused",
+                                      "DEADLINE_EXCEEDED", "Retry run out", "Fail connecting"))
+    return False
+
+
 class MilvusStore(VectorStore):
     backend = "milvus"
 
@@ -40,21 +57,20 @@ class MilvusStore(VectorStore):
         self._pm = pm
         self.name = name
         self.where = uri
-        transient: tuple = (ConnectionError, TimeoutError)
-        try:
-            from grpc import RpcError
-
-            transient = transient + (RpcError, pm.exceptions.MilvusUnavailableException)
-        except (ImportError, AttributeError):  # pragma: no cover
-            pass
-        self._transient = transient
-        self._call = lambda what, fn, *a, **kw: with_retries(
-            fn, transient, f"Milvus {what} on {uri}")(*a, **kw)
+        self.timeout = timeout
         kw = {"uri": uri, "timeout": timeout}
         if token:
             kw["token"] = token
         self.client = self._call("connect", pm.MilvusClient, **kw)
         self._man: AnchorManifest | None = None  # dims, read once
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        # pymilvus retries UNAVAILABLE internally until its per-call timeout (75 tries, minutes
+        # without one): bound it, and let with_retries own the backoff and the error mapping.
+        if getattr(fn, "__self__", None) is getattr(self, "client", None) and fn.__name__ != "query_iterator":
+            kwargs.setdefault("timeout", self.timeout)
+        return with_retries(fn, _milvus_transient, f"Milvus {what} on {self.where}",
+                            (self._pm.exceptions.MilvusException,))(*args, **kwargs)
 
     @property
     def items(self) -> str:
@@ -97,6 +113,7 @@ class MilvusStore(VectorStore):
         anc.add_field("image_ref", DT.VARCHAR, max_length=2048)
         anc.add_field("source", DT.VARCHAR, max_length=256)
         anc.add_field("added_at", DT.DOUBLE)
+        anc.add_field("key", DT.VARCHAR, max_length=64)
         self._create(self.anchors, anc, [("image", "FLAT", "COSINE"), ("text", "FLAT", "COSINE")])
         it = cs(auto_id=False, enable_dynamic_field=False)
         it.add_field("id", DT.VARCHAR, is_primary=True, max_length=64)
@@ -138,7 +155,7 @@ class MilvusStore(VectorStore):
     def upsert_anchors(self, anchors: list[AnchorRecord]) -> None:
         rows = [{"id": int(a.id), "image": a.image.tolist(), "text": a.text.tolist(),
                  "caption": a.caption, "image_ref": a.image_ref, "source": a.source,
-                 "added_at": float(a.added_at)} for a in anchors]
+                 "added_at": float(a.added_at), "key": a.key} for a in anchors]
         for s in range(0, len(rows), _MAX_RPC_ITEMS):
             self._call("upsert anchors", self.client.upsert, self.anchors, rows[s:s + _MAX_RPC_ITEMS])
 
@@ -156,7 +173,7 @@ class MilvusStore(VectorStore):
                 break
             out.extend(AnchorRecord(int(r["id"]), np.asarray(r["image"], np.float32),
                                     np.asarray(r["text"], np.float32), r["caption"], r["image_ref"],
-                                    r["source"], float(r["added_at"])) for r in rows)
+                                    r["source"], float(r["added_at"]), r["key"]) for r in rows)
         out.sort(key=lambda a: a.id)
         return out
 

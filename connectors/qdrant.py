@@ -33,15 +33,17 @@ class QdrantStore(VectorStore):
             self.client = qc.QdrantClient(path=path or ":memory:")
             where = path or ":memory:"
         self.where = where
-        transient: tuple = (ConnectionError, TimeoutError, OSError)
+        transient: tuple = (ConnectionError, TimeoutError)
+        backend: tuple = ()
         try:
-            from qdrant_client.http.exceptions import ResponseHandlingException
+            from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
             transient = transient + (ResponseHandlingException,)
+            backend = (UnexpectedResponse, ValueError)
         except ImportError:  # pragma: no cover
             pass
-        self._transient = transient
-        self._call = lambda what, fn, *a, **kw: with_retries(fn, transient, f"Qdrant {what} on {where}")(*a, **kw)
+        self._call = lambda what, fn, *a, **kw: with_retries(
+            fn, lambda e: isinstance(e, transient), f"Qdrant {what} on {where}", backend)(*a, **kw)
         self._call("connect", self.client.get_collections)
 
     # names ---------------------------------------------------------------------
@@ -111,7 +113,8 @@ class QdrantStore(VectorStore):
         pts = [self._m.PointStruct(
             id=int(a.id), vector={"image": a.image.tolist(), "text": a.text.tolist()},
             payload={"caption": a.caption, "image_ref": a.image_ref, "source": a.source,
-                     "anchor_id": int(a.id), "added_at": a.added_at}) for a in anchors]
+                     "anchor_id": int(a.id), "added_at": a.added_at, "key": a.key})
+               for a in anchors]
         for s in range(0, len(pts), 256):
             self._call("upsert anchors", self.client.upsert, self.anchors, pts[s:s + 256], wait=True)
 
@@ -127,7 +130,8 @@ class QdrantStore(VectorStore):
             for p in pts:
                 out.append(AnchorRecord(int(p.id), np.asarray(p.vector["image"], np.float32),
                                         np.asarray(p.vector["text"], np.float32), p.payload["caption"],
-                                        p.payload["image_ref"], p.payload["source"], p.payload["added_at"]))
+                                        p.payload["image_ref"], p.payload["source"], p.payload["added_at"],
+                                        p.payload.get("key", "")))
             if offset is None:
                 break
         out.sort(key=lambda a: a.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from os import PathLike
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ class Encoder(ABC):
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.cache = cache
+        # Cumulative seconds spent decoding/validating inputs and running the model.
+        self.timings = {"decode_s": 0.0, "encode_s": 0.0}
 
     # -- to implement -------------------------------------------------------------
     @abstractmethod
@@ -78,9 +81,11 @@ class Encoder(ABC):
                     done[i] = True
         errors: list[InputError] = []
         bad = np.zeros(len(items), bool)
+        t_prep = t_fwd = 0.0
         todo = [i for i in range(len(items)) if not done[i]]
         for s in range(0, len(todo), self.batch_size):
             idx, prepared = [], []
+            t0 = time.perf_counter()
             for i in todo[s : s + self.batch_size]:
                 try:
                     prepared.append(self._prepare(items[i], _label(items[i], i)))
@@ -90,9 +95,12 @@ class Encoder(ABC):
                         raise
                     errors.append(exc)
                     bad[i] = True
+            t1 = time.perf_counter()
+            t_prep += t1 - t0
             if not idx:
                 continue
             emb = self._forward(prepared).astype(np.float32)
+            t_fwd += time.perf_counter() - t1
             norms = np.linalg.norm(emb, axis=1, keepdims=True)
             emb = emb / np.maximum(norms, 1e-12)
             out[idx] = emb
@@ -101,6 +109,8 @@ class Encoder(ABC):
                     self.name, [(keys[i], emb[j]) for j, i in enumerate(idx) if keys[i]]
                 )
         kept = [i for i in range(len(items)) if not bad[i]]
+        self.timings["decode_s"] += t_prep
+        self.timings["encode_s"] += t_fwd
         return EncodeResult(out[kept], kept, errors)
 
     def _key(self, item: Any) -> str | None:

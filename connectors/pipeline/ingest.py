@@ -1,0 +1,247 @@
+"""Stages (embed -> project -> write) and the drivers that run them with a checkpoint.
+
+Resume is exact because every stage is deterministic: readers yield in a fixed order, ids
+are content hashes, and writes are upserts. The checkpoint records how many source items
+are fully written; a killed run restarts after them, and replaying a half-written batch
+only rewrites identical points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator, Literal
+
+import numpy as np
+
+from asif_index.anchors import AnchorPayload
+from asif_index.encoders.base import Encoder
+from asif_index.encoders.image import image_content_key
+from asif_index.errors import ConfigError, InputError
+from connectors.base import ItemRecord, VectorStore
+from connectors.index import Index
+from connectors.pipeline.readers import SourceItem
+
+PREFERRED_BATCH = {"qdrant": 128, "milvus": 512, "memory": 512}  # Qdrant advises 64-256
+
+
+@dataclass
+class IngestSummary:
+    ingested: int = 0
+    updated: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    source_items: int = 0
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=lambda: {
+        "decode_s": 0.0, "encode_s": 0.0, "project_s": 0.0, "write_s": 0.0})
+
+    @property
+    def items_per_s(self) -> float:
+        return (self.ingested + self.updated) / self.seconds if self.seconds else 0.0
+
+    def report(self) -> str:
+        lines = [f"ingested {self.ingested} new, updated {self.updated}, skipped "
+                 f"{len(self.skipped)} of {self.source_items} source items in "
+                 f"{self.seconds:.1f}s ({self.items_per_s:.1f} items/s)"]
+        total = sum(self.timings.values()) or 1.0
+        lines.append("time: " + ", ".join(
+            f"{k[:-2]} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in self.timings.items()))
+        for key, reason in self.skipped[:20]:
+            lines.append(f"  skipped {key}: {reason}")
+        if len(self.skipped) > 20:
+            lines.append(f"  ... and {len(self.skipped) - 20} more")
+        return "\n".join(lines)
+
+
+class Checkpoint:
+    """A JSON file: the source fingerprint, items done, and the summary so far."""
+
+    def __init__(self, path: str | Path | None, fingerprint: str) -> None:
+        self.path = Path(path) if path else None
+        self.fingerprint = fingerprint
+        self.done = 0
+        self.summary = IngestSummary()
+        if self.path and self.path.is_file():
+            doc = json.loads(self.path.read_text())
+            if doc["fingerprint"] != fingerprint:
+                raise ConfigError(
+                    f"checkpoint '{self.path}' belongs to another ingest (other source, index or "
+                    "modality); delete it or pass another --checkpoint path"
+                )
+            self.done = int(doc["done"])
+            s = doc["summary"]
+            s["skipped"] = [tuple(x) for x in s["skipped"]]
+            self.summary = IngestSummary(**s)
+
+    def save(self) -> None:
+        if not self.path:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "done": self.done,
+                                   "summary": asdict(self.summary)}))
+        tmp.replace(self.path)  # atomic: a kill leaves the old or the new checkpoint
+
+
+def batched(it: Iterable, n: int) -> Iterator[list]:
+    it = iter(it)
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+# ------------------------------------------------------------------------------ stages
+def embed_stage(encoder: Encoder, items: list[SourceItem], modality: str
+                ) -> tuple[np.ndarray, list[SourceItem], list[tuple[str, str]]]:
+    """-> (embeddings [n_ok, d], the items they belong to, skipped (key, reason))."""
+    inputs = [it.image if modality == "image" else it.text for it in items]
+    skipped = [(it.key, f"no {modality} in this source item") for it, x in zip(items, inputs)
+               if x is None]
+    present = [i for i, x in enumerate(inputs) if x is not None]
+    res = encoder.encode_safe([inputs[i] for i in present], on_error="skip")
+    skipped += [(items[present[i]].key, str(e)) for i, e in zip(_bad_positions(res, len(present)), res.errors)]
+    return res.embeddings, [items[present[i]] for i in res.kept], skipped
+
+
+def _bad_positions(res, n: int) -> list[int]:
+    kept = set(res.kept)
+    return [i for i in range(n) if i not in kept]
+
+
+def item_key(it: SourceItem, modality: str) -> str:
+    """Content key of an item: hash of the image bytes or of the text."""
+    if modality == "image":
+        return image_content_key(it.image) or it.key
+    return hashlib.sha1((it.text or "").encode()).hexdigest()
+
+
+def project_stage(index: Index, emb: np.ndarray, items: list[SourceItem], modality: str
+                  ) -> tuple[list[ItemRecord], list[tuple[str, str]]]:
+    recs, errs = index.records(emb, modality, [item_key(it, modality) for it in items],
+                               [it.payload for it in items])
+    return recs, [(e.item or "?", str(e)) for e in errs]
+
+
+def write_stage(store: VectorStore, records: list[ItemRecord]) -> tuple[int, int]:
+    """Upsert records; -> (new, updated) distinct ids. Retries live in the store.
+
+    Records with the same id (the same content twice in a batch) collapse to the last one,
+    as the database's upsert would."""
+    if not records:
+        return 0, 0
+    records = list({r.id: r for r in records}.values())
+    existing = store.existing_ids([r.id for r in records])
+    store.upsert_items(records)
+    return len(records) - len(existing), len(existing)
+
+
+# ----------------------------------------------------------------------------- drivers
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+def ingest_items(index: Index, source: Iterable[SourceItem],
+                 modality: Literal["image", "text", "both"] = "image",
+                 batch_size: int | None = None, checkpoint: str | Path | None = None,
+                 source_name: str = "", progress: bool = True) -> IngestSummary:
+    """Embed, project and write items; resumable through ``checkpoint``."""
+    mods = ["image", "text"] if modality == "both" else [modality]
+    bs = batch_size or PREFERRED_BATCH.get(index.store.backend, 256)
+    ck = Checkpoint(checkpoint, _fingerprint(source_name, index.store.backend,
+                                             getattr(index.store, "name", ""), modality))
+    s = ck.summary
+    it = islice(iter(source), ck.done, None)
+    bar = _bar(progress, ck.done)
+    t_start = time.perf_counter() - s.seconds
+    for batch in batched(it, bs):
+        for mod in mods:
+            enc = index.encoders[mod]
+            before = dict(getattr(enc, "timings", {}))
+            emb, kept, skipped = embed_stage(enc, batch, mod)
+            for k in ("decode_s", "encode_s"):
+                s.timings[k] += getattr(enc, "timings", {}).get(k, 0.0) - before.get(k, 0.0)
+            t0 = time.perf_counter()
+            recs, bad = project_stage(index, emb, kept, mod)
+            t1 = time.perf_counter()
+            new, upd = write_stage(index.store, recs)
+            s.timings["project_s"] += t1 - t0
+            s.timings["write_s"] += time.perf_counter() - t1
+            s.ingested += new
+            s.updated += upd
+            s.skipped += skipped + bad
+        s.source_items += len(batch)
+        s.seconds = time.perf_counter() - t_start
+        ck.done += len(batch)
+        ck.save()
+        if bar is not None:
+            bar.update(len(batch))
+            bar.set_postfix(items_s=f"{s.items_per_s:.1f}", skipped=len(s.skipped))
+    if bar is not None:
+        bar.close()
+    s.seconds = time.perf_counter() - t_start
+    ck.save()
+    return s
+
+
+def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int = 256,
+                   checkpoint: str | Path | None = None, source_name: str = "",
+                   progress: bool = True) -> IngestSummary:
+    """Add image-caption pairs as anchors. A pair already in the set (same image bytes and
+    caption) is skipped as a duplicate, so re-runs and resumes never duplicate anchors."""
+    ck = Checkpoint(checkpoint, _fingerprint(source_name, "anchors", index.store.backend,
+                                             getattr(index.store, "name", "")))
+    s = ck.summary
+    known = {p.key for p in index.anchors.payloads if p.key}
+    bar = _bar(progress, ck.done)
+    t_start = time.perf_counter() - s.seconds
+    for batch in batched(islice(iter(source), ck.done, None), batch_size):
+        fresh, keys = [], []
+        for it in batch:
+            key = _pair_key(it)
+            if key in known:
+                s.updated += 1
+                continue
+            known.add(key)
+            fresh.append(it)
+            keys.append(key)
+        emb_i, kept_i, skip_i = embed_stage(index.encoders["image"], fresh, "image")
+        emb_t, kept_t, skip_t = embed_stage(index.encoders["text"], kept_i, "text")
+        pos = {id(x): n for n, x in enumerate(kept_i)}
+        rows = [pos[id(x)] for x in kept_t]
+        key_of = {id(x): k for x, k in zip(fresh, keys)}
+        payloads = [AnchorPayload(x.text or "", str(x.payload.get("path", x.key)),
+                                  source_name, key_of[id(x)]) for x in kept_t]
+        t0 = time.perf_counter()
+        if payloads:
+            index.add_anchor_embeddings(emb_i[rows], emb_t, payloads)
+        s.timings["write_s"] += time.perf_counter() - t0
+        s.ingested += len(payloads)
+        s.skipped += skip_i + skip_t
+        s.source_items += len(batch)
+        s.seconds = time.perf_counter() - t_start
+        ck.done += len(batch)
+        ck.save()
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return s
+
+
+def _pair_key(it: SourceItem) -> str:
+    try:
+        img = image_content_key(it.image) if it.image is not None else ""
+    except OSError:  # missing file: the embed stage reports it
+        img = f"missing:{it.key}"
+    return hashlib.sha1(f"{img}|{it.text}".encode()).hexdigest()
+
+
+def _bar(progress: bool, initial: int):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(initial=initial, unit="item", desc="ingest", dynamic_ncols=True)
