@@ -149,6 +149,7 @@ class HFImageEncoder(_TorchImageEncoder):
     def __init__(self, model_dir: str | Path, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         transformers = require("transformers", "the Hugging Face image encoder")
+        transformers.utils.logging.disable_progress_bar()
         path = Path(model_dir)
         if not (path / "config.json").is_file():
             raise ConfigError(f"'{path}' is not a Hugging Face model directory (no config.json)")

@@ -30,6 +30,7 @@ class HFTextEncoder(Encoder):
     ) -> None:
         super().__init__(**kwargs)
         transformers = require("transformers", "the Hugging Face text encoder")
+        transformers.utils.logging.disable_progress_bar()
         path = Path(model_dir)
         if not (path / "config.json").is_file():
             raise ConfigError(

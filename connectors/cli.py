@@ -1,0 +1,206 @@
+"""Database commands of the ``asif-index`` CLI (registered by ``asif_index.cli``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _settings(args):
+    from asif_index.config import AsifSettings
+
+    return AsifSettings.load(
+        args.config, text_encoder=args.text_encoder, image_encoder=args.image_encoder,
+        device=args.device, k=args.k, p=args.p, cache_dir=args.cache_dir,
+        backend=args.backend, url=args.url, path=args.path, api_key=args.api_key,
+        collection=args.name,
+    )
+
+
+def _open(args, create: bool = False):
+    from connectors import Index, open_store
+
+    s = _settings(args)
+    img, txt = s.encoders()
+    store = open_store(s)
+    if create:
+        return Index.create(store, img, txt, k=s.k, p=s.p, recreate=args.recreate)
+    return Index.open(store, img, txt)
+
+
+def _source(args):
+    from connectors.pipeline import (
+        read_captions_table,
+        read_image_folder,
+        read_texts,
+        read_webdataset,
+    )
+
+    if getattr(args, "captions", None):
+        return read_captions_table(args.captions, args.images, args.image_column,
+                                   args.caption_column, args.split), args.captions
+    if getattr(args, "folder", None):
+        return read_image_folder(args.folder), args.folder
+    if getattr(args, "texts", None):
+        return read_texts(args.texts, args.text_column), args.texts
+    if getattr(args, "webdataset", None):
+        return read_webdataset(args.webdataset), ",".join(args.webdataset)
+    from asif_index.errors import ConfigError
+
+    raise ConfigError("give a source: --captions TABLE [--images DIR], --folder DIR, "
+                      "--texts FILE or --webdataset SHARD...")
+
+
+def cmd_init(args) -> int:
+    idx = _open(args, create=True)
+    print(json.dumps(idx.stats(), indent=1))
+    return 0
+
+
+def cmd_anchors_add(args) -> int:
+    from connectors.pipeline import ingest_anchors
+
+    idx = _open(args)
+    src, name = _source(args)
+    s = ingest_anchors(idx, src, checkpoint=args.checkpoint, source_name=name)
+    print(s.report())
+    print(f"anchors: {len(idx.anchors)} (version {idx.anchors.version})")
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from connectors.pipeline import ingest_items
+
+    idx = _open(args)
+    src, name = _source(args)
+    s = ingest_items(idx, src, args.modality, args.batch_size, args.checkpoint, name)
+    print(s.report())
+    return 0
+
+
+def _filter(pairs):
+    out = {}
+    for p in pairs or []:
+        k, _, v = p.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def cmd_search(args) -> int:
+    idx = _open(args)
+    hits = idx.search(text=args.text, image=args.image, limit=args.limit, filter=_filter(args.filter))
+    for h in hits:
+        print(f"{h.score:.4f}  {h.modality:5s}  {h.id}  {json.dumps(h.payload)}")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    idx = _open(args)
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+    kw = {"templates": args.template} if args.template else {}
+    pred, _ = idx.classify(args.images, labels, reduce=args.reduce, **kw)
+    for img, lbl in zip(args.images, pred):
+        print(f"{img}\t{lbl}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    idx = _open(args)
+    ex = idx.explain(args.item, text=args.text, image=args.image, top=args.top)
+    print(f"score {ex.score:.4f}, from the shared anchors:")
+    for a in ex.anchors:
+        print(f"  {a['contribution']:.4f}  anchor {a['anchor_id']}: {a['caption']}  ({a['image_ref']})")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    print(json.dumps(_open(args).stats(), indent=1))
+    return 0
+
+
+def cmd_servers(args) -> int:
+    from connectors.servers import start_milvus_container, start_qdrant_container
+
+    for name, start in (("qdrant", start_qdrant_container), ("milvus", start_milvus_container)):
+        if args.which in (name, "both"):
+            c, url = start()
+            print(f"{name}: {url} (container {c.short_id}; stop with docker stop {c.short_id})")
+    return 0
+
+
+def register(sub, common) -> None:
+    def db(p):
+        common(p)
+        p.add_argument("--backend", help="qdrant or milvus (default qdrant)")
+        p.add_argument("--url", help="server URL/URI (Qdrant http://host:6333, Milvus http://host:19530)")
+        p.add_argument("--path", type=Path, help="embedded database: Qdrant folder or Milvus Lite .db file")
+        p.add_argument("--api-key", help="API key (Qdrant) or token (Milvus)")
+        p.add_argument("--name", help="index name (collections NAME_items, NAME_anchors, NAME_meta)")
+
+    def source(p):
+        p.add_argument("--captions", help="captions table (csv/tsv/jsonl/parquet)")
+        p.add_argument("--images", help="folder the table's image paths are relative to")
+        p.add_argument("--image-column", default="image")
+        p.add_argument("--caption-column", default="caption")
+        p.add_argument("--split", help="only rows of this split (a 'split' column)")
+        p.add_argument("--folder", help="image folder (one sub-folder per class = label)")
+        p.add_argument("--texts", help="text file (one per line) or table")
+        p.add_argument("--text-column", default="text")
+        p.add_argument("--webdataset", nargs="+", help="WebDataset .tar shards")
+        p.add_argument("--checkpoint", help="checkpoint file: a killed run resumes from it")
+
+    p = sub.add_parser("init", help="create an index in the database")
+    db(p)
+    p.add_argument("--recreate", action="store_true", help="replace an existing index")
+    p.set_defaults(func=cmd_init)
+
+    a = sub.add_parser("anchors", help="manage anchor pairs").add_subparsers(dest="anchors_cmd", required=True)
+    p = a.add_parser("add", help="add image-caption pairs as anchors")
+    db(p)
+    source(p)
+    p.set_defaults(func=cmd_anchors_add)
+
+    p = sub.add_parser("ingest", help="embed, project and store items")
+    db(p)
+    source(p)
+    p.add_argument("--modality", choices=["image", "text", "both"], default="image")
+    p.add_argument("--batch-size", type=int)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("search", help="search items with a text or an image")
+    db(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text")
+    g.add_argument("--image")
+    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--filter", action="append", help="payload field=value (repeatable; modality=image)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("classify", help="zero-shot classify images")
+    db(p)
+    p.add_argument("--images", nargs="+", required=True)
+    p.add_argument("--labels", required=True, help="comma-separated class names")
+    p.add_argument("--template", action="append", help="prompt template with {} (repeatable)")
+    p.add_argument("--reduce", choices=["mean", "max"], default="mean")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("explain", help="which anchors make an item match a query")
+    db(p)
+    p.add_argument("--item", required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text")
+    g.add_argument("--image")
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("stats", help="counts and manifest of an index")
+    db(p)
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("servers", help="start the official Qdrant/Milvus containers (Docker)")
+    p.add_argument("which", choices=["qdrant", "milvus", "both"], nargs="?", default="both")
+    p.set_defaults(func=cmd_servers)
