@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
@@ -23,27 +23,43 @@ from asif_index.errors import BackendError, BackendUnavailableError
 T = TypeVar("T")
 
 
+FOREVER = 2**62  # valid_to of a point that no anchor update has superseded
+
+
 def item_id(modality: str, content_key: str) -> str:
-    """Deterministic UUID string of an item from its content hash (re-ingest = update)."""
+    """Deterministic logical id of an item from its content hash (re-ingest = update)."""
     return str(uuid.UUID(hashlib.sha1(f"{modality}:{content_key}".encode()).hexdigest()[:32]))
+
+
+def point_id(item: str, valid_from: int) -> str:
+    """Deterministic id of the point holding ``item``'s vector from anchor version
+    ``valid_from`` on: each anchor update writes new points, never overwrites visible ones."""
+    return str(uuid.UUID(hashlib.sha1(f"{item}@{valid_from}".encode()).hexdigest()[:32]))
 
 
 @dataclass
 class ItemRecord:
-    """One stored item.
+    """One stored point: an item's vector valid for anchor versions [valid_from, valid_to).
 
-    sparse_indices/sparse_values: the non-zero entries of its relative vector (anchor ids);
-    embedding: float32 [d] raw unimodal embedding; kth_similarity: its top-k threshold.
+    id: point id; item: logical item id (content hash); sparse_indices/sparse_values: the
+    non-zero entries of its relative vector (anchor ids); embedding: float32 [d] raw
+    unimodal embedding; kth_similarity: raw similarity of its k-th anchor (a new anchor
+    changes the vector only if it beats this).
     """
 
     id: str
+    item: str
     modality: str
     sparse_indices: np.ndarray
     sparse_values: np.ndarray
     embedding: np.ndarray
     kth_similarity: float
-    anchor_version: int
+    valid_from: int
+    valid_to: int = FOREVER
     payload: dict[str, Any] = field(default_factory=dict)
+
+    def visible(self, version: int | None) -> bool:
+        return version is None or self.valid_from <= version < self.valid_to
 
 
 @dataclass
@@ -56,11 +72,16 @@ class AnchorRecord:
     source: str
     added_at: float
     key: str = ""
+    added_version: int = 0
+    removed_version: int = FOREVER
+
+    def visible(self, version: int | None) -> bool:
+        return version is None or self.added_version <= version < self.removed_version
 
 
 @dataclass
 class Hit:
-    id: str
+    id: str  # logical item id
     score: float
     modality: str
     payload: dict[str, Any]
@@ -85,11 +106,20 @@ class VectorStore(ABC):
     @abstractmethod
     def drop(self) -> None: ...
 
-    @abstractmethod
-    def read_manifest(self) -> AnchorManifest | None: ...
+    def read_manifest(self) -> AnchorManifest | None:
+        doc = self.get_doc("manifest") if self.exists() else None
+        return AnchorManifest(**doc) if doc else None
+
+    def write_manifest(self, manifest: AnchorManifest) -> None:
+        self.put_doc("manifest", asdict(manifest))
 
     @abstractmethod
-    def write_manifest(self, manifest: AnchorManifest) -> None: ...
+    def get_doc(self, key: str) -> dict | None:
+        """A JSON document of the meta collection (manifest, update journal, aliases)."""
+
+    @abstractmethod
+    def put_doc(self, key: str, doc: dict | None) -> None:
+        """Write (or with None delete) one meta document: a single-row, atomic write."""
 
     # anchors -------------------------------------------------------------------------
     @abstractmethod
@@ -99,32 +129,45 @@ class VectorStore(ABC):
     def delete_anchors(self, ids: list[int]) -> None: ...
 
     @abstractmethod
-    def fetch_anchors(self) -> list[AnchorRecord]: ...
+    def fetch_anchors(self, version: int | None = None) -> list[AnchorRecord]:
+        """Anchors visible at ``version`` (all when None), by id."""
 
     # items ---------------------------------------------------------------------------
     @abstractmethod
     def upsert_items(self, items: list[ItemRecord]) -> None: ...
 
     @abstractmethod
-    def fetch_items(self, ids: list[str]) -> list[ItemRecord]: ...
+    def fetch_items(self, ids: list[str]) -> list[ItemRecord]:
+        """Points by point id."""
 
     @abstractmethod
-    def existing_ids(self, ids: list[str]) -> set[str]: ...
+    def heads(self, items: list[str]) -> dict[str, ItemRecord]:
+        """The current point (valid_to == FOREVER) of each logical item id that has one."""
+
+    @abstractmethod
+    def set_valid_to(self, point_ids: list[str], version: int) -> None:
+        """Close the validity of points at ``version`` (they stay visible below it)."""
 
     @abstractmethod
     def delete_items(self, ids: list[str]) -> None: ...
 
     @abstractmethod
-    def count_items(self, flt: Filter | None = None) -> int: ...
+    def delete_expired(self, version: int) -> int:
+        """Garbage-collect points and anchors invisible at ``version`` and later."""
+
+    @abstractmethod
+    def count_items(self, flt: Filter | None = None, version: int | None = None) -> int: ...
 
     @abstractmethod
     def search(
-        self, indices: np.ndarray, values: np.ndarray, limit: int, flt: Filter | None = None
+        self, indices: np.ndarray, values: np.ndarray, limit: int, flt: Filter | None = None,
+        version: int | None = None,
     ) -> list[Hit]:
-        """Items by descending dot product of relative vectors (sparse inner product)."""
+        """Points visible at ``version`` by descending sparse dot product."""
 
     @abstractmethod
-    def scroll_items(self, batch: int = 256) -> Iterator[list[ItemRecord]]: ...
+    def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
+        """Points visible at ``version`` (all when None), in batches."""
 
     def close(self) -> None:  # noqa: B027 - optional
         pass

@@ -12,7 +12,7 @@ from asif_index.encoders.base import Encoder
 from asif_index.errors import AnchorError, CollectionError, InputError, ModalityError
 from asif_index.search import DEFAULT_TEMPLATES, prompts
 from asif_index.sparse import SparseBatch
-from connectors.base import AnchorRecord, Filter, Hit, ItemRecord, VectorStore, item_id
+from connectors.base import AnchorRecord, Filter, Hit, ItemRecord, VectorStore, item_id, point_id
 
 
 @dataclass
@@ -49,6 +49,7 @@ class Index:
     @classmethod
     def open(cls, store: VectorStore, image_encoder: Encoder, text_encoder: Encoder,
              **engine_options) -> "Index":
+        """Open at the live anchor version; queries stay pinned to it until :meth:`refresh`."""
         man = store.read_manifest()
         if man is None:
             raise CollectionError(
@@ -57,17 +58,19 @@ class Index:
             )
         man.check_encoders(image_encoder.name, text_encoder.name,
                            f"{store.backend} index '{getattr(store, 'name', '?')}'")
-        stored_version = man.version
-        anchors = AnchorSet(man)
-        recs = store.fetch_anchors()
-        if recs:
-            anchors.add(np.stack([r.image for r in recs]), np.stack([r.text for r in recs]),
-                        [AnchorPayload(r.caption, r.image_ref, r.source, r.key) for r in recs],
-                        ids=np.array([r.id for r in recs], np.uint32))
-            anchors.added_at = np.array([r.added_at for r in recs])
-        anchors.manifest.version = stored_version  # add() bumped it; the stored one is the truth
-        anchors.next_id = max(anchors.next_id, int(man.extra.get("next_id", 0)))
-        return cls(store, anchors, image_encoder, text_encoder, **engine_options)
+        idx = cls(store, anchors_at(store, man, man.version), image_encoder, text_encoder,
+                  **engine_options)
+        return idx
+
+    def refresh(self) -> None:
+        """Move to the live anchor version (after another process updated the anchors)."""
+        man = self.store.read_manifest()
+        if man is not None and man.version != self.version:
+            self.anchors = anchors_at(self.store, man, man.version)
+
+    @property
+    def version(self) -> int:
+        return self.anchors.manifest.version
 
     @property
     def k(self) -> int:
@@ -80,15 +83,16 @@ class Index:
     # -- anchors -------------------------------------------------------------------------
     def add_anchor_embeddings(self, image_emb: np.ndarray, text_emb: np.ndarray,
                               payloads: list[AnchorPayload]) -> np.ndarray:
-        """Append anchor pairs (already embedded) to the set and the database."""
-        ids = self.anchors.add(image_emb, text_emb, payloads)
-        rows = self.anchors.rows_of(ids)
-        self.store.upsert_anchors([
-            AnchorRecord(int(i), self.anchors.image[r], self.anchors.text[r], pl.caption,
-                         pl.image_ref, pl.source, float(self.anchors.added_at[r]), pl.key)
-            for i, r, pl in zip(ids, rows, payloads)])
-        self._save_manifest()
-        return ids
+        """Append anchor pairs (already embedded) as a new anchor version; stored items are
+        brought to exactly the state a rebuild would give (see ``connectors.updates``)."""
+        from connectors.updates import update_anchors
+
+        return update_anchors(self, add=(image_emb, text_emb, payloads)).added_ids
+
+    def remove_anchors(self, ids) -> "object":
+        from connectors.updates import update_anchors
+
+        return update_anchors(self, remove=np.asarray(ids, np.int64))
 
     def add_anchors(self, images: Sequence[Any], captions: Sequence[str],
                     refs: Sequence[str] | None = None, source: str = "") -> tuple[np.ndarray, list[InputError]]:
@@ -102,11 +106,6 @@ class Index:
         pl = [AnchorPayload(captions[i], refs[i], source) for i in kept]
         ids = self.add_anchor_embeddings(ri.embeddings[rt.kept], rt.embeddings, pl)
         return ids, ri.errors + rt.errors
-
-    def _save_manifest(self) -> None:
-        man = self.anchors.manifest
-        man.extra["next_id"] = int(self.anchors.next_id)
-        self.store.write_manifest(man)
 
     # -- items --------------------------------------------------------------------------
     def project(self, embeddings: np.ndarray, modality: str) -> SparseBatch:
@@ -128,9 +127,11 @@ class Index:
                     "anchors closer to it", keys[r]))
                 continue
             order = np.argsort(idx)
-            out.append(ItemRecord(item_id(modality, keys[r]), modality, idx[order], val[order],
-                                  embeddings[r].astype(np.float32), float(sb.kth_similarity[r]),
-                                  self.anchors.version, dict(payloads[r])))
+            item = item_id(modality, keys[r])
+            out.append(ItemRecord(point_id(item, self.version), item, modality, idx[order],
+                                  val[order], embeddings[r].astype(np.float32),
+                                  float(sb.kth_similarity[r]), self.version,
+                                  payload=dict(payloads[r])))
         return out, errors
 
     def add_items(self, items: Sequence[Any], modality: Literal["image", "text"],
@@ -141,8 +142,23 @@ class Index:
         payloads = list(payloads) if payloads is not None else [{} for _ in items]
         keys = [enc.content_key(items[i]) or str(items[i]) for i in res.kept]
         recs, errs = self.records(res.embeddings, modality, keys, [payloads[i] for i in res.kept])
-        self.store.upsert_items(recs)
-        return [r.id for r in recs], res.errors + errs
+        self.write(recs)
+        return [r.item for r in recs], res.errors + errs
+
+    def write(self, records: list[ItemRecord]) -> tuple[int, int]:
+        """Upsert item records; an item that already has a current point is updated in that
+        point. -> (new, updated) distinct items."""
+        from connectors.updates import check_no_pending_update
+
+        check_no_pending_update(self.store)
+        records = list({r.item: r for r in records}.values())
+        heads = self.store.heads([r.item for r in records])
+        for r in records:
+            h = heads.get(r.item)
+            if h is not None:
+                r.id, r.valid_from = h.id, h.valid_from
+        self.store.upsert_items(records)
+        return len(records) - len(heads), len(heads)
 
     # -- queries ------------------------------------------------------------------------
     def _query_vector(self, text: str | None, image: Any) -> tuple[SparseBatch, str]:
@@ -159,10 +175,10 @@ class Index:
         """Items (either modality, narrowed by ``filter``) ranked for a text or image query."""
         q, _ = self._query_vector(text, image)
         idx, val = q.row(0)
-        return self.store.search(idx, val, limit, filter)
+        return self.store.search(idx, val, limit, filter, self.version)
 
     def search_vectors(self, q: SparseBatch, limit: int, flt: Filter | None = None) -> list[list[Hit]]:
-        return [self.store.search(*q.row(r), limit, flt) for r in range(len(q))]
+        return [self.store.search(*q.row(r), limit, flt, self.version) for r in range(len(q))]
 
     def classify(self, images: Sequence[Any], labels: Sequence[str],
                  templates: Sequence[str] = DEFAULT_TEMPLATES,
@@ -180,11 +196,8 @@ class Index:
                 top: int = 10) -> Explanation:
         """The shared anchors behind a query-item score, with their captions."""
         q, _ = self._query_vector(text, image)
-        recs = self.store.fetch_items([item])
-        if not recs:
-            raise InputError(f"no item with id '{item}' in the index", item)
+        rec = self.item(item)
         qi, qv = q.row(0)
-        rec = recs[0]
         common, a, b = np.intersect1d(qi, rec.sparse_indices, return_indices=True)
         contrib = qv[a] * rec.sparse_values[b]
         order = np.argsort(-contrib)[:top]
@@ -194,11 +207,40 @@ class Index:
                 "image_ref": self.anchors.payloads[r].image_ref} for o, r in zip(order, rows)]
         return Explanation(float(contrib.sum()), out)
 
+    def item(self, item: str) -> ItemRecord:
+        """The point of a logical item visible at this index's version."""
+        h = self.store.heads([item]).get(item)
+        if h is None or not h.visible(self.version):
+            for batch in self.store.scroll_items(version=self.version):
+                for r in batch:
+                    if r.item == item:
+                        return r
+            raise InputError(f"no item with id '{item}' in the index", item)
+        return h
+
     def stats(self) -> dict[str, Any]:
         man = self.anchors.manifest
         return {"backend": self.store.backend, "anchors": len(self.anchors),
                 "anchor_version": man.version, "k": man.k, "p": man.p,
                 "image_encoder": man.image_encoder, "text_encoder": man.text_encoder,
-                "items": self.store.count_items(),
-                "image_items": self.store.count_items({"modality": "image"}),
-                "text_items": self.store.count_items({"modality": "text"})}
+                "items": self.store.count_items(version=self.version),
+                "image_items": self.store.count_items({"modality": "image"}, self.version),
+                "text_items": self.store.count_items({"modality": "text"}, self.version),
+                "stored_points": self.store.count_items()}
+
+
+def anchors_at(store: VectorStore, man: AnchorManifest, version: int) -> AnchorSet:
+    """The anchor set as it was at ``version``, rebuilt from the anchors collection."""
+    import copy
+
+    man = copy.deepcopy(man)
+    anchors = AnchorSet(man)
+    recs = store.fetch_anchors(version)
+    if recs:
+        anchors.add(np.stack([r.image for r in recs]), np.stack([r.text for r in recs]),
+                    [AnchorPayload(r.caption, r.image_ref, r.source, r.key) for r in recs],
+                    ids=np.array([r.id for r in recs], np.uint32))
+        anchors.added_at = np.array([r.added_at for r in recs])
+    anchors.manifest.version = version  # add() bumped it
+    anchors.next_id = max(anchors.next_id, int(man.extra.get("next_id", 0)))
+    return anchors

@@ -8,7 +8,6 @@ alias records in its meta collection.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Iterator
 
 import numpy as np
@@ -16,7 +15,15 @@ import numpy as np
 from asif_index._optional import require
 from asif_index.anchors import AnchorManifest
 from asif_index.errors import CollectionError
-from connectors.base import AnchorRecord, Filter, Hit, ItemRecord, VectorStore, with_retries
+from connectors.base import (
+    FOREVER,
+    AnchorRecord,
+    Filter,
+    Hit,
+    ItemRecord,
+    VectorStore,
+    with_retries,
+)
 
 _MAX_RPC_ITEMS = 512  # rows per upsert RPC; far below Milvus' 64 MB cap for d <= 4096
 
@@ -67,7 +74,7 @@ class MilvusStore(VectorStore):
     def _call(self, what: str, fn, *args, **kwargs):
         # pymilvus retries UNAVAILABLE internally until its per-call timeout (75 tries, minutes
         # without one): bound it, and let with_retries own the backoff and the error mapping.
-        if getattr(fn, "__self__", None) is getattr(self, "client", None) and fn.__name__ != "query_iterator":
+        if getattr(fn, "__self__", None) is getattr(self, "client", None):
             kwargs.setdefault("timeout", self.timeout)
         return with_retries(fn, _milvus_transient, f"Milvus {what} on {self.where}",
                             (self._pm.exceptions.MilvusException,))(*args, **kwargs)
@@ -101,7 +108,7 @@ class MilvusStore(VectorStore):
             self.drop()
         cs = self._pm.MilvusClient.create_schema
         meta = cs(auto_id=False, enable_dynamic_field=False)
-        meta.add_field("key", DT.VARCHAR, is_primary=True, max_length=64)
+        meta.add_field("key", DT.VARCHAR, is_primary=True, max_length=256)
         meta.add_field("doc", DT.VARCHAR, max_length=65535)
         meta.add_field("v", DT.FLOAT_VECTOR, dim=2)
         self._create(self.meta, meta, [("v", "FLAT", "IP")])
@@ -114,16 +121,20 @@ class MilvusStore(VectorStore):
         anc.add_field("source", DT.VARCHAR, max_length=256)
         anc.add_field("added_at", DT.DOUBLE)
         anc.add_field("key", DT.VARCHAR, max_length=64)
+        anc.add_field("added_version", DT.INT64)
+        anc.add_field("removed_version", DT.INT64)
         self._create(self.anchors, anc, [("image", "FLAT", "COSINE"), ("text", "FLAT", "COSINE")])
         it = cs(auto_id=False, enable_dynamic_field=False)
         it.add_field("id", DT.VARCHAR, is_primary=True, max_length=64)
+        it.add_field("item", DT.VARCHAR, max_length=64)
         it.add_field("rel", DT.SPARSE_FLOAT_VECTOR)
-        # One dense field per modality dimension is impossible in one row schema when the
-        # dims differ, so the raw embedding is zero-padded to the larger dim.
+        # A row has one dense field, and the two modalities' dims differ: the raw embedding
+        # is zero-padded to the larger dim (the manifest says how much of it is real).
         it.add_field("emb", DT.FLOAT_VECTOR, dim=max(manifest.image_dim, manifest.text_dim))
         it.add_field("modality", DT.VARCHAR, max_length=16)
         it.add_field("kth", DT.FLOAT)
-        it.add_field("version", DT.INT64)
+        it.add_field("vfrom", DT.INT64)
+        it.add_field("vto", DT.INT64)
         it.add_field("payload", DT.JSON)
         self._create(self.items, it, [("rel", "SPARSE_INVERTED_INDEX", "IP"), ("emb", "FLAT", "IP")])
         self.write_manifest(manifest)
@@ -139,32 +150,40 @@ class MilvusStore(VectorStore):
         for c in (self.items, self.anchors, self.meta):
             if self._has(c):
                 self._call("drop", self.client.drop_collection, c)
+        self._man = None
 
-    def read_manifest(self) -> AnchorManifest | None:
-        if not self.exists():
-            return None
-        rows = self._call("get", self.client.get, self.meta, ids=["manifest"], output_fields=["doc"])
-        return AnchorManifest(**json.loads(rows[0]["doc"])) if rows else None
+    def get_doc(self, key: str) -> dict | None:
+        rows = self._call("get", self.client.get, self.meta, ids=[key], output_fields=["doc"])
+        return json.loads(rows[0]["doc"]) if rows else None
 
-    def write_manifest(self, manifest: AnchorManifest) -> None:
-        self._man = manifest
+    def put_doc(self, key: str, doc: dict | None) -> None:
+        if doc is None:
+            self._call("delete", self.client.delete, self.meta, ids=[key])
+            return
+        if key == "manifest":
+            self._man = AnchorManifest(**doc)
         self._call("upsert", self.client.upsert, self.meta,
-                   [{"key": "manifest", "doc": json.dumps(asdict(manifest)), "v": [1.0, 0.0]}])
+                   [{"key": key, "doc": json.dumps(doc), "v": [1.0, 0.0]}])
 
     # anchors ------------------------------------------------------------------------
     def upsert_anchors(self, anchors: list[AnchorRecord]) -> None:
         rows = [{"id": int(a.id), "image": a.image.tolist(), "text": a.text.tolist(),
                  "caption": a.caption, "image_ref": a.image_ref, "source": a.source,
-                 "added_at": float(a.added_at), "key": a.key} for a in anchors]
+                 "added_at": float(a.added_at), "key": a.key,
+                 "added_version": int(a.added_version), "removed_version": int(a.removed_version)}
+                for a in anchors]
         for s in range(0, len(rows), _MAX_RPC_ITEMS):
             self._call("upsert anchors", self.client.upsert, self.anchors, rows[s:s + _MAX_RPC_ITEMS])
 
     def delete_anchors(self, ids: list[int]) -> None:
         self._call("delete anchors", self.client.delete, self.anchors, ids=[int(i) for i in ids])
 
-    def fetch_anchors(self) -> list[AnchorRecord]:
-        it = self.client.query_iterator(self.anchors, batch_size=1000, filter="",
-                                        output_fields=["*"])
+    def fetch_anchors(self, version: int | None = None) -> list[AnchorRecord]:
+        flt = "" if version is None else f"added_version <= {version} and removed_version > {version}"
+        if not self._nonempty(self.anchors):
+            return []
+        it = self._call("query", self.client.query_iterator, self.anchors, batch_size=1000,
+                        filter=flt, output_fields=["*"])
         out = []
         while True:
             rows = self._call("query anchors", it.next)
@@ -173,35 +192,36 @@ class MilvusStore(VectorStore):
                 break
             out.extend(AnchorRecord(int(r["id"]), np.asarray(r["image"], np.float32),
                                     np.asarray(r["text"], np.float32), r["caption"], r["image_ref"],
-                                    r["source"], float(r["added_at"]), r["key"]) for r in rows)
+                                    r["source"], float(r["added_at"]), r["key"],
+                                    int(r["added_version"]), int(r["removed_version"]))
+                       for r in rows)
         out.sort(key=lambda a: a.id)
         return out
 
     # items -----------------------------------------------------------------------------
-    def upsert_items(self, items: list[ItemRecord]) -> None:
-        if not items:
-            return
-        man = self._manifest_cached()
-        d = max(man.image_dim, man.text_dim)
-        rows = []
-        for it in items:
-            emb = np.zeros(d, np.float32)
-            emb[: it.embedding.shape[0]] = it.embedding
-            rows.append({
-                "id": it.id,
-                "rel": {int(i): float(v) for i, v in zip(it.sparse_indices, it.sparse_values)},
-                "emb": emb.tolist(), "modality": it.modality, "kth": float(it.kth_similarity),
-                "version": int(it.anchor_version), "payload": it.payload,
-            })
-        for s in range(0, len(rows), _MAX_RPC_ITEMS):
-            self._call("upsert items", self.client.upsert, self.items, rows[s:s + _MAX_RPC_ITEMS])
-
     def _manifest_cached(self) -> AnchorManifest:
         if self._man is None:
             self._man = self.read_manifest()
             if self._man is None:
                 raise CollectionError(f"index '{self.name}' does not exist in Milvus at {self.where}")
         return self._man
+
+    def _row(self, it: ItemRecord, d: int) -> dict:
+        emb = np.zeros(d, np.float32)
+        emb[: it.embedding.shape[0]] = it.embedding
+        return {"id": it.id, "item": it.item,
+                "rel": {int(i): float(v) for i, v in zip(it.sparse_indices, it.sparse_values)},
+                "emb": emb.tolist(), "modality": it.modality, "kth": float(it.kth_similarity),
+                "vfrom": int(it.valid_from), "vto": int(it.valid_to), "payload": it.payload}
+
+    def upsert_items(self, items: list[ItemRecord]) -> None:
+        if not items:
+            return
+        man = self._manifest_cached()
+        d = max(man.image_dim, man.text_dim)
+        rows = [self._row(it, d) for it in items]
+        for s in range(0, len(rows), _MAX_RPC_ITEMS):
+            self._call("upsert items", self.client.upsert, self.items, rows[s:s + _MAX_RPC_ITEMS])
 
     def _record(self, r) -> ItemRecord:
         man = self._manifest_cached()
@@ -210,11 +230,11 @@ class MilvusStore(VectorStore):
         idx = np.fromiter(rel.keys(), np.int64, len(rel))
         val = np.fromiter(rel.values(), np.float32, len(rel))
         order = np.argsort(idx)
-        return ItemRecord(r["id"], r["modality"], idx[order], val[order],
+        return ItemRecord(r["id"], r["item"], r["modality"], idx[order], val[order],
                           np.asarray(r["emb"][:dim], np.float32), float(r["kth"]),
-                          int(r["version"]), dict(r["payload"] or {}))
+                          int(r["vfrom"]), int(r["vto"]), dict(r["payload"] or {}))
 
-    _FIELDS = ["id", "rel", "emb", "modality", "kth", "version", "payload"]
+    _FIELDS = ["id", "item", "rel", "emb", "modality", "kth", "vfrom", "vto", "payload"]
 
     def fetch_items(self, ids: list[str]) -> list[ItemRecord]:
         if not ids:
@@ -222,34 +242,69 @@ class MilvusStore(VectorStore):
         rows = self._call("get", self.client.get, self.items, ids=list(ids), output_fields=self._FIELDS)
         return [self._record(r) for r in rows]
 
-    def existing_ids(self, ids: list[str]) -> set[str]:
-        if not ids:
-            return set()
-        rows = self._call("get", self.client.get, self.items, ids=list(ids), output_fields=["id"])
-        return {r["id"] for r in rows}
+    def heads(self, items: list[str]) -> dict[str, ItemRecord]:
+        if not items:
+            return {}
+        # Scalar fields first, then whole rows by primary key: a query that outputs vector
+        # fields trips milvus-lite 2.5.1's empty-segment assertion (see _nonempty).
+        rows = self._call("query", self.client.query, self.items,
+                          filter=f"item in {json.dumps(list(items))} and vto >= {FOREVER}",
+                          output_fields=["id"])
+        return {r.item: r for r in self.fetch_items([r["id"] for r in rows])}
+
+    def set_valid_to(self, point_ids: list[str], version: int) -> None:
+        # Milvus 2.5 has no partial update: rewrite the (few, affected) rows whole.
+        recs = self.fetch_items(point_ids)
+        for r in recs:
+            r.valid_to = version
+        self.upsert_items(recs)
 
     def delete_items(self, ids: list[str]) -> None:
         if ids:
             self._call("delete items", self.client.delete, self.items, ids=list(ids))
 
-    def count_items(self, flt: Filter | None = None) -> int:
-        rows = self._call("count", self.client.query, self.items, filter=_expr(flt),
+    def delete_expired(self, version: int) -> int:
+        n = self.count_items_expr(f"vto <= {version}")
+        self._call("delete", self.client.delete, self.items, filter=f"vto <= {version}")
+        self._call("delete", self.client.delete, self.anchors, filter=f"removed_version <= {version}")
+        return n
+
+    def _expr(self, flt: Filter | None, version: int | None) -> str:
+        parts = [_expr(flt)] if flt else []
+        if version is not None:
+            parts.append(f"vfrom <= {version} and vto > {version}")
+        return " and ".join(parts)
+
+    def _nonempty(self, coll: str) -> bool:
+        # milvus-lite 2.5.1's query iterator trips a segcore assertion ("Growing segment loss
+        # raw data") on an empty collection: ask for a count first.
+        rows = self._call("count", self.client.query, coll, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) > 0
+
+    def count_items_expr(self, expr: str) -> int:
+        rows = self._call("count", self.client.query, self.items, filter=expr,
                           output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
-    def search(self, indices, values, limit, flt=None) -> list[Hit]:
+    def count_items(self, flt: Filter | None = None, version: int | None = None) -> int:
+        return self.count_items_expr(self._expr(flt, version))
+
+    def search(self, indices, values, limit, flt=None, version=None) -> list[Hit]:
         q = {int(i): float(v) for i, v in zip(indices, values) if v > 0}
         if not q:
             return []
         res = self._call("search", self.client.search, self.items, data=[q], anns_field="rel",
-                         limit=limit, filter=_expr(flt), output_fields=["modality", "payload"],
+                         limit=limit, filter=self._expr(flt, version),
+                         output_fields=["item", "modality", "payload"],
                          search_params={"metric_type": "IP", "params": {"drop_ratio_search": 0.0}})
-        return [Hit(h["id"], float(h["distance"]), h["entity"]["modality"],
+        return [Hit(h["entity"]["item"], float(h["distance"]), h["entity"]["modality"],
                     dict(h["entity"]["payload"] or {})) for h in res[0]]
 
-    def scroll_items(self, batch: int = 256) -> Iterator[list[ItemRecord]]:
-        it = self.client.query_iterator(self.items, batch_size=batch, filter="",
-                                        output_fields=self._FIELDS)
+    def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
+        if not self._nonempty(self.items):
+            return
+        it = self._call("query", self.client.query_iterator, self.items, batch_size=batch,
+                        filter=self._expr(None, version), output_fields=self._FIELDS)
         while True:
             rows = self._call("scroll", it.next)
             if not rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Iterator
 
 import numpy as np
@@ -10,14 +11,26 @@ import numpy as np
 from asif_index._optional import require
 from asif_index.anchors import AnchorManifest
 from asif_index.errors import CollectionError
-from connectors.base import AnchorRecord, Filter, Hit, ItemRecord, VectorStore, with_retries
+from connectors.base import (
+    FOREVER,
+    AnchorRecord,
+    Filter,
+    Hit,
+    ItemRecord,
+    VectorStore,
+    with_retries,
+)
 
-META_ID = "00000000-0000-0000-0000-000000000001"
-_RESERVED = {"asif_modality", "asif_kth", "asif_version"}
+_RESERVED = {"asif_modality", "asif_kth", "asif_item", "asif_from", "asif_to"}
+
+
+def _doc_id(key: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"asif-doc:{key}"))
 
 
 class QdrantStore(VectorStore):
-    """``NAME_items`` holds ``rel`` (sparse, dot product) and ``emb`` (dense) per point."""
+    """``NAME_items`` points hold ``rel`` (sparse, dot product) and ``emb_<modality>``
+    (dense); payload carries the item id, validity range, modality, k-th similarity."""
 
     backend = "qdrant"
 
@@ -28,11 +41,9 @@ class QdrantStore(VectorStore):
         self.name = name
         if url:
             self.client = qc.QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
-            where = url
         else:
             self.client = qc.QdrantClient(path=path or ":memory:")
-            where = path or ":memory:"
-        self.where = where
+        self.where = url or path or ":memory:"
         transient: tuple = (ConnectionError, TimeoutError)
         backend: tuple = ()
         try:
@@ -43,10 +54,10 @@ class QdrantStore(VectorStore):
         except ImportError:  # pragma: no cover
             pass
         self._call = lambda what, fn, *a, **kw: with_retries(
-            fn, lambda e: isinstance(e, transient), f"Qdrant {what} on {where}", backend)(*a, **kw)
+            fn, lambda e: isinstance(e, transient), f"Qdrant {what} on {self.where}", backend
+        )(*a, **kw)
         self._call("connect", self.client.get_collections)
 
-    # names ---------------------------------------------------------------------
     @property
     def items(self) -> str:
         return f"{self.name}_items"
@@ -81,13 +92,17 @@ class QdrantStore(VectorStore):
             "image": m.VectorParams(size=manifest.image_dim, distance=m.Distance.COSINE),
             "text": m.VectorParams(size=manifest.text_dim, distance=m.Distance.COSINE),
         })
-        self._call("create", self.client.create_collection, self.items,
-                   vectors_config={"emb_image": m.VectorParams(size=manifest.image_dim, distance=m.Distance.COSINE),
-                                   "emb_text": m.VectorParams(size=manifest.text_dim, distance=m.Distance.COSINE)},
-                   sparse_vectors_config={"rel": m.SparseVectorParams()})
-        if not self.where.startswith(":memory:") and "://" in self.where:
-            self._call("index", self.client.create_payload_index, self.items,
-                       field_name="asif_modality", field_schema=m.PayloadSchemaType.KEYWORD)
+        self._call("create", self.client.create_collection, self.items, vectors_config={
+            "emb_image": m.VectorParams(size=manifest.image_dim, distance=m.Distance.COSINE),
+            "emb_text": m.VectorParams(size=manifest.text_dim, distance=m.Distance.COSINE),
+        }, sparse_vectors_config={"rel": m.SparseVectorParams()})
+        if "://" in self.where:  # payload indexes exist on servers (local mode ignores them)
+            for field, kind in (("asif_modality", m.PayloadSchemaType.KEYWORD),
+                                ("asif_item", m.PayloadSchemaType.KEYWORD),
+                                ("asif_from", m.PayloadSchemaType.INTEGER),
+                                ("asif_to", m.PayloadSchemaType.INTEGER)):
+                self._call("index", self.client.create_payload_index, self.items,
+                           field_name=field, field_schema=kind)
         self.write_manifest(manifest)
 
     def drop(self) -> None:
@@ -95,17 +110,17 @@ class QdrantStore(VectorStore):
             if self._has(c):
                 self._call("drop", self.client.delete_collection, c)
 
-    def read_manifest(self) -> AnchorManifest | None:
-        if not self.exists():
-            return None
-        pts = self._call("retrieve", self.client.retrieve, self.meta, [META_ID], with_payload=True)
-        return AnchorManifest(**json.loads(pts[0].payload["manifest"])) if pts else None
+    def get_doc(self, key: str) -> dict | None:
+        pts = self._call("retrieve", self.client.retrieve, self.meta, [_doc_id(key)], with_payload=True)
+        return json.loads(pts[0].payload["doc"]) if pts else None
 
-    def write_manifest(self, manifest: AnchorManifest) -> None:
-        from dataclasses import asdict
-
-        pt = self._m.PointStruct(id=META_ID, vector=[1.0],
-                                 payload={"manifest": json.dumps(asdict(manifest))})
+    def put_doc(self, key: str, doc: dict | None) -> None:
+        if doc is None:
+            self._call("delete", self.client.delete, self.meta,
+                       points_selector=self._m.PointIdsList(points=[_doc_id(key)]), wait=True)
+            return
+        pt = self._m.PointStruct(id=_doc_id(key), vector=[1.0],
+                                 payload={"key": key, "doc": json.dumps(doc)})
         self._call("upsert", self.client.upsert, self.meta, [pt], wait=True)
 
     # anchors -----------------------------------------------------------------------
@@ -113,8 +128,10 @@ class QdrantStore(VectorStore):
         pts = [self._m.PointStruct(
             id=int(a.id), vector={"image": a.image.tolist(), "text": a.text.tolist()},
             payload={"caption": a.caption, "image_ref": a.image_ref, "source": a.source,
-                     "anchor_id": int(a.id), "added_at": a.added_at, "key": a.key})
-               for a in anchors]
+                     "anchor_id": int(a.id), "added_at": a.added_at, "key": a.key,
+                     "added_version": int(a.added_version),
+                     "removed_version": int(a.removed_version)})
+            for a in anchors]
         for s in range(0, len(pts), 256):
             self._call("upsert anchors", self.client.upsert, self.anchors, pts[s:s + 256], wait=True)
 
@@ -122,16 +139,19 @@ class QdrantStore(VectorStore):
         self._call("delete anchors", self.client.delete, self.anchors,
                    points_selector=self._m.PointIdsList(points=[int(i) for i in ids]), wait=True)
 
-    def fetch_anchors(self) -> list[AnchorRecord]:
+    def fetch_anchors(self, version: int | None = None) -> list[AnchorRecord]:
         out, offset = [], None
         while True:
             pts, offset = self._call("scroll anchors", self.client.scroll, self.anchors, limit=1024,
                                      offset=offset, with_payload=True, with_vectors=True)
             for p in pts:
-                out.append(AnchorRecord(int(p.id), np.asarray(p.vector["image"], np.float32),
-                                        np.asarray(p.vector["text"], np.float32), p.payload["caption"],
-                                        p.payload["image_ref"], p.payload["source"], p.payload["added_at"],
-                                        p.payload.get("key", "")))
+                pl = p.payload
+                a = AnchorRecord(int(p.id), np.asarray(p.vector["image"], np.float32),
+                                 np.asarray(p.vector["text"], np.float32), pl["caption"],
+                                 pl["image_ref"], pl["source"], pl["added_at"], pl.get("key", ""),
+                                 pl.get("added_version", 0), pl.get("removed_version", FOREVER))
+                if a.visible(version):
+                    out.append(a)
             if offset is None:
                 break
         out.sort(key=lambda a: a.id)
@@ -144,60 +164,93 @@ class QdrantStore(VectorStore):
         for it in items:
             payload = {k: v for k, v in it.payload.items() if k not in _RESERVED}
             payload.update(asif_modality=it.modality, asif_kth=float(it.kth_similarity),
-                           asif_version=int(it.anchor_version))
+                           asif_item=it.item, asif_from=int(it.valid_from),
+                           asif_to=int(it.valid_to))
             pts.append(m.PointStruct(id=it.id, vector={
                 f"emb_{it.modality}": it.embedding.tolist(),
                 "rel": m.SparseVector(indices=it.sparse_indices.tolist(),
                                       values=it.sparse_values.tolist())}, payload=payload))
-        self._call("upsert items", self.client.upsert, self.items, pts, wait=True)
+        if pts:
+            self._call("upsert items", self.client.upsert, self.items, pts, wait=True)
 
     def _record(self, p) -> ItemRecord:
-        mod = p.payload["asif_modality"]
+        pl = p.payload
+        mod = pl["asif_modality"]
         rel = p.vector["rel"]
-        payload = {k: v for k, v in p.payload.items() if k not in _RESERVED}
-        return ItemRecord(str(p.id), mod, np.asarray(rel.indices, np.int64),
+        return ItemRecord(str(p.id), pl["asif_item"], mod, np.asarray(rel.indices, np.int64),
                           np.asarray(rel.values, np.float32),
-                          np.asarray(p.vector[f"emb_{mod}"], np.float32),
-                          float(p.payload["asif_kth"]), int(p.payload["asif_version"]), payload)
+                          np.asarray(p.vector[f"emb_{mod}"], np.float32), float(pl["asif_kth"]),
+                          int(pl["asif_from"]), int(pl["asif_to"]),
+                          {k: v for k, v in pl.items() if k not in _RESERVED})
 
     def fetch_items(self, ids: list[str]) -> list[ItemRecord]:
-        pts = self._call("retrieve", self.client.retrieve, self.items, ids, with_payload=True,
-                         with_vectors=True)
+        pts = self._call("retrieve", self.client.retrieve, self.items, list(ids),
+                         with_payload=True, with_vectors=True)
         return [self._record(p) for p in pts]
 
-    def existing_ids(self, ids: list[str]) -> set[str]:
-        pts = self._call("retrieve", self.client.retrieve, self.items, ids, with_payload=False,
-                         with_vectors=False)
-        return {str(p.id) for p in pts}
+    def heads(self, items: list[str]) -> dict[str, ItemRecord]:
+        if not items:
+            return {}
+        m = self._m
+        flt = m.Filter(must=[m.FieldCondition(key="asif_item", match=m.MatchAny(any=list(items))),
+                             m.FieldCondition(key="asif_to", range=m.Range(gte=FOREVER))])
+        out, offset = {}, None
+        while True:
+            pts, offset = self._call("scroll", self.client.scroll, self.items, scroll_filter=flt,
+                                     limit=1024, offset=offset, with_payload=True, with_vectors=True)
+            for p in pts:
+                r = self._record(p)
+                out[r.item] = r
+            if offset is None:
+                return out
+
+    def set_valid_to(self, point_ids: list[str], version: int) -> None:
+        if point_ids:
+            self._call("set_payload", self.client.set_payload, self.items,
+                       payload={"asif_to": int(version)}, points=list(point_ids), wait=True)
 
     def delete_items(self, ids: list[str]) -> None:
         self._call("delete items", self.client.delete, self.items,
                    points_selector=self._m.PointIdsList(points=list(ids)), wait=True)
 
-    def _filter(self, flt: Filter | None):
-        if not flt:
-            return None
+    def delete_expired(self, version: int) -> int:
         m = self._m
-        return m.Filter(must=[m.FieldCondition(key="asif_modality" if k == "modality" else k,
-                                               match=m.MatchValue(value=v)) for k, v in flt.items()])
+        flt = m.Filter(must=[m.FieldCondition(key="asif_to", range=m.Range(lte=version))])
+        n = int(self._call("count", self.client.count, self.items, count_filter=flt, exact=True).count)
+        self._call("delete", self.client.delete, self.items,
+                   points_selector=m.FilterSelector(filter=flt), wait=True)
+        aflt = m.Filter(must=[m.FieldCondition(key="removed_version", range=m.Range(lte=version))])
+        self._call("delete", self.client.delete, self.anchors,
+                   points_selector=m.FilterSelector(filter=aflt), wait=True)
+        return n
 
-    def count_items(self, flt: Filter | None = None) -> int:
+    def _filter(self, flt: Filter | None, version: int | None):
+        m = self._m
+        must = [m.FieldCondition(key="asif_modality" if k == "modality" else k,
+                                 match=m.MatchValue(value=v)) for k, v in (flt or {}).items()]
+        if version is not None:
+            must += [m.FieldCondition(key="asif_from", range=m.Range(lte=version)),
+                     m.FieldCondition(key="asif_to", range=m.Range(gt=version))]
+        return m.Filter(must=must) if must else None
+
+    def count_items(self, flt: Filter | None = None, version: int | None = None) -> int:
         return int(self._call("count", self.client.count, self.items,
-                              count_filter=self._filter(flt), exact=True).count)
+                              count_filter=self._filter(flt, version), exact=True).count)
 
-    def search(self, indices, values, limit, flt=None) -> list[Hit]:
+    def search(self, indices, values, limit, flt=None, version=None) -> list[Hit]:
         q = self._m.SparseVector(indices=np.asarray(indices).tolist(),
                                  values=np.asarray(values, np.float32).tolist())
         res = self._call("search", self.client.query_points, self.items, query=q, using="rel",
-                         limit=limit, query_filter=self._filter(flt), with_payload=True)
-        return [Hit(str(p.id), float(p.score), p.payload["asif_modality"],
+                         limit=limit, query_filter=self._filter(flt, version), with_payload=True)
+        return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
                     {k: v for k, v in p.payload.items() if k not in _RESERVED}) for p in res.points]
 
-    def scroll_items(self, batch: int = 256) -> Iterator[list[ItemRecord]]:
+    def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
         offset = None
+        flt = self._filter(None, version)
         while True:
-            pts, offset = self._call("scroll", self.client.scroll, self.items, limit=batch,
-                                     offset=offset, with_payload=True, with_vectors=True)
+            pts, offset = self._call("scroll", self.client.scroll, self.items, scroll_filter=flt,
+                                     limit=batch, offset=offset, with_payload=True, with_vectors=True)
             if pts:
                 yield [self._record(p) for p in pts]
             if offset is None:

@@ -62,7 +62,7 @@ def build(kind, tmp_path, sc):
         recs, errs = idx.records(emb, mod, keys, [{"n": i, "group": i % 3} for i in range(len(emb))])
         assert not errs
         for s in range(0, len(recs), 200):
-            store.upsert_items(recs[s:s + 200])
+            idx.write(recs[s:s + 200])
     return idx
 
 
@@ -112,7 +112,7 @@ def test_reopen_needs_only_the_database(kind, tmp_path, scenario):
     np.testing.assert_array_equal(again.anchors.ids, idx.anchors.ids)
     assert again.anchors.version == idx.anchors.version
     assert [p.caption for p in again.anchors.payloads] == [p.caption for p in idx.anchors.payloads]
-    rec = again.store.fetch_items([item_id("image", "image-3")])[0]
+    rec = again.item(item_id("image", "image-3"))
     want = idx.records(scenario["item_img"][3:4], "image", ["image-3"], [{}])[0][0]
     np.testing.assert_array_equal(rec.sparse_indices, want.sparse_indices)
     np.testing.assert_allclose(rec.sparse_values, want.sparse_values, atol=1e-6)

@@ -28,9 +28,9 @@ def test_qdrant_container_roundtrip(engine, tmp_path):
     try:
         s = QdrantStore("dock", url=url)
         s.create(AnchorManifest("i", "t", 4, 3))
-        s.upsert_items([ItemRecord("00000000-0000-0000-0000-000000000002", "image",
+        s.upsert_items([ItemRecord("00000000-0000-0000-0000-000000000002", "item-1", "image",
                                    np.array([1, 2]), np.array([0.6, 0.8], np.float32),
-                                   np.ones(4, np.float32), 0.1, 1, {"a": 1})])
+                                   np.ones(4, np.float32), 0.1, 1, payload={"a": 1})])
         assert s.search(np.array([2]), np.array([1.0]), 5)[0].score == pytest.approx(0.8)
     finally:
         c.stop()

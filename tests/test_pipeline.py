@@ -112,8 +112,8 @@ def test_stages_alone(dataset, encoders):
     recs, bad = project_stage(idx, emb[20:], kept[20:], "image")
     assert len(recs) == 28 and not bad
     assert all(len(r.sparse_indices) == 10 for r in recs)
-    assert write_stage(store, recs) == (28, 0)
-    assert write_stage(store, recs[:5]) == (0, 5)  # same content -> same ids -> update
+    assert write_stage(idx, recs) == (28, 0)
+    assert write_stage(idx, recs[:5]) == (0, 5)  # same content -> same ids -> update
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -22,7 +22,7 @@ from asif_index.anchors import AnchorPayload
 from asif_index.encoders.base import Encoder
 from asif_index.encoders.image import image_content_key
 from asif_index.errors import ConfigError, InputError
-from connectors.base import ItemRecord, VectorStore
+from connectors.base import ItemRecord
 from connectors.index import Index
 from connectors.pipeline.readers import SourceItem
 
@@ -125,17 +125,14 @@ def project_stage(index: Index, emb: np.ndarray, items: list[SourceItem], modali
     return recs, [(e.item or "?", str(e)) for e in errs]
 
 
-def write_stage(store: VectorStore, records: list[ItemRecord]) -> tuple[int, int]:
-    """Upsert records; -> (new, updated) distinct ids. Retries live in the store.
+def write_stage(index: Index, records: list[ItemRecord]) -> tuple[int, int]:
+    """Upsert records; -> (new, updated) distinct items. Retries live in the store.
 
-    Records with the same id (the same content twice in a batch) collapse to the last one,
-    as the database's upsert would."""
+    Records of the same item (the same content twice in a batch) collapse to the last one,
+    as the database's upsert would; an item already stored is updated in its point."""
     if not records:
         return 0, 0
-    records = list({r.id: r for r in records}.values())
-    existing = store.existing_ids([r.id for r in records])
-    store.upsert_items(records)
-    return len(records) - len(existing), len(existing)
+    return index.write(records)
 
 
 # ----------------------------------------------------------------------------- drivers
@@ -166,7 +163,7 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
             t0 = time.perf_counter()
             recs, bad = project_stage(index, emb, kept, mod)
             t1 = time.perf_counter()
-            new, upd = write_stage(index.store, recs)
+            new, upd = write_stage(index, recs)
             s.timings["project_s"] += t1 - t0
             s.timings["write_s"] += time.perf_counter() - t1
             s.ingested += new
@@ -186,7 +183,7 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
     return s
 
 
-def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int = 256,
+def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int = 4096,
                    checkpoint: str | Path | None = None, source_name: str = "",
                    progress: bool = True) -> IngestSummary:
     """Add image-caption pairs as anchors. A pair already in the set (same image bytes and

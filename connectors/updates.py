@@ -1,0 +1,253 @@
+"""Live, exact anchor updates (add / remove) and full rebuilds behind an alias.
+
+Consistency (MVCC). Every item point is valid for anchor versions ``[valid_from, valid_to)``
+and every query filters on its pinned version V. An update V -> V+1:
+
+1. writes a journal (target V+1, the new anchor ids, the removed ids) to the meta collection;
+2. stores the new anchors with ``added_version = V+1`` and marks removed ones
+   ``removed_version = V+1`` (both invisible to readers at V);
+3. streams the items visible at V and finds exactly those whose top-k can change: a new
+   anchor beats the item's stored k-th similarity, or its top-k held a removed anchor;
+4. re-projects only those against the V+1 anchor set and writes each as a *new* point
+   ``[V+1, FOREVER)``, then closes the old point at ``valid_to = V+1``;
+5. flips the manifest's live version to V+1 (one single-row write: the atomic switch) and
+   clears the journal.
+
+Readers pinned at V see only V points before and after the flip; readers at V+1 see only V+1
+points. A crash at any step leaves V intact; calling the update again resumes from the
+journal, and since every write is deterministic (ids from content and version) it converges
+to the same state. Superseded points are garbage-collected by the next update (readers must
+refresh within one update).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from asif_index.anchors import AnchorSet
+from asif_index.errors import AnchorError, ConfigError
+from connectors.base import FOREVER, AnchorRecord, ItemRecord, VectorStore, point_id
+
+JOURNAL = "update"
+SIM_SLACK = 1e-6  # fp32 summation-order noise: treat near-ties as affected (re-projecting an
+# unaffected item rewrites the identical vector, so a superset is exact)
+
+
+@dataclass
+class UpdateResult:
+    version: int
+    added_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
+    removed_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    items_scanned: int = 0
+    items_touched: int = 0
+    seconds: float = 0.0
+    resumed: bool = False
+
+
+def check_no_pending_update(store: VectorStore) -> None:
+    if store.get_doc(JOURNAL):
+        raise ConfigError(
+            "an anchor update is in progress (or was interrupted) on this index; finish it "
+            "first with 'asif-index anchors status --resume' (Index.resume_update())"
+        )
+
+
+def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = None,
+                   batch: int = 512, _fail_after_batches: int | None = None) -> UpdateResult:
+    """Apply one anchor update (add and/or remove) exactly; resumes an interrupted one.
+
+    add: (image embeddings [n, d_i], text embeddings [n, d_t], payloads); remove: anchor ids.
+    """
+    t0 = time.perf_counter()
+    store = index.store
+    live = store.read_manifest()
+    journal = store.get_doc(JOURNAL)
+    if journal and journal["target"] == live.version:  # flipped, journal not yet cleared
+        store.put_doc(JOURNAL, None)
+        journal = None
+    if live.version != index.version:
+        index.refresh()
+    v = index.version
+    resumed = journal is not None
+    if journal is None:
+        if add is None and (remove is None or len(remove) == 0):
+            return UpdateResult(v)
+        store.delete_expired(v)  # GC what no reader at >= v can see
+        n_add = 0 if add is None else len(add[0])
+        first = int(max(index.anchors.next_id, int(live.extra.get("next_id", 0))))
+        add_ids = list(range(first, first + n_add))
+        rem = [] if remove is None else [int(x) for x in remove]
+        if rem:
+            index.anchors.rows_of(np.asarray(rem))  # unknown ids -> AnchorError, nothing written
+        journal = {"target": v + 1, "add": add_ids, "remove": rem, "next_id": first + n_add}
+        store.put_doc(JOURNAL, journal)
+    target = journal["target"]
+    add_ids = np.asarray(journal["add"], np.int64)
+    rem_ids = np.asarray(journal["remove"], np.int64)
+
+    # 2. anchors, invisible to readers at v
+    have = {a.id for a in store.fetch_anchors(None) if a.added_version == target}
+    if len(add_ids) and not set(add_ids.tolist()) <= have:
+        if add is None or len(add[0]) != len(add_ids):
+            _rollback(store, add_ids, rem_ids)
+            raise AnchorError(
+                "the interrupted anchor update had not stored its new anchors yet; it was rolled "
+                "back: run the same 'anchors add' again"
+            )
+        img, txt, payloads = add
+        staged = AnchorSet(index.anchors.manifest.__class__(**vars(index.anchors.manifest)))
+        staged.add(img, txt, payloads, ids=add_ids.astype(np.uint32))
+        now = time.time()
+        store.upsert_anchors([
+            AnchorRecord(int(i), staged.image[r], staged.text[r], p.caption, p.image_ref,
+                         p.source, now, p.key, added_version=target)
+            for r, (i, p) in enumerate(zip(add_ids, payloads))])
+    if len(rem_ids):
+        recs = [a for a in store.fetch_anchors(None) if a.id in set(rem_ids.tolist())]
+        for a in recs:
+            a.removed_version = target
+        store.upsert_anchors(recs)
+
+    from connectors.index import anchors_at
+
+    man = store.read_manifest()
+    man.extra["next_id"] = int(journal["next_id"])
+    new_set = anchors_at(store, man, target)
+    new_set.manifest.version = target
+
+    # 3-4. the affected items
+    old_n = len(index.anchors)
+    k = man.k
+    new_rows = new_set.rows_of(add_ids) if len(add_ids) else np.zeros(0, np.int64)
+    scanned = touched = 0
+    for n_batch, recs in enumerate(store.scroll_items(batch, version=v)):
+        if _fail_after_batches is not None and n_batch >= _fail_after_batches:
+            raise KeyboardInterrupt("simulated crash during the item pass")
+        scanned += len(recs)
+        for mod in ("image", "text"):
+            group = [r for r in recs if r.modality == mod]
+            if not group:
+                continue
+            hit = affected(group, new_set.matrix(mod)[new_rows], rem_ids, old_n, k)
+            todo = [r for r, h in zip(group, hit) if h]
+            if not todo:
+                continue
+            emb = np.stack([r.embedding for r in todo])
+            sb = new_set.project(emb, mod, **index.engine_options)
+            fresh = []
+            for j, r in enumerate(todo):
+                idx, val = sb.row(j)
+                order = np.argsort(idx)
+                fresh.append(ItemRecord(point_id(r.item, target), r.item, mod, idx[order],
+                                        val[order], r.embedding, float(sb.kth_similarity[j]),
+                                        target, FOREVER, r.payload))
+            store.upsert_items(fresh)
+            store.set_valid_to([r.id for r in todo if r.valid_from < target], target)
+            touched += len(todo)
+
+    # 5. the atomic switch
+    man.version = target
+    store.write_manifest(man)
+    store.put_doc(JOURNAL, None)
+    index.anchors = new_set
+    return UpdateResult(target, add_ids.astype(np.uint32), rem_ids, scanned, touched,
+                        time.perf_counter() - t0, resumed)
+
+
+def affected(recs: list[ItemRecord], new_anchor_emb: np.ndarray, removed: np.ndarray,
+             old_n: int, k: int) -> np.ndarray:
+    """Which items' top-k can change: bool [len(recs)].
+
+    Adding: a new anchor whose similarity beats the item's k-th (exact ties lose to older
+    anchors, which sit at lower rows), or every item while N < k (its top-k holds all).
+    Removing: the item's top-k held a removed anchor; items with a k-th similarity <= 0 may
+    hold it at weight 0 (not stored), so they are re-projected too.
+    """
+    hit = np.zeros(len(recs), bool)
+    if len(new_anchor_emb):
+        if old_n < k:
+            hit[:] = True
+        else:
+            emb = np.stack([r.embedding for r in recs]).astype(np.float32)
+            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+            best = (emb @ new_anchor_emb.T).max(axis=1)
+            kth = np.array([r.kth_similarity for r in recs], np.float32)
+            hit |= best > kth - SIM_SLACK
+    if len(removed):
+        rem = set(removed.tolist())
+        hit |= np.array([bool(rem.intersection(r.sparse_indices.tolist())) or r.kth_similarity <= 0
+                         for r in recs])
+    return hit
+
+
+def _rollback(store: VectorStore, add_ids: np.ndarray, rem_ids: np.ndarray) -> None:
+    if len(add_ids):
+        store.delete_anchors(add_ids.tolist())
+    if len(rem_ids):
+        recs = [a for a in store.fetch_anchors(None) if a.id in set(rem_ids.tolist())]
+        for a in recs:
+            a.removed_version = FOREVER
+        store.upsert_anchors(recs)
+    store.put_doc(JOURNAL, None)
+
+
+def status(store: VectorStore) -> dict:
+    man = store.read_manifest()
+    return {"live_version": man.version if man else None, "pending_update": store.get_doc(JOURNAL),
+            "visible_items": store.count_items(version=man.version) if man else 0,
+            "stored_points": store.count_items()}
+
+
+# ----------------------------------------------------------------------- full rebuilds
+def rebuild(index, target: VectorStore, k: int | None = None, p: float | None = None,
+            image_encoder=None, text_encoder=None, batch: int = 512) -> "object":
+    """Re-project every item into a new index (new k, p, or encoders) from the stored raw
+    embeddings (new encoders re-embed anchors only if given; items need their sources)."""
+    from connectors.index import Index
+
+    man = index.anchors.manifest
+    if (image_encoder or text_encoder) is not None:
+        raise ConfigError("a rebuild with new encoders needs the items' sources: re-ingest them "
+                          "into a new index (asif-index init + ingest) and switch the alias")
+    new = Index.create(target, index.encoders["image"], index.encoders["text"],
+                       k=k or man.k, p=p or man.p, recreate=True, **index.engine_options)
+    src = index.anchors
+    new.anchors.add(src.image, src.text, list(src.payloads), ids=src.ids)
+    target.upsert_anchors([AnchorRecord(int(i), src.image[r], src.text[r], pl.caption,
+                                        pl.image_ref, pl.source, float(src.added_at[r]), pl.key)
+                           for r, (i, pl) in enumerate(zip(src.ids, src.payloads))])
+    new.anchors.manifest.version = 0
+    new.anchors.manifest.extra["next_id"] = int(src.next_id)
+    target.write_manifest(new.anchors.manifest)
+    n = 0
+    for recs in index.store.scroll_items(batch, version=index.version):
+        for mod in ("image", "text"):
+            group = [r for r in recs if r.modality == mod]
+            if not group:
+                continue
+            sb = new.project(np.stack([r.embedding for r in group]), mod)
+            out = []
+            for j, r in enumerate(group):
+                idx, val = sb.row(j)
+                order = np.argsort(idx)
+                out.append(ItemRecord(point_id(r.item, 0), r.item, mod, idx[order], val[order],
+                                      r.embedding, float(sb.kth_similarity[j]), 0, FOREVER,
+                                      r.payload))
+            target.upsert_items(out)
+            n += len(out)
+    return new, n
+
+
+def set_alias(registry: VectorStore, alias: str, physical: str) -> None:
+    """Point ``alias`` at a physical index name: one single-row write, so every reader that
+    resolves the alias afterwards sees the new index whole."""
+    registry.put_doc(f"alias:{alias}", {"physical": physical, "at": time.time()})
+
+
+def resolve_alias(registry: VectorStore, alias: str) -> str:
+    doc = registry.get_doc(f"alias:{alias}") if registry.exists() else None
+    return doc["physical"] if doc else alias
+
