@@ -2,26 +2,68 @@
 
 from __future__ import annotations
 
+import atexit
+from pathlib import Path
+
 from asif_index.errors import ConfigError
 from connectors.base import AnchorRecord, Hit, ItemRecord, VectorStore
 from connectors.index import Index
 
 
-def open_store(settings) -> VectorStore:
-    """The store named by settings (backend, url or path, api_key, collection)."""
+_LOCAL_QDRANT: dict[str, object] = {}
+
+
+@atexit.register
+def _close_local_clients() -> None:
+    # Closed here, not in QdrantClient.__del__ during interpreter shutdown (which fails
+    # noisily once the import system is gone).
+    for client in _LOCAL_QDRANT.values():
+        client.close()
+    _LOCAL_QDRANT.clear()
+REGISTRY = "asif_registry"  # index of alias documents (alias -> physical index name)
+
+
+def open_store(settings, name: str | None = None, resolve: bool = True) -> VectorStore:
+    """The store named by settings (backend, url or path, api_key, collection); an alias
+    (see ``asif-index anchors rebuild``) resolves to the physical index it points at."""
+    name = name or settings.collection
     if settings.backend == "qdrant":
         from connectors.qdrant import QdrantStore
 
         if settings.url:
-            return QdrantStore(settings.collection, url=settings.url, api_key=settings.api_key)
-        return QdrantStore(settings.collection, path=str(settings.path or "asif-qdrant"))
+            reg = QdrantStore(REGISTRY, url=settings.url, api_key=settings.api_key)
+        else:
+            # Local mode allows one client per folder: share it within the process.
+            path = str(Path(settings.path or "asif-qdrant").resolve())
+            if path not in _LOCAL_QDRANT:
+                _LOCAL_QDRANT[path] = QdrantStore(REGISTRY, path=path).client
+            reg = QdrantStore(REGISTRY, client=_LOCAL_QDRANT[path])
+        return QdrantStore(_resolve(reg, name, resolve), client=reg.client)
     if settings.backend == "milvus":
         from connectors.milvus import MilvusStore
 
         uri = settings.url or str(settings.path or "asif.db")
-        return MilvusStore(settings.collection, uri=uri, token=settings.api_key)
+        reg = MilvusStore(REGISTRY, uri=uri, token=settings.api_key)
+        store = MilvusStore(_resolve(reg, name, resolve), uri=uri, token=settings.api_key)
+        store.registry = reg
+        return store
     raise ConfigError(f"backend '{settings.backend}' cannot be opened from the command line; "
                       "use qdrant or milvus")
+
+
+def _resolve(registry: VectorStore, name: str, resolve: bool) -> str:
+    from connectors.updates import resolve_alias
+
+    return resolve_alias(registry, name) if resolve else name
+
+
+def registry_of(settings) -> VectorStore:
+    from asif_index.anchors import AnchorManifest
+
+    store = open_store(settings, REGISTRY, resolve=False)
+    if not store.exists():
+        store.create(AnchorManifest("-", "-", 1, 1))
+    return store
 
 
 __all__ = ["AnchorRecord", "Hit", "Index", "ItemRecord", "VectorStore", "open_store"]

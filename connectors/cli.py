@@ -69,6 +69,43 @@ def cmd_anchors_add(args) -> int:
     return 0
 
 
+def cmd_anchors_remove(args) -> int:
+    idx = _open(args)
+    ids = [int(x) for x in args.ids.split(",") if x.strip()]
+    r = idx.remove_anchors(ids)
+    print(f"removed {len(ids)} anchors: version {r.version}, re-projected {r.items_touched} of "
+          f"{r.items_scanned} items in {r.seconds:.2f}s")
+    return 0
+
+
+def cmd_anchors_status(args) -> int:
+    from connectors.updates import status, update_anchors
+
+    idx = _open(args)
+    if args.resume:
+        r = update_anchors(idx)
+        print(f"resumed: version {r.version}, re-projected {r.items_touched} items")
+    print(json.dumps({**status(idx.store), "anchors": len(idx.anchors)}, indent=1))
+    return 0
+
+
+def cmd_anchors_rebuild(args) -> int:
+    from connectors import open_store, registry_of
+    from connectors.updates import rebuild, resolve_alias, set_alias
+
+    s = _settings(args)
+    idx = _open(args)
+    reg = registry_of(s)
+    alias = s.collection
+    physical = f"{alias}_v{int(__import__('time').time())}"
+    new, n = rebuild(idx, open_store(s, physical, resolve=False), k=args.k, p=args.p)
+    old = resolve_alias(reg, alias)
+    set_alias(reg, alias, physical)
+    print(f"rebuilt {n} items into '{physical}' (k={new.k}, p={new.p}); alias '{alias}' now "
+          f"points at it (was '{old}'; drop that index when no reader uses it)")
+    return 0
+
+
 def cmd_ingest(args) -> int:
     from connectors.pipeline import ingest_items
 
@@ -163,6 +200,18 @@ def register(sub, common) -> None:
     db(p)
     source(p)
     p.set_defaults(func=cmd_anchors_add)
+    p = a.add_parser("remove", help="remove anchors by id (stored items re-projected exactly)")
+    db(p)
+    p.add_argument("--ids", required=True, help="comma-separated anchor ids")
+    p.set_defaults(func=cmd_anchors_remove)
+    p = a.add_parser("status", help="live version, pending update, stored points")
+    db(p)
+    p.add_argument("--resume", action="store_true", help="finish an interrupted update")
+    p.set_defaults(func=cmd_anchors_status)
+    p = a.add_parser("rebuild", help="re-project everything into a new index (new --k/--p) "
+                     "and switch the alias to it")
+    db(p)
+    p.set_defaults(func=cmd_anchors_rebuild)
 
     p = sub.add_parser("ingest", help="embed, project and store items")
     db(p)

@@ -10,7 +10,7 @@ import numpy as np
 
 from asif_index._optional import require
 from asif_index.anchors import AnchorManifest
-from asif_index.errors import CollectionError
+from asif_index.errors import BackendUnavailableError, CollectionError
 from connectors.base import (
     FOREVER,
     AnchorRecord,
@@ -35,14 +35,25 @@ class QdrantStore(VectorStore):
     backend = "qdrant"
 
     def __init__(self, name: str = "asif", *, path: str | None = None, url: str | None = None,
-                 api_key: str | None = None, timeout: float = 30.0) -> None:
+                 api_key: str | None = None, timeout: float = 30.0, client=None) -> None:
+        """``client``: share one QdrantClient between indexes (local mode allows a single
+        client per folder)."""
         qc = require("qdrant_client", "the Qdrant connector")
         self._m = require("qdrant_client.models", "the Qdrant connector")
         self.name = name
-        if url:
+        if client is not None:
+            self.client = client
+        elif url:
             self.client = qc.QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
         else:
-            self.client = qc.QdrantClient(path=path or ":memory:")
+            try:
+                self.client = qc.QdrantClient(path=path or ":memory:")
+            except RuntimeError as exc:
+                raise BackendUnavailableError(
+                    f"Qdrant local folder '{path}' is open in another process ({exc}); local mode "
+                    "is single-process: stop the other one, or run a Qdrant server for "
+                    "concurrent access"
+                ) from exc
         self.where = url or path or ":memory:"
         transient: tuple = (ConnectionError, TimeoutError)
         backend: tuple = ()

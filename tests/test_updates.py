@@ -1,0 +1,144 @@
+"""Incremental anchors: after adds and removes every visible item equals a fresh rebuild."""
+
+import numpy as np
+import pytest
+
+from asif_index.anchors import AnchorPayload
+from asif_index.errors import AnchorError, ConfigError
+from connectors.index import Index
+from connectors.updates import rebuild, resolve_alias, set_alias, status, update_anchors
+from tests.stores import make_store
+from tests.test_congruence import FakeEncoder
+
+DI, DT, K = 24, 16, 30
+
+
+def data(seed, n):
+    rng = np.random.default_rng(seed)
+    latent = rng.standard_normal((n, 8)).astype(np.float32)
+    img = latent @ rng.standard_normal((8, DI)) + 0.4 * rng.standard_normal((n, DI))
+    txt = latent @ rng.standard_normal((8, DT)) + 0.4 * rng.standard_normal((n, DT))
+    return img.astype(np.float32), txt.astype(np.float32)
+
+
+def build(kind, tmp_path, n_anchors=120, n_items=300):
+    store = make_store(kind, tmp_path)
+    idx = Index.create(store, FakeEncoder("image", DI), FakeEncoder("text", DT), k=K, p=8.0)
+    ai, at = data(1, n_anchors)
+    idx.add_anchor_embeddings(ai, at, [AnchorPayload(f"a{i}") for i in range(n_anchors)])
+    ii, it = data(2, n_items)
+    for mod, emb in (("image", ii[: n_items // 2]), ("text", it[n_items // 2:])):
+        recs, _ = idx.records(emb, mod, [f"{mod}{i}" for i in range(len(emb))],
+                              [{"i": i} for i in range(len(emb))])
+        idx.write(recs)
+    return idx
+
+
+def assert_equals_rebuild(idx):
+    """Every visible point's sparse vector == a fresh projection on the current anchors."""
+    seen = 0
+    for batch in idx.store.scroll_items(version=idx.version):
+        for mod in ("image", "text"):
+            g = [r for r in batch if r.modality == mod]
+            if not g:
+                continue
+            fresh = idx.anchors.project(np.stack([r.embedding for r in g]), mod)
+            for j, r in enumerate(g):
+                fi, fv = fresh.row(j)
+                o = np.argsort(fi)
+                np.testing.assert_array_equal(r.sparse_indices, fi[o], err_msg=r.item)
+                np.testing.assert_allclose(r.sparse_values, fv[o], atol=1e-5, err_msg=r.item)
+                assert r.kth_similarity == pytest.approx(float(fresh.kth_similarity[j]), abs=1e-5)
+                seen += 1
+    assert seen == idx.store.count_items(version=idx.version) == 300
+
+
+@pytest.mark.parametrize("kind", ["memory", "qdrant-local", "milvus-lite", "qdrant-server", "milvus-server"])
+def test_add_then_remove_is_exact(kind, tmp_path):
+    idx = build(kind, tmp_path)
+    v0 = idx.version
+    ni, nt = data(3, 12)
+    res = update_anchors(idx, add=(ni, nt, [AnchorPayload(f"new{i}") for i in range(12)]))
+    assert idx.version == v0 + 1 and len(idx.anchors) == 132
+    assert 0 < res.items_touched < res.items_scanned == 300, "only affected items re-projected"
+    assert_equals_rebuild(idx)
+    gone = np.concatenate([res.added_ids[:4], idx.anchors.ids[:6]]).astype(np.int64)
+    res2 = idx.remove_anchors(gone)
+    assert idx.version == v0 + 2 and len(idx.anchors) == 122
+    assert not np.isin(gone, idx.anchors.ids).any()
+    assert 0 < res2.items_touched < 300
+    assert_equals_rebuild(idx)
+    # a fresh process sees the same state
+    again = Index.open(idx.store, FakeEncoder("image", DI), FakeEncoder("text", DT))
+    assert again.version == idx.version
+    np.testing.assert_array_equal(np.sort(again.anchors.ids), np.sort(idx.anchors.ids))
+
+
+def test_reader_pinned_during_update_sees_one_version(tmp_path):
+    idx = build("memory", tmp_path)
+    reader = Index.open(idx.store, FakeEncoder("image", DI), FakeEncoder("text", DT))
+    q = reader.project(data(9, 1)[1], "text")
+    before = [(h.id, round(h.score, 6)) for h in reader.search_vectors(q, 20)[0]]
+    ni, nt = data(4, 30)
+    with pytest.raises(KeyboardInterrupt):
+        update_anchors(idx, add=(ni, nt, [AnchorPayload("x")] * 30), batch=64, _fail_after_batches=2)
+    # crashed mid-update: new points exist but are invisible to the live version
+    assert idx.store.count_items() > 300
+    during = [(h.id, round(h.score, 6)) for h in reader.search_vectors(q, 20)[0]]
+    assert during == before
+    with pytest.raises(ConfigError, match="in progress"):
+        idx.write(idx.records(data(5, 1)[0], "image", ["late"], [{}])[0])
+    # resume converges to the exact state
+    res = update_anchors(idx, add=(ni, nt, [AnchorPayload("x")] * 30))
+    assert res.resumed and idx.version == reader.version + 1
+    assert_equals_rebuild(idx)
+    assert status(idx.store)["pending_update"] is None
+    assert [(h.id, round(h.score, 6)) for h in reader.search_vectors(q, 20)[0]] == before, \
+        "a reader pinned to the old version still sees it until it refreshes"
+    reader.refresh()
+    assert reader.version == idx.version
+
+
+def test_interrupted_before_anchors_stored_rolls_back(tmp_path):
+    idx = build("memory", tmp_path)
+    v = idx.version
+    real = idx.store.upsert_anchors
+    idx.store.upsert_anchors = lambda recs: (_ for _ in ()).throw(KeyboardInterrupt())
+    ni, nt = data(6, 5)
+    with pytest.raises(KeyboardInterrupt):
+        update_anchors(idx, add=(ni, nt, [AnchorPayload("y")] * 5))
+    idx.store.upsert_anchors = real
+    with pytest.raises(AnchorError, match="rolled back"):
+        update_anchors(idx)  # resume without the embeddings: cannot finish, so undo
+    assert idx.version == v and status(idx.store)["pending_update"] is None
+    update_anchors(idx, add=(ni, nt, [AnchorPayload("y")] * 5))
+    assert_equals_rebuild(idx)
+
+
+def test_unknown_removal_changes_nothing(tmp_path):
+    idx = build("memory", tmp_path)
+    v = idx.version
+    with pytest.raises(AnchorError, match="unknown anchor ids"):
+        idx.remove_anchors([99999])
+    assert idx.version == v and status(idx.store)["pending_update"] is None
+
+
+def test_rebuild_with_new_k_and_alias_switch(tmp_path):
+    idx = build("qdrant-local", tmp_path)
+    from asif_index.anchors import AnchorManifest
+    from connectors.qdrant import QdrantStore
+
+    registry = QdrantStore("registry", client=idx.store.client)
+
+    registry.create(AnchorManifest("-", "-", 1, 1))
+    set_alias(registry, "prod", idx.store.name)
+    target = QdrantStore(idx.store.name + "_k10", client=idx.store.client)
+    new, n = rebuild(idx, target, k=10)
+    assert n == 300 and new.k == 10
+    assert all(len(r.sparse_indices) <= 10 for b in target.scroll_items() for r in b)
+    assert resolve_alias(registry, "prod") == idx.store.name
+    set_alias(registry, "prod", target.name)
+    assert resolve_alias(registry, "prod") == target.name
+    again = Index.open(target, FakeEncoder("image", DI), FakeEncoder("text", DT))
+    assert again.k == 10 and again.store.count_items(version=again.version) == 300
+    assert_equals_rebuild(again)
