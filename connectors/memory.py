@@ -29,6 +29,8 @@ class MemoryStore(VectorStore):
         self._anchors: dict[int, AnchorRecord] = {}
         self._items: dict[str, ItemRecord] = {}
         self._created = False
+        self._gen = 0  # bumped by every item mutation; invalidates the search cache
+        self._cache: dict = {}
 
     def create(self, manifest: AnchorManifest, recreate: bool = False) -> None:
         if self._created and not recreate:
@@ -65,6 +67,7 @@ class MemoryStore(VectorStore):
                 if self._anchors[i].visible(version)]
 
     def upsert_items(self, items: list[ItemRecord]) -> None:
+        self._gen += 1
         for it in items:
             self._items[it.id] = copy.copy(it)
 
@@ -77,15 +80,20 @@ class MemoryStore(VectorStore):
                 if r.item in want and r.valid_to == FOREVER}
 
     def set_valid_to(self, point_ids: list[str], version: int) -> None:
+        self._gen += 1
         for i in point_ids:
-            if i in self._items:
-                self._items[i].valid_to = version
+            if i in self._items:  # replace, never mutate: records may be shared by snapshots
+                r = copy.copy(self._items[i])
+                r.valid_to = version
+                self._items[i] = r
 
     def delete_items(self, ids: list[str]) -> None:
+        self._gen += 1
         for i in ids:
             self._items.pop(i, None)
 
     def delete_expired(self, version: int) -> int:
+        self._gen += 1
         gone = [k for k, r in self._items.items() if r.valid_to <= version]
         for k in gone:
             del self._items[k]
@@ -97,18 +105,45 @@ class MemoryStore(VectorStore):
         return sum(filter_matches(it.payload, it.modality, flt) and it.visible(version)
                    for it in self._items.values())
 
+    def _matrix(self):
+        """(records, CSR [n_points, max id + 1] of their vectors), rebuilt after mutations."""
+        import scipy.sparse as sp
+
+        if self._cache.get("gen") != self._gen:
+            recs = list(self._items.values())
+            lens = np.array([len(r.sparse_indices) for r in recs], np.int64)
+            indptr = np.concatenate([[0], np.cumsum(lens)])
+            idx = np.concatenate([r.sparse_indices for r in recs]) if recs else np.zeros(0, np.int64)
+            val = (np.concatenate([r.sparse_values for r in recs]) if recs
+                   else np.zeros(0, np.float32)).astype(np.float64)
+            ncol = int(idx.max()) + 1 if idx.size else 1
+            self._cache = {"gen": self._gen, "recs": recs, "masks": {},
+                           "csr": sp.csr_matrix((val, idx, indptr), shape=(len(recs), ncol))}
+        return self._cache
+
+    def _mask(self, cache, flt: Filter | None, version: int | None) -> np.ndarray:
+        key = (version, tuple(sorted((flt or {}).items())))
+        if key not in cache["masks"]:
+            cache["masks"][key] = np.array(
+                [r.visible(version) and filter_matches(r.payload, r.modality, flt)
+                 for r in cache["recs"]], bool)
+        return cache["masks"][key]
+
     def search(self, indices, values, limit, flt=None, version=None) -> list[Hit]:
-        q = dict(zip(np.asarray(indices).tolist(), np.asarray(values, np.float64).tolist()))
-        scored = []
-        for it in self._items.values():
-            if not it.visible(version) or not filter_matches(it.payload, it.modality, flt):
-                continue
-            s = sum(q.get(i, 0.0) * v for i, v in zip(it.sparse_indices.tolist(),
-                                                      it.sparse_values.tolist()))
-            if s > 0:
-                scored.append((-s, it.item, it))
-        scored.sort(key=lambda t: (t[0], t[1]))
-        return [Hit(it.item, -ns, it.modality, it.payload) for ns, _, it in scored[:limit]]
+        cache = self._matrix()
+        recs, m = cache["recs"], cache["csr"]
+        if not recs:
+            return []
+        q = np.zeros(m.shape[1])
+        ind = np.asarray(indices, np.int64)
+        ok = ind < m.shape[1]
+        q[ind[ok]] = np.asarray(values, np.float64)[ok]
+        scores = m @ q
+        cand = np.flatnonzero(self._mask(cache, flt, version) & (scores > 0))
+        # descending score, ties by ascending item id (deterministic reference order)
+        order = sorted(cand.tolist(), key=lambda j: (-scores[j], recs[j].item))[:limit]
+        return [Hit(recs[j].item, float(scores[j]), recs[j].modality, recs[j].payload)
+                for j in order]
 
     def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
         items = [copy.copy(self._items[k]) for k in sorted(self._items)

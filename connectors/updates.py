@@ -131,21 +131,31 @@ def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = 
             group = [r for r in recs if r.modality == mod]
             if not group:
                 continue
-            hit = affected(group, new_set.matrix(mod)[new_rows], rem_ids, old_n, k)
-            todo = [r for r, h in zip(group, hit) if h]
-            if not todo:
+            hit, sims = affected(group, new_set.matrix(mod)[new_rows], rem_ids, old_n, k)
+            todo = np.flatnonzero(hit)
+            if not len(todo):
                 continue
-            emb = np.stack([r.embedding for r in todo])
-            sb = new_set.project(emb, mod, **index.engine_options)
-            fresh = []
-            for j, r in enumerate(todo):
-                idx, val = sb.row(j)
-                order = np.argsort(idx)
-                fresh.append(ItemRecord(point_id(r.item, target), r.item, mod, idx[order],
-                                        val[order], r.embedding, float(sb.kth_similarity[j]),
-                                        target, FOREVER, r.payload))
+            # Add-only updates merge each item's recovered top-k with its similarities to the
+            # new anchors: O(k + n_new) per item instead of a projection over all N anchors.
+            mergeable = (np.array([mergeable_record(group[j], old_n, k) for j in todo], bool)
+                         if len(rem_ids) == 0 and sims is not None else np.zeros(len(todo), bool))
+            fresh: list[ItemRecord] = []
+            if mergeable.any():
+                rows = todo[mergeable]
+                fresh += merge_new_anchors([group[j] for j in rows], sims[rows],
+                                           add_ids.astype(np.int64), k, man.p, target)
+            full = [group[j] for j in todo[~mergeable]]
+            if full:
+                sb = new_set.project(np.stack([r.embedding for r in full]), mod,
+                                     **index.engine_options)
+                for j, r in enumerate(full):
+                    idx, val = sb.row(j)
+                    order = np.argsort(idx)
+                    fresh.append(ItemRecord(point_id(r.item, target), r.item, mod, idx[order],
+                                            val[order], r.embedding, float(sb.kth_similarity[j]),
+                                            target, FOREVER, r.payload))
             store.upsert_items(fresh)
-            store.set_valid_to([r.id for r in todo if r.valid_from < target], target)
+            store.set_valid_to([group[j].id for j in todo if group[j].valid_from < target], target)
             touched += len(todo)
 
     # 5. the atomic switch
@@ -157,9 +167,52 @@ def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = 
                         time.perf_counter() - t0, resumed)
 
 
+def mergeable_record(r: ItemRecord, old_n: int, k: int) -> bool:
+    """True when the item's full top-k (raw similarities) can be recovered from its stored
+    weights: all min(k, N) entries stored (none clipped to zero) and N >= k."""
+    return old_n >= k and r.kth_similarity > 0 and len(r.sparse_indices) == k
+
+
+def recover_similarities(values: np.ndarray, kth: np.ndarray, p: float) -> np.ndarray:
+    """Raw cosine similarities from relative-vector weights: w_i = s_i^p / Z, so
+    s_i = s_k * (w_i / w_k)^(1/p) with s_k the stored k-th similarity. values: [b, k]."""
+    wk = values.min(axis=1, keepdims=True)
+    return kth[:, None] * (values / wk) ** (1.0 / p)
+
+
+def merge_new_anchors(recs: list[ItemRecord], new_sims: np.ndarray, new_ids: np.ndarray,
+                      k: int, p: float, target: int) -> list[ItemRecord]:
+    """New top-k of each item = top-k of (its old top-k, the new anchors), exactly as a
+    projection over all anchors would rank them (ties: older anchor, i.e. lower id, first)."""
+    from asif_index.projection import relative_weights
+
+    b = len(recs)
+    old_ids = np.stack([r.sparse_indices for r in recs]).astype(np.int64)
+    old_vals = np.stack([r.sparse_values for r in recs]).astype(np.float64)
+    kth = np.array([r.kth_similarity for r in recs], np.float64)
+    sims = np.concatenate([recover_similarities(old_vals, kth, p), new_sims.astype(np.float64)], 1)
+    ids = np.concatenate([old_ids, np.broadcast_to(new_ids, (b, len(new_ids)))], 1)
+    by_id = np.argsort(ids, axis=1, kind="stable")
+    ids = np.take_along_axis(ids, by_id, 1)
+    sims = np.take_along_axis(sims, by_id, 1)
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    top_s = np.take_along_axis(sims, top, 1).astype(np.float32)
+    top_i = np.take_along_axis(ids, top, 1)
+    w = relative_weights(top_s, p)
+    out = []
+    for j, r in enumerate(recs):
+        keep = w[j] > 0
+        o = np.argsort(top_i[j][keep])
+        out.append(ItemRecord(point_id(r.item, target), r.item, r.modality, top_i[j][keep][o],
+                              w[j][keep][o], r.embedding, float(top_s[j, -1]), target, FOREVER,
+                              r.payload))
+    return out
+
+
 def affected(recs: list[ItemRecord], new_anchor_emb: np.ndarray, removed: np.ndarray,
-             old_n: int, k: int) -> np.ndarray:
-    """Which items' top-k can change: bool [len(recs)].
+             old_n: int, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Which items' top-k can change: (bool [len(recs)], similarities to the new anchors
+    float32 [len(recs), n_new] or None).
 
     Adding: a new anchor whose similarity beats the item's k-th (exact ties lose to older
     anchors, which sit at lower rows), or every item while N < k (its top-k holds all).
@@ -167,20 +220,21 @@ def affected(recs: list[ItemRecord], new_anchor_emb: np.ndarray, removed: np.nda
     hold it at weight 0 (not stored), so they are re-projected too.
     """
     hit = np.zeros(len(recs), bool)
+    sims = None
     if len(new_anchor_emb):
+        emb = np.stack([r.embedding for r in recs]).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        sims = emb @ new_anchor_emb.T
         if old_n < k:
             hit[:] = True
         else:
-            emb = np.stack([r.embedding for r in recs]).astype(np.float32)
-            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-            best = (emb @ new_anchor_emb.T).max(axis=1)
             kth = np.array([r.kth_similarity for r in recs], np.float32)
-            hit |= best > kth - SIM_SLACK
+            hit |= sims.max(axis=1) > kth - SIM_SLACK
     if len(removed):
         rem = set(removed.tolist())
         hit |= np.array([bool(rem.intersection(r.sparse_indices.tolist())) or r.kth_similarity <= 0
                          for r in recs])
-    return hit
+    return hit, sims
 
 
 def _rollback(store: VectorStore, add_ids: np.ndarray, rem_ids: np.ndarray) -> None:

@@ -62,9 +62,13 @@ def test_add_then_remove_is_exact(kind, tmp_path):
     assert idx.version == v0 + 1 and len(idx.anchors) == 132
     assert 0 < res.items_touched < res.items_scanned == 300, "only affected items re-projected"
     assert_equals_rebuild(idx)
+    res_b = update_anchors(idx, add=(*data(7, 6), [AnchorPayload("b")] * 6))
+    assert 0 < res_b.items_touched < 300
+    assert_equals_rebuild(idx)
+    v0 += 1
     gone = np.concatenate([res.added_ids[:4], idx.anchors.ids[:6]]).astype(np.int64)
     res2 = idx.remove_anchors(gone)
-    assert idx.version == v0 + 2 and len(idx.anchors) == 122
+    assert idx.version == v0 + 2 and len(idx.anchors) == 128
     assert not np.isin(gone, idx.anchors.ids).any()
     assert 0 < res2.items_touched < 300
     assert_equals_rebuild(idx)
