@@ -1,0 +1,104 @@
+"""Question 4: query-side pruning of the sparse vector in the database.
+
+    python -m benchmarks.pruning [--backends milvus,qdrant] [--keep 800,400,200,100,50,25]
+
+A relative vector has k=800 entries, but after the power p=8 a few anchors carry almost all
+of its weight. Keeping only the m largest query entries cuts posting-list traffic in the
+database. For each m this measures, on real data (Flickr8k dev images as items, their
+captions as queries, train pairs as anchors): Recall@10 against the ground truth, overlap of
+the top-10 with the unpruned search, and search latency. The default is the smallest m whose
+top-10 overlap stays >= 99%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from asif_index.anchors import AnchorPayload
+from asif_index.config import AsifSettings
+from asif_index.datasets import flickr8k, shared_data_dir
+from asif_index.search import recall_at
+from benchmarks.common import machine, table, write_json
+from benchmarks.flickr_db import make_store
+from connectors.index import Index
+from connectors.pipeline import ingest_items
+from connectors.pipeline.readers import SourceItem
+
+
+def prune(indices: np.ndarray, values: np.ndarray, m: int):
+    if len(values) <= m:
+        return indices, values
+    top = np.argpartition(-values, m - 1)[:m]
+    return indices[top], values[top]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--backends", default="milvus,qdrant")
+    ap.add_argument("--keep", default="800,400,200,100,50,25,10")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--out", default="runs/bench/pruning.json")
+    a = ap.parse_args(argv)
+    data = shared_data_dir()
+    if data is None:
+        print("no ../shared/data: nothing to measure")
+        return
+    s = AsifSettings.load()
+    img_enc, txt_enc = s.encoders()
+    train, dev = flickr8k(data / "flickr8k")
+    tr_imgs = sorted({r.image for r in train})
+    emb_i = dict(zip(tr_imgs, img_enc.encode(tr_imgs)))
+    a_img = np.stack([emb_i[r.image] for r in train])
+    a_txt = txt_enc.encode([r.caption for r in train])
+    dev_imgs = sorted({r.image for r in dev})
+    caps = dev[: a.queries]
+    q_emb = txt_enc.encode([r.caption for r in caps])
+    keeps = [int(x) for x in a.keep.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="asif-prune-"))
+    rows = []
+    for kind in a.backends.split(","):
+        store = make_store(kind, tmp, "prune")
+        idx = Index.create(store, img_enc, txt_enc, k=800, p=8.0)
+        idx.add_anchor_embeddings(a_img, a_txt, [AnchorPayload(r.caption) for r in train])
+        ingest_items(idx, [SourceItem(p.name, image=p, payload={"image": p.name}) for p in dev_imgs],
+                     "image", progress=False)
+        q = idx.project(q_emb, "text")
+        full = None
+        for m in keeps:
+            lat, got = [], []
+            for r in range(len(q)):
+                qi, qv = prune(*q.row(r), m)
+                t0 = time.perf_counter()
+                hits = store.search(qi, qv, 10, {"modality": "image"}, idx.version)
+                lat.append(time.perf_counter() - t0)
+                got.append([h.payload["image"] for h in hits])
+            if full is None:
+                full = got
+            overlap = float(np.mean([len(set(g) & set(f)) / max(1, len(f)) for g, f in zip(got, full)]))
+            pos = {p.name: i for i, p in enumerate(dev_imgs)}
+            order = np.array([[pos[x] for x in g] + [-1] * (10 - len(g)) for g in got])
+            rec = recall_at(order, [{pos[c.image.name]} for c in caps])
+            row = {"backend": kind, "keep": m, "top10_overlap_vs_full": overlap,
+                   "R@10": rec["R@10"], "R@1": rec["R@1"],
+                   "p50_ms": 1000 * statistics.median(lat),
+                   "p95_ms": 1000 * float(np.percentile(lat, 95))}
+            print(table([row], list(row)), flush=True)
+            rows.append(row)
+        store.close()
+    chosen = {}
+    for kind in a.backends.split(","):
+        ok = [r for r in rows if r["backend"] == kind and r["top10_overlap_vs_full"] >= 0.99]
+        chosen[kind] = min(r["keep"] for r in ok) if ok else max(keeps)
+    md = table(rows, list(rows[0]))
+    print(f"\n{md}\n\nsmallest query size keeping >= 99% of the top-10: {chosen}")
+    write_json({"machine": machine(), "rows": rows, "chosen": chosen, "markdown": md}, a.out)
+
+
+if __name__ == "__main__":
+    main()
