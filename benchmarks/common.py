@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 
 def machine() -> dict:
     import torch
@@ -41,6 +43,23 @@ def best_time(fn: Callable[[], object], repeat: int = 3, min_time: float = 0.0) 
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def flickr_anchors(data_dir, img_enc, txt_enc):
+    """Flickr8k embedded through the encoders' cache.
+
+    Returns (train rows, dev rows, anchor image embeddings [30000, d_i] (each caption's
+    image), anchor caption embeddings [30000, d_t], anchor payloads)."""
+    from asif_index.anchors import AnchorPayload
+    from asif_index.datasets import flickr8k
+
+    train, dev = flickr8k(data_dir / "flickr8k")
+    tr_imgs = sorted({r.image for r in train})
+    emb_i = dict(zip(tr_imgs, img_enc.encode(tr_imgs)))
+    a_img = np.stack([emb_i[r.image] for r in train])
+    a_txt = txt_enc.encode([r.caption for r in train])
+    payloads = [AnchorPayload(r.caption, r.image.name, "flickr8k-train") for r in train]
+    return train, dev, a_img, a_txt, payloads
 
 
 def peak_rss_mb() -> float:

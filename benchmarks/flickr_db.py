@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from asif_index.anchors import AnchorPayload
 from asif_index.config import AsifSettings
-from asif_index.datasets import flickr8k, shared_data_dir
+from asif_index.datasets import shared_data_dir
 from asif_index.search import rank, recall_at
-from benchmarks.common import machine, table, write_json
+from benchmarks.common import flickr_anchors, machine, table, write_json
 from connectors.base import item_id
 from connectors.index import Index
 from connectors.pipeline import ingest_items
@@ -58,13 +57,8 @@ def main(argv=None):
         return
     s = AsifSettings.load()
     img_enc, txt_enc = s.encoders()
-    train, dev = flickr8k(data / "flickr8k")
-    tr_imgs = sorted({r.image for r in train})
-    print(f"embedding (cached) {len(tr_imgs)} train images, {len(train)} captions ...", flush=True)
-    emb_i = dict(zip(tr_imgs, img_enc.encode(tr_imgs)))
-    a_img = np.stack([emb_i[r.image] for r in train])
-    a_txt = txt_enc.encode([r.caption for r in train])
-    payloads = [AnchorPayload(r.caption, r.image.name, "flickr8k-train") for r in train]
+    print("embedding (cached) the Flickr8k train pairs ...", flush=True)
+    train, dev, a_img, a_txt, payloads = flickr_anchors(data, img_enc, txt_enc)
     dev_imgs = sorted({r.image for r in dev})
     dev_caps = [r for r in dev][: a.queries]
     q_emb = txt_enc.encode([r.caption for r in dev_caps])

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from asif_index.anchors import AnchorPayload
 from asif_index.config import AsifSettings
-from asif_index.datasets import flickr8k, shared_data_dir
-from benchmarks.common import machine, table, write_json
+from asif_index.datasets import shared_data_dir
+from benchmarks.common import flickr_anchors, machine, table, write_json
 from benchmarks.flickr_db import make_store
 from connectors.index import Index
 
@@ -46,11 +45,7 @@ def main(argv=None):
         return
     s = AsifSettings.load()
     img_enc, txt_enc = s.encoders()
-    train, dev = flickr8k(data / "flickr8k")
-    tr_imgs = sorted({r.image for r in train})
-    emb_i = dict(zip(tr_imgs, img_enc.encode(tr_imgs)))
-    a_img = np.stack([emb_i[r.image] for r in train])
-    a_txt = txt_enc.encode([r.caption for r in train])
+    train, dev, a_img, a_txt, payloads = flickr_anchors(data, img_enc, txt_enc)
     rng = np.random.default_rng(0)
     base = a_img[rng.integers(0, len(a_img), a.items)]
     items = base + 0.5 * rng.standard_normal(base.shape).astype(np.float32) * base.std()
@@ -60,7 +55,7 @@ def main(argv=None):
     for kind in a.backends.split(","):
         store = make_store(kind, tmp, "lat")
         idx = Index.create(store, img_enc, txt_enc, k=800, p=8.0)
-        idx.add_anchor_embeddings(a_img, a_txt, [AnchorPayload(r.caption) for r in train])
+        idx.add_anchor_embeddings(a_img, a_txt, payloads)
         t0 = time.perf_counter()
         for st in range(0, a.items, 2048):
             recs, _ = idx.records(items[st:st + 2048], "image",

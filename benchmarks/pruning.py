@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from asif_index.anchors import AnchorPayload
 from asif_index.config import AsifSettings
-from asif_index.datasets import flickr8k, shared_data_dir
+from asif_index.datasets import shared_data_dir
 from asif_index.search import recall_at
-from benchmarks.common import machine, table, write_json
+from benchmarks.common import flickr_anchors, machine, table, write_json
 from benchmarks.flickr_db import make_store
 from connectors.index import Index
 from connectors.pipeline import ingest_items
@@ -51,11 +50,7 @@ def main(argv=None):
         return
     s = AsifSettings.load()
     img_enc, txt_enc = s.encoders()
-    train, dev = flickr8k(data / "flickr8k")
-    tr_imgs = sorted({r.image for r in train})
-    emb_i = dict(zip(tr_imgs, img_enc.encode(tr_imgs)))
-    a_img = np.stack([emb_i[r.image] for r in train])
-    a_txt = txt_enc.encode([r.caption for r in train])
+    train, dev, a_img, a_txt, payloads = flickr_anchors(data, img_enc, txt_enc)
     dev_imgs = sorted({r.image for r in dev})
     caps = dev[: a.queries]
     q_emb = txt_enc.encode([r.caption for r in caps])
@@ -65,7 +60,7 @@ def main(argv=None):
     for kind in a.backends.split(","):
         store = make_store(kind, tmp, "prune")
         idx = Index.create(store, img_enc, txt_enc, k=800, p=8.0)
-        idx.add_anchor_embeddings(a_img, a_txt, [AnchorPayload(r.caption) for r in train])
+        idx.add_anchor_embeddings(a_img, a_txt, payloads)
         ingest_items(idx, [SourceItem(p.name, image=p, payload={"image": p.name}) for p in dev_imgs],
                      "image", progress=False)
         q = idx.project(q_emb, "text")

@@ -94,6 +94,19 @@ class VectorStore(ABC):
     """What asif-index needs from a vector database."""
 
     backend: str
+    name: str
+
+    @property
+    def items(self) -> str:
+        return f"{self.name}_items"
+
+    @property
+    def anchors(self) -> str:
+        return f"{self.name}_anchors"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.name}_meta"
 
     # collections ------------------------------------------------------------------
     @abstractmethod

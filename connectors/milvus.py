@@ -79,18 +79,6 @@ class MilvusStore(VectorStore):
         return with_retries(fn, _milvus_transient, f"Milvus {what} on {self.where}",
                             (self._pm.exceptions.MilvusException,))(*args, **kwargs)
 
-    @property
-    def items(self) -> str:
-        return f"{self.name}_items"
-
-    @property
-    def anchors(self) -> str:
-        return f"{self.name}_anchors"
-
-    @property
-    def meta(self) -> str:
-        return f"{self.name}_meta"
-
     def _has(self, c: str) -> bool:
         return bool(self._call("has_collection", self.client.has_collection, c))
 

@@ -69,18 +69,6 @@ class QdrantStore(VectorStore):
         )(*a, **kw)
         self._call("connect", self.client.get_collections)
 
-    @property
-    def items(self) -> str:
-        return f"{self.name}_items"
-
-    @property
-    def anchors(self) -> str:
-        return f"{self.name}_anchors"
-
-    @property
-    def meta(self) -> str:
-        return f"{self.name}_meta"
-
     def _has(self, coll: str) -> bool:
         return bool(self._call("collection_exists", self.client.collection_exists, coll))
 

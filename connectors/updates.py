@@ -146,14 +146,7 @@ def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = 
                                            add_ids.astype(np.int64), k, man.p, target)
             full = [group[j] for j in todo[~mergeable]]
             if full:
-                sb = new_set.project(np.stack([r.embedding for r in full]), mod,
-                                     **index.engine_options)
-                for j, r in enumerate(full):
-                    idx, val = sb.row(j)
-                    order = np.argsort(idx)
-                    fresh.append(ItemRecord(point_id(r.item, target), r.item, mod, idx[order],
-                                            val[order], r.embedding, float(sb.kth_similarity[j]),
-                                            target, FOREVER, r.payload))
+                fresh += reproject(new_set, full, mod, target, index.engine_options)
             store.upsert_items(fresh)
             store.set_valid_to([group[j].id for j in todo if group[j].valid_from < target], target)
             touched += len(todo)
@@ -165,6 +158,21 @@ def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = 
     index.anchors = new_set
     return UpdateResult(target, add_ids.astype(np.uint32), rem_ids, scanned, touched,
                         time.perf_counter() - t0, resumed)
+
+
+def reproject(anchors: AnchorSet, recs: list[ItemRecord], modality: str, version: int,
+              engine_options: dict) -> list[ItemRecord]:
+    """Fresh points valid from ``version`` for items of one modality, projected from their
+    stored raw embeddings against ``anchors``."""
+    sb = anchors.project(np.stack([r.embedding for r in recs]), modality, **engine_options)
+    out = []
+    for j, r in enumerate(recs):
+        idx, val = sb.row(j)
+        order = np.argsort(idx)
+        out.append(ItemRecord(point_id(r.item, version), r.item, modality, idx[order],
+                              val[order], r.embedding, float(sb.kth_similarity[j]), version,
+                              FOREVER, r.payload))
+    return out
 
 
 def mergeable_record(r: ItemRecord, old_n: int, k: int) -> bool:
@@ -282,14 +290,7 @@ def rebuild(index, target: VectorStore, k: int | None = None, p: float | None = 
             group = [r for r in recs if r.modality == mod]
             if not group:
                 continue
-            sb = new.project(np.stack([r.embedding for r in group]), mod)
-            out = []
-            for j, r in enumerate(group):
-                idx, val = sb.row(j)
-                order = np.argsort(idx)
-                out.append(ItemRecord(point_id(r.item, 0), r.item, mod, idx[order], val[order],
-                                      r.embedding, float(sb.kth_similarity[j]), 0, FOREVER,
-                                      r.payload))
+            out = reproject(new.anchors, group, mod, 0, new.engine_options)
             target.upsert_items(out)
             n += len(out)
     return new, n
