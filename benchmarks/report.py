@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 SECTIONS = [
     ("topk.json", "1. Top-k engine vs faiss IndexFlatIP and torch matmul+topk",
      "`python -m benchmarks.topk` (defaults N=1e5,1e6; d=384; k=800; batch 1,1024). q/s, higher is "
@@ -61,6 +63,60 @@ def plot_topk(doc: dict, out: Path) -> Path | None:
     return out
 
 
+def plot_rows(doc: dict, fname: str, out: Path) -> Path | None:
+    """One small figure per remaining section, drawn from its JSON rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = doc.get("rows") or []
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    if fname == "pruning.json":
+        for b in sorted({r["backend"] for r in rows}):
+            sub = [r for r in rows if r["backend"] == b]
+            ax.plot([r["keep"] for r in sub], [r["top10_overlap_vs_full"] for r in sub], "o-",
+                    label=f"{b}: top-10 overlap with k=800")
+            ax.plot([r["keep"] for r in sub], [r["R@10"] for r in sub], "s--", label=f"{b}: R@10")
+            ax2 = ax.twinx()
+            ax2.plot([r["keep"] for r in sub], [r["p50_ms"] for r in sub], "^:", c="grey",
+                     label=f"{b}: p50 ms")
+            ax2.set_ylabel("p50 search latency (ms)")
+        ax.set_xscale("log")
+        ax.set_xlabel("query entries kept")
+        ax.set_title("Query-side pruning")
+    elif fname == "incremental.json":
+        labels = [f"{r['scenario']}\n{r['added']}" for r in rows]
+        ax.bar(range(len(rows)), [r["incremental_s"] for r in rows], label="incremental")
+        ax.axhline(rows[0]["rebuild_s"], c="r", ls="--", label="full rebuild")
+        ax.set_xticks(range(len(rows)), labels, fontsize=8)
+        ax.set_ylabel("seconds")
+        for i, r in enumerate(rows):
+            ax.text(i, r["incremental_s"], f"{100 * r['touched_share']:.0f}% items", ha="center",
+                    va="bottom", fontsize=8)
+        ax.set_title("Adding anchors: incremental vs rebuild")
+    elif fname == "latency.json":
+        labels = [f"{r['backend']}\n{r['clients']} client(s)" for r in rows]
+        bottom = np.zeros(len(rows))
+        for stage in ("encode", "project", "search"):
+            v = np.array([r[f"{stage}_p50_ms"] for r in rows])
+            ax.bar(range(len(rows)), v, bottom=bottom, label=f"{stage} p50")
+            bottom += v
+        ax.set_xticks(range(len(rows)), labels, fontsize=8)
+        ax.set_ylabel("ms")
+        ax.set_title("End-to-end query latency by stage")
+    else:
+        plt.close(fig)
+        return None
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", default="runs/bench")
@@ -92,6 +148,9 @@ def main(argv=None):
             lines += [doc.get("throughput_markdown", ""), ""]
         if fname == "pruning.json":
             lines += [f"Smallest query size keeping >= 99% of the unpruned top-10: {doc['chosen']}", ""]
+        pic = plot_rows(doc, fname, img / fname.replace(".json", ".png"))
+        if pic is not None:
+            lines += [f"![{fname}]({pic.relative_to(out.parent)})", ""]
         if fname == "topk.json":
             pic = plot_topk(doc, img / "topk.png")
             lines += [f"![top-k engine]({pic.relative_to(out.parent)})", ""]

@@ -75,12 +75,20 @@ def run(ns, ds, ks, batches, repeat, out, faiss_threads=None):
                         row[f"asif_{p}_agree"] = agreement(ei, fi)
                         row[f"asif_{p}_fallback_rows"] = eng.stats.fallback_rows
                     row["torch_vs_faiss"] = t_faiss / t_torch
+                    # resident anchor data (MB) and the largest transient buffer of one search
+                    row["faiss_MB"] = index.ntotal * d * 4 / 2**20
+                    row["torch_MB"] = (n * d * 4 + b * min(n, 262144) * 4) / 2**20
+                    for p, eng in engines.items():
+                        qb, ab = eng._blocks(b)
+                        transient = qb * ab * (4 if p == "fp32" else 2) + b * max(4 * k, 256) * 12
+                        row[f"asif_{p}_MB"] = (eng.resident_bytes + transient) / 2**20
                     rows.append(row)
                     print(table([row], list(row)), flush=True)
             del index, at, engines, a
             gc.collect()
     cols = ["N", "d", "k", "batch", "faiss_qps", "torch_qps"] + [
-        c for p in precisions for c in (f"asif_{p}_qps", f"asif_{p}_vs_faiss", f"asif_{p}_agree")]
+        c for p in precisions for c in (f"asif_{p}_qps", f"asif_{p}_vs_faiss", f"asif_{p}_agree")
+    ] + ["faiss_MB", "torch_MB"] + [f"asif_{p}_MB" for p in precisions]
     md = table(rows, cols)
     print("\n" + md)
     res = {"question": "top-k engine vs faiss IndexFlatIP and torch matmul+topk",

@@ -31,8 +31,13 @@ class Index:
     """
 
     def __init__(self, store: VectorStore, anchors: AnchorSet, image_encoder: Encoder,
-                 text_encoder: Encoder, **engine_options: Any) -> None:
+                 text_encoder: Encoder, query_keep: int | None = None,
+                 **engine_options: Any) -> None:
+        """query_keep: send only the largest ``query_keep`` entries of a query's relative
+        vector to the database (fewer posting lists; see benchmarks/pruning.py for the
+        recall it costs). None sends all k."""
         self.store = store
+        self.query_keep = query_keep
         self.anchors = anchors
         self.encoders = {"image": image_encoder, "text": text_encoder}
         self.engine_options = engine_options
@@ -174,11 +179,18 @@ class Index:
                filter: Filter | None = None) -> list[Hit]:
         """Items (either modality, narrowed by ``filter``) ranked for a text or image query."""
         q, _ = self._query_vector(text, image)
-        idx, val = q.row(0)
-        return self.store.search(idx, val, limit, filter, self.version)
+        return self.search_vectors(q, limit, filter)[0]
 
     def search_vectors(self, q: SparseBatch, limit: int, flt: Filter | None = None) -> list[list[Hit]]:
-        return [self.store.search(*q.row(r), limit, flt, self.version) for r in range(len(q))]
+        return [self.store.search(*self._pruned(*q.row(r)), limit, flt, self.version)
+                for r in range(len(q))]
+
+    def _pruned(self, idx: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = self.query_keep
+        if not m or len(val) <= m:
+            return idx, val
+        top = np.argpartition(-val, m - 1)[:m]
+        return idx[top], val[top]
 
     def classify(self, images: Sequence[Any], labels: Sequence[str],
                  templates: Sequence[str] = DEFAULT_TEMPLATES,

@@ -122,3 +122,17 @@ def test_reopen_needs_only_the_database(kind, tmp_path, scenario):
 
     with pytest.raises(EncoderMismatchError, match="image encoder"):
         Index.open(store, FakeEncoder("image", DI + 1), FakeEncoder("text", DT))
+
+
+def test_query_pruning_keeps_the_best_matches(tmp_path, scenario):
+    idx = build("memory", tmp_path, scenario)
+    q = idx.project(scenario["q_txt"], "text")
+    full = idx.search_vectors(q, 10, {"modality": "image"})
+    idx.query_keep = K  # keeping all k entries changes nothing
+    assert [[h.id for h in hh] for hh in idx.search_vectors(q, 10, {"modality": "image"})] == \
+        [[h.id for h in hh] for hh in full]
+    idx.query_keep = 10
+    pruned = idx.search_vectors(q, 10, {"modality": "image"})
+    overlap = np.mean([len({h.id for h in a} & {h.id for h in b}) / 10 for a, b in zip(pruned, full)])
+    assert overlap > 0.5
+    assert np.mean([a[0].id == b[0].id for a, b in zip(pruned, full)]) >= 0.8

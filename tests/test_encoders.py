@@ -127,3 +127,19 @@ def test_local_model_specs(tmp_path):
         text_encoder_from_spec("clip")
     with pytest.raises(ConfigError, match="not a Hugging Face model directory"):
         text_encoder_from_spec(f"hf:{tmp_path}")
+
+
+def test_hf_vision_model_directory(tmp_path):
+    """Any local Hugging Face vision model directory works (a tiny ViT saved here)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=64, image_size=32, patch_size=8)
+    transformers.ViTModel(cfg).save_pretrained(tmp_path / "vit")
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+    enc = image_encoder_from_spec(f"hf:{tmp_path / 'vit'}", device="cpu")
+    assert enc.dim == 32 and enc.image_size == 32 and enc.name == "hf-image:vit"
+    x = np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    e = enc.encode([x, x[::-1]])
+    assert e.shape == (2, 32)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(e[0], e[1])
