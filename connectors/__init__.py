@@ -62,7 +62,7 @@ def registry_of(settings) -> VectorStore:
 
     store = open_store(settings, REGISTRY, resolve=False)
     if not store.exists():
-        store.create(AnchorManifest("-", "-", 1, 1))
+        store.create(AnchorManifest("-", "-", 2, 2))  # Milvus vectors need dim >= 2
     return store
 
 

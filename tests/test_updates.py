@@ -134,7 +134,7 @@ def test_rebuild_with_new_k_and_alias_switch(tmp_path):
 
     registry = QdrantStore("registry", client=idx.store.client)
 
-    registry.create(AnchorManifest("-", "-", 1, 1))
+    registry.create(AnchorManifest("-", "-", 2, 2))
     set_alias(registry, "prod", idx.store.name)
     target = QdrantStore(idx.store.name + "_k10", client=idx.store.client)
     new, n = rebuild(idx, target, k=10)

@@ -1,0 +1,68 @@
+"""The database commands of the CLI, end to end on both embedded backends."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from asif_index.cli import main
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    (root / "img").mkdir()
+    rows = ["image\tcaption"]
+    colours = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
+    n = 0
+    for name, rgb in colours.items():
+        for s in range(5):
+            a = np.full((48, 48, 3), 20, np.uint8)
+            a[4 + s:44 - s, 4 + s:44 - s] = rgb
+            Image.fromarray(a).save(root / "img" / f"{n}.png")
+            rows.append(f"{n}.png\ta {name} square")
+            n += 1
+    (root / "pairs.tsv").write_text("\n".join(rows) + "\n")
+    (root / "half.tsv").write_text("\n".join([rows[0]] + rows[1::2]) + "\n")  # all colours
+    return root
+
+
+@pytest.mark.parametrize("backend", ["qdrant", "milvus"])
+def test_cli_lifecycle(backend, pairs, tmp_path, capsys):
+    pytest.importorskip("qdrant_client" if backend == "qdrant" else "milvus_lite")
+    path = tmp_path / ("q" if backend == "qdrant" else "m.db")
+    a = ["--backend", backend, "--path", str(path), "--name", "cli",
+         "--cache-dir", str(tmp_path / "cache")]
+
+    def run(*args):
+        rc = main(list(args) + a)
+        out = capsys.readouterr()
+        assert rc == 0, out.err
+        return out.out
+
+    assert json.loads(run("init", "--k", "6"))["k"] == 6
+    assert "anchors: 8" in run("anchors", "add", "--captions", str(pairs / "half.tsv"),
+                               "--images", str(pairs / "img"))
+    assert "ingested 15 new" in run("ingest", "--captions", str(pairs / "pairs.tsv"),
+                                    "--images", str(pairs / "img"))
+    first = run("search", "--text", "a blue square", "--limit", "3").splitlines()
+    assert len(first) == 3 and all("blue" in line for line in first)
+    item = first[0].split()[2]
+    assert "shared anchors" in run("explain", "--item", item, "--text", "a blue square")
+    assert "green square" in run("classify", "--images", str(pairs / "img" / "6.png"),
+                                 "--labels", "red square,green square,blue square")
+    assert "anchors: 15" in run("anchors", "add", "--captions", str(pairs / "pairs.tsv"),
+                                "--images", str(pairs / "img"))
+    assert "re-projected" in run("anchors", "remove", "--ids", "0,1")
+    st = json.loads(run("anchors", "status"))
+    assert st["pending_update"] is None and st["visible_items"] == 15 and st["anchors"] == 13
+    assert "alias 'cli' now points at it" in run("anchors", "rebuild", "--k", "4")
+    stats = json.loads(run("stats"))
+    assert stats["k"] == 4 and stats["items"] == 15 and stats["anchors"] == 13
+    # errors are one line, name the problem, and change nothing
+    assert main(["init"] + a) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["search", "--text", "x", "--image-encoder", "timm:resnet18:/none.pth"] + a) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert json.loads(run("stats"))["items"] == 15
