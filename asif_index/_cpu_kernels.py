@@ -188,7 +188,7 @@ def _sort_candidates(buf_i, cnt):  # pragma: no cover - compiled
         buf_i[r, :c] = np.sort(buf_i[r, :c])
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, fastmath=True, cache=True)  # fastmath here: _dot inlines into it
 def _dots_in_block(Q, A, buf_i, cnt, ptr, hi, ex):  # pragma: no cover - compiled
     for r in nb.prange(Q.shape[0]):
         c = cnt[r]
@@ -207,7 +207,7 @@ def _select_rows(ex, buf_i, cnt, k, out_v, out_i):  # pragma: no cover - compile
         _sorted_top(ex[r, :c], buf_i[r, :c], c, k, out_v[r], out_i[r])
 
 
-def rescore_top(Q, A, buf_i, cnt, k, out_v, out_i, block_rows=1024):
+def rescore_top(Q, A, buf_i, cnt, k, out_v, out_i, block_rows=16384):
     """Exact fp32 similarities for each row's candidates, then its top-k sorted descending.
 
     Q: float32 [b, d]; A: float32 [N, d]; buf_i: int64 [b, cap] (sorted in place);

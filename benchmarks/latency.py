@@ -67,7 +67,7 @@ def main(argv=None):
                                   [{"n": j} for j in range(st, end)])
             idx.write(recs)
         build = time.perf_counter() - t0
-        txt_enc.encode(captions[:4])
+        txt_enc.cache = None  # queries are encoded for real, never read from the cache
         idx.project(txt_enc.encode(captions[:4]), "text")  # warm engine + encoder
         for n_clients in [int(c) for c in a.clients.split(",")]:
             stages: dict[str, list[float]] = {"encode": [], "project": [], "search": [], "total": []}

@@ -26,7 +26,9 @@ def _open(args, create: bool = False):
     store = open_store(s)
     if create:
         return Index.create(store, img, txt, k=s.k, p=s.p, recreate=args.recreate)
-    return Index.open(store, img, txt)
+    idx = Index.open(store, img, txt)
+    idx.query_keep = s.query_keep
+    return idx
 
 
 def _source(args):

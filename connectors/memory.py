@@ -146,7 +146,7 @@ class MemoryStore(VectorStore):
                 for j in order]
 
     def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
-        items = [copy.copy(self._items[k]) for k in sorted(self._items)
-                 if self._items[k].visible(version)]
+        # No copies: stored records are never mutated in place (set_valid_to replaces them).
+        items = [r for r in self._items.values() if r.visible(version)]
         for s in range(0, len(items), batch):
             yield items[s : s + batch]

@@ -22,6 +22,7 @@ refresh within one update).
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -89,33 +90,44 @@ def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = 
     rem_ids = np.asarray(journal["remove"], np.int64)
 
     # 2. anchors, invisible to readers at v
-    have = {a.id for a in store.fetch_anchors(None) if a.added_version == target}
-    if len(add_ids) and not set(add_ids.tolist()) <= have:
-        if add is None or len(add[0]) != len(add_ids):
+    man = store.read_manifest()
+    man.extra["next_id"] = int(journal["next_id"])
+    if add is not None and len(add[0]) == len(add_ids):
+        # The normal path: the new set is the pinned set plus the staged pairs minus the
+        # removed ones, built in memory (reloading N anchors from the store is O(N)).
+        img, txt, payloads = add
+        new_set = copy.copy(index.anchors)
+        new_set.manifest = copy.deepcopy(man)
+        new_set._engines = {}
+        if len(add_ids):
+            new_set.add(img, txt, payloads, ids=add_ids.astype(np.uint32))
+            rows = new_set.rows_of(add_ids)
+            now = time.time()
+            store.upsert_anchors([
+                AnchorRecord(int(i), new_set.image[r], new_set.text[r], p.caption, p.image_ref,
+                             p.source, now, p.key, added_version=target)
+                for r, i, p in zip(rows, add_ids, payloads)])
+        if len(rem_ids):
+            new_set.remove(rem_ids)
+    else:
+        from connectors.index import anchors_at
+
+        have = {a.id for a in store.fetch_anchors(None) if a.added_version == target}
+        if not set(add_ids.tolist()) <= have:
             _rollback(store, add_ids, rem_ids)
             raise AnchorError(
                 "the interrupted anchor update had not stored its new anchors yet; it was rolled "
                 "back: run the same 'anchors add' again"
             )
-        img, txt, payloads = add
-        staged = AnchorSet(index.anchors.manifest.__class__(**vars(index.anchors.manifest)))
-        staged.add(img, txt, payloads, ids=add_ids.astype(np.uint32))
-        now = time.time()
-        store.upsert_anchors([
-            AnchorRecord(int(i), staged.image[r], staged.text[r], p.caption, p.image_ref,
-                         p.source, now, p.key, added_version=target)
-            for r, (i, p) in enumerate(zip(add_ids, payloads))])
+        new_set = None  # read back after the removal marks below
     if len(rem_ids):
-        recs = [a for a in store.fetch_anchors(None) if a.id in set(rem_ids.tolist())]
+        rem = set(rem_ids.tolist())
+        recs = [a for a in store.fetch_anchors(v) if a.id in rem]
         for a in recs:
             a.removed_version = target
         store.upsert_anchors(recs)
-
-    from connectors.index import anchors_at
-
-    man = store.read_manifest()
-    man.extra["next_id"] = int(journal["next_id"])
-    new_set = anchors_at(store, man, target)
+    if new_set is None:
+        new_set = anchors_at(store, man, target)
     new_set.manifest.version = target
 
     # 3-4. the affected items
@@ -198,11 +210,11 @@ def merge_new_anchors(recs: list[ItemRecord], new_sims: np.ndarray, new_ids: np.
     old_ids = np.stack([r.sparse_indices for r in recs]).astype(np.int64)
     old_vals = np.stack([r.sparse_values for r in recs]).astype(np.float64)
     kth = np.array([r.kth_similarity for r in recs], np.float64)
+    # Stored indices are ascending and every new id exceeds every old one, so the
+    # concatenation is already in id order: one stable sort gives the tie rule.
     sims = np.concatenate([recover_similarities(old_vals, kth, p), new_sims.astype(np.float64)], 1)
+    # new_ids come from a range (ascending), matching the columns of new_sims
     ids = np.concatenate([old_ids, np.broadcast_to(new_ids, (b, len(new_ids)))], 1)
-    by_id = np.argsort(ids, axis=1, kind="stable")
-    ids = np.take_along_axis(ids, by_id, 1)
-    sims = np.take_along_axis(sims, by_id, 1)
     top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     top_s = np.take_along_axis(sims, top, 1).astype(np.float32)
     top_i = np.take_along_axis(ids, top, 1)
