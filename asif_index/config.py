@@ -32,7 +32,7 @@ class AsifSettings(BaseSettings):
     collection: str = "asif"
     # Largest query entries sent to the database (None: all k). The default is the smallest
     # size that lost < 1% Recall@10 in benchmarks/pruning.py (docs/benchmarks.md, section 4).
-    query_keep: int | None = Field(None, ge=1)
+    query_keep: int | None = Field(400, ge=1)
 
     @field_validator("device")
     @classmethod
