@@ -62,6 +62,20 @@ def flickr_anchors(data_dir, img_enc, txt_enc):
     return train, dev, a_img, a_txt, payloads
 
 
+def flickr_bench_setup():
+    """(image encoder, text encoder, train, dev, anchor image emb, anchor caption emb,
+    anchor payloads) for the Flickr8k benchmarks, or None (with a message) without data."""
+    from asif_index.config import AsifSettings
+    from asif_index.datasets import shared_data_dir
+
+    data = shared_data_dir()
+    if data is None:
+        print("no ../shared/data: nothing to measure")
+        return None
+    img_enc, txt_enc = AsifSettings.load().encoders()
+    return (img_enc, txt_enc, *flickr_anchors(data, img_enc, txt_enc))
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -70,7 +70,7 @@ def main(argv=None):
     relevant = [{pos[r.image.name]} for r in dev_caps]
 
     tmp = Path(tempfile.mkdtemp(prefix="asif-flickr-"))
-    rows, results = [], {}
+    rows = []
     for kind in a.backends.split(","):
         store = make_store(kind, tmp, "flickr")
         idx = Index.create(store, img_enc, txt_enc, k=800, p=8.0)

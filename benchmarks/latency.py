@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asif_index.config import AsifSettings
-from asif_index.datasets import shared_data_dir
-from benchmarks.common import flickr_anchors, machine, table, write_json
+from benchmarks.common import flickr_bench_setup, machine, table, write_json
 from benchmarks.flickr_db import make_store
 from connectors.index import Index
 
@@ -42,13 +40,10 @@ def main(argv=None):
     ap.add_argument("--keep", type=int, default=0, help="query entries kept (0 = all k)")
     ap.add_argument("--out", default="runs/bench/latency.json")
     a = ap.parse_args(argv)
-    data = shared_data_dir()
-    if data is None:
-        print("no ../shared/data: nothing to measure")
+    setup = flickr_bench_setup()
+    if setup is None:
         return
-    s = AsifSettings.load()
-    img_enc, txt_enc = s.encoders()
-    train, dev, a_img, a_txt, payloads = flickr_anchors(data, img_enc, txt_enc)
+    img_enc, txt_enc, train, dev, a_img, a_txt, payloads = setup
     rng = np.random.default_rng(0)
     base = a_img[rng.integers(0, len(a_img), a.items)]
     items = base + 0.5 * rng.standard_normal(base.shape).astype(np.float32) * base.std()

@@ -20,10 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from asif_index.config import AsifSettings
-from asif_index.datasets import shared_data_dir
 from asif_index.search import recall_at
-from benchmarks.common import flickr_anchors, machine, table, write_json
+from benchmarks.common import flickr_bench_setup, machine, table, write_json
 from benchmarks.flickr_db import make_store
 from connectors.index import Index
 from connectors.pipeline import ingest_items
@@ -45,13 +43,10 @@ def main(argv=None):
     ap.add_argument("--queries", type=int, default=5000)
     ap.add_argument("--out", default="runs/bench/pruning.json")
     a = ap.parse_args(argv)
-    data = shared_data_dir()
-    if data is None:
-        print("no ../shared/data: nothing to measure")
+    setup = flickr_bench_setup()
+    if setup is None:
         return
-    s = AsifSettings.load()
-    img_enc, txt_enc = s.encoders()
-    train, dev, a_img, a_txt, payloads = flickr_anchors(data, img_enc, txt_enc)
+    img_enc, txt_enc, train, dev, a_img, a_txt, payloads = setup
     dev_imgs = sorted({r.image for r in dev})
     caps = dev[: a.queries]
     q_emb = txt_enc.encode([r.caption for r in caps])

@@ -12,7 +12,7 @@ from asif_index.encoders.base import Encoder
 from asif_index.errors import AnchorError, CollectionError, InputError, ModalityError
 from asif_index.search import DEFAULT_TEMPLATES, prompts
 from asif_index.sparse import SparseBatch
-from connectors.base import AnchorRecord, Filter, Hit, ItemRecord, VectorStore, item_id, point_id
+from connectors.base import Filter, Hit, ItemRecord, VectorStore, item_id, point_id
 
 
 @dataclass

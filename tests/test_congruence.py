@@ -8,7 +8,6 @@ from asif_index.anchors import AnchorPayload
 from asif_index.search import rank
 from connectors.base import item_id
 from connectors.index import Index
-from tests.conftest import unit_rows
 from tests.stores import BACKENDS, make_store
 
 

@@ -17,7 +17,7 @@ from connectors.pipeline import (
     read_webdataset,
 )
 from connectors.pipeline.ingest import embed_stage, project_stage, write_stage
-from connectors.pipeline.readers import SourceItem, write_webdataset
+from connectors.pipeline.readers import write_webdataset
 from tests.stores import make_store
 
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 220, 30)}

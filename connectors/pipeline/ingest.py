@@ -21,7 +21,7 @@ import numpy as np
 from asif_index.anchors import AnchorPayload
 from asif_index.encoders.base import Encoder
 from asif_index.encoders.image import image_content_key
-from asif_index.errors import ConfigError, InputError
+from asif_index.errors import ConfigError
 from connectors.base import ItemRecord
 from connectors.index import Index
 from connectors.pipeline.readers import SourceItem
@@ -169,13 +169,7 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
             s.ingested += new
             s.updated += upd
             s.skipped += skipped + bad
-        s.source_items += len(batch)
-        s.seconds = time.perf_counter() - t_start
-        ck.done += len(batch)
-        ck.save()
-        if bar is not None:
-            bar.update(len(batch))
-            bar.set_postfix(items_s=f"{s.items_per_s:.1f}", skipped=len(s.skipped))
+        _batch_done(ck, batch, t_start, bar)
     if bar is not None:
         bar.close()
     s.seconds = time.perf_counter() - t_start
@@ -217,15 +211,22 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
         s.timings["write_s"] += time.perf_counter() - t0
         s.ingested += len(payloads)
         s.skipped += skip_i + skip_t
-        s.source_items += len(batch)
-        s.seconds = time.perf_counter() - t_start
-        ck.done += len(batch)
-        ck.save()
-        if bar is not None:
-            bar.update(len(batch))
+        _batch_done(ck, batch, t_start, bar)
     if bar is not None:
         bar.close()
     return s
+
+
+def _batch_done(ck: Checkpoint, batch: list, t_start: float, bar) -> None:
+    """A batch is fully written: count it, checkpoint it, show it."""
+    s = ck.summary
+    s.source_items += len(batch)
+    s.seconds = time.perf_counter() - t_start
+    ck.done += len(batch)
+    ck.save()
+    if bar is not None:
+        bar.update(len(batch))
+        bar.set_postfix(items_s=f"{s.items_per_s:.1f}", skipped=len(s.skipped))
 
 
 def _pair_key(it: SourceItem) -> str:
