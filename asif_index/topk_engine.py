@@ -39,6 +39,11 @@ from asif_index.errors import ConfigError, NonFiniteError, ShapeError, ZeroVecto
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 _UNIT_ROUNDOFF = {"bf16": 2.0**-8, "fp16": 2.0**-11}
+# "auto" on CPU: bf16 selection pays off only with many anchors and a small k/N (measured in
+# benchmarks/topk.py on a 2-core AMX CPU: bf16/fp32 speed 1.06-4.06 for N >= 1e5 and
+# k/N <= 1%; 0.86-0.99 at k/N = 2%; 0.55-0.76 at N = 1e4 with k >= 800).
+AUTO_BF16_MIN_N = 50_000
+AUTO_BF16_MAX_K_FRACTION = 0.01
 _TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -134,8 +139,9 @@ class TopKEngine:
         if a.shape[0] == 0:
             raise ShapeError("anchors is empty; add anchor pairs first")
         self.device = resolve_device(device)
-        self.precision = self._resolve_precision(precision)
         self.n, self.dim = a.shape
+        self._auto = precision == "auto"
+        self.precision = self._resolve_precision(precision)
         self.memory_budget_mb = float(memory_budget_mb)
         self._query_block = query_block
         self._anchor_block = anchor_block
@@ -157,7 +163,7 @@ class TopKEngine:
         if precision == "auto":
             if self.device.type == "cuda":
                 return "fp16"
-            return "bf16" if cpu_has_fast_bf16() else "fp32"
+            return "bf16" if cpu_has_fast_bf16() and self.n >= AUTO_BF16_MIN_N else "fp32"
         if precision == "fp16" and self.device.type == "cpu":
             raise ConfigError("fp16 is for CUDA; on CPU use bf16 (hardware bf16) or fp32")
         return precision
@@ -214,8 +220,10 @@ class TopKEngine:
         b = q.shape[0]
         cap = max(4 * k, 256)
         qb, ab = self._blocks(b)
-        if self.precision == "fp32":
+        large_k = self._auto and k > AUTO_BF16_MAX_K_FRACTION * self.n
+        if self.precision == "fp32" or large_k:
             self._scan_fp32(q, k, cap, qb, ab, out_v, out_i)
+            self._record(b, np.zeros(b), np.ones(b, bool))
             return
         u = _UNIT_ROUNDOFF[self.precision]
         qt = torch.from_numpy(q)
@@ -267,8 +275,6 @@ class TopKEngine:
                 sim = torch.mm(qt[sl], self._a32[s : s + ab].t()).numpy()
                 kern.scan_f32(sim, s, buf[sl], buf_i[sl], cnt[sl], thr[sl], k)
         kern.finalize_f32(buf, buf_i, cnt, k, out_v, out_i)
-        if self.precision == "fp32":
-            self._record(b, cnt, np.ones(b, bool))
 
     def _input_error(self, q32: torch.Tensor, qlp: torch.Tensor) -> torch.Tensor:
         dq = (q32 - qlp.float()).norm(dim=1)

@@ -19,6 +19,10 @@ SECTIONS = [
      "`python -m benchmarks.topk` (defaults N=1e5,1e6; d=384; k=800; batch 1,1024). q/s, higher is "
      "better; `*_vs_faiss` is the speed ratio to faiss measured in the same run; `*_agree` is the "
      "share of top-k members equal to faiss's (1 = identical sets)."),
+    ("topk_grid.json", "1b. Top-k engine, wider grid (N, d, k, batch)",
+     "`python -m benchmarks.topk --n 10000,100000,1000000 --d 384,768 --k 100,800,2000 "
+     "--batch 1,4096 --repeat 1 --out runs/bench/topk_grid.json`. MB columns: resident anchor "
+     "data plus the largest transient buffer of one search."),
     ("latency.json", "2. End-to-end query latency",
      "`python -m benchmarks.latency` (encode with MiniLM, project against 30,000 anchors, search "
      "the database; milliseconds)."),

@@ -150,3 +150,18 @@ def test_bf16_certificate_falls_back_when_window_overflows():
     rv, ri = exact_topk_reference(q, a, 40)
     assert_same_topk(v, i, rv, ri)
     assert eng.stats.fallback_rows == 3
+
+
+def test_auto_precision_follows_the_measured_crossover():
+    from asif_index.topk_engine import AUTO_BF16_MIN_N
+
+    rng = np.random.default_rng(10)
+    small = TopKEngine(unit_rows(rng, 2000, 16), device="cpu")
+    assert small.precision == "fp32", "few anchors: bf16 selection does not pay off"
+    big = TopKEngine(unit_rows(rng, AUTO_BF16_MIN_N, 16), device="cpu")
+    assert big.precision == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    q = unit_rows(rng, 3, 16)
+    for k in (50, 2000):  # k/N above 1% runs the fp32 scan inside an auto bf16 engine
+        v, i = big.search(q, k)
+        rv, ri = exact_topk_reference(q, big._a32_np, k)
+        assert_same_topk(v, i, rv, ri)
