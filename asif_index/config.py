@@ -43,7 +43,10 @@ class AsifSettings(BaseSettings):
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides) -> "AsifSettings":
-        """Config file (JSON) < environment < explicit overrides (None values ignored)."""
+        """Defaults < environment < config file (JSON) < explicit overrides (None ignored).
+
+        The file and the overrides are init arguments, which pydantic-settings ranks above
+        ``ASIF_*`` environment variables."""
         data: dict = {}
         if config_file:
             p = Path(config_file)
@@ -55,9 +58,7 @@ class AsifSettings(BaseSettings):
                 raise ConfigError(f"config file '{p}' is not valid JSON: {exc}") from exc
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:
-            base = cls()
-            merged = {**{k: v for k, v in data.items()}}
-            return cls(**{**base.model_dump(exclude_unset=True), **merged})
+            return cls(**data)
         except ValueError as exc:
             raise ConfigError(f"invalid settings: {exc}") from exc
 

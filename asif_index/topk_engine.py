@@ -27,7 +27,7 @@ Two precisions, both exact:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
@@ -110,7 +110,6 @@ class EngineStats:
     rows: int = 0
     fallback_rows: int = 0
     candidates_mean: float = 0.0
-    history: list[tuple[int, int]] = field(default_factory=list)
 
 
 class TopKEngine:

@@ -62,6 +62,20 @@ class ItemRecord:
         return version is None or self.valid_from <= version < self.valid_to
 
 
+def point_records(sb, items: list[str], modality: str, embeddings, payloads,
+                  version: int) -> list[ItemRecord]:
+    """Points valid from ``version``: row r of the projection ``sb`` (a SparseBatch) becomes
+    item ``items[r]`` with its raw embedding and payload; indices stored ascending."""
+    out = []
+    for r, item in enumerate(items):
+        idx, val = sb.row(r)
+        order = np.argsort(idx)
+        out.append(ItemRecord(point_id(item, version), item, modality, idx[order], val[order],
+                              np.asarray(embeddings[r], np.float32),
+                              float(sb.kth_similarity[r]), version, FOREVER, dict(payloads[r])))
+    return out
+
+
 @dataclass
 class AnchorRecord:
     id: int

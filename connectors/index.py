@@ -12,7 +12,7 @@ from asif_index.encoders.base import Encoder
 from asif_index.errors import AnchorError, CollectionError, InputError, ModalityError
 from asif_index.search import DEFAULT_TEMPLATES, prompts
 from asif_index.sparse import SparseBatch
-from connectors.base import Filter, Hit, ItemRecord, VectorStore, item_id, point_id
+from connectors.base import Filter, Hit, ItemRecord, VectorStore, item_id, point_records
 
 
 @dataclass
@@ -123,21 +123,12 @@ class Index:
         """Project embeddings [n, d] into item records; rows with an all-zero relative vector
         (no anchor with positive similarity) are reported, not stored."""
         sb = self.project(embeddings, modality)
-        out, errors = [], []
-        for r in range(len(sb)):
-            idx, val = sb.row(r)
-            if idx.size == 0:
-                errors.append(InputError(
-                    f"{modality} item '{keys[r]}' has no anchor with positive similarity; add "
-                    "anchors closer to it", keys[r]))
-                continue
-            order = np.argsort(idx)
-            item = item_id(modality, keys[r])
-            out.append(ItemRecord(point_id(item, self.version), item, modality, idx[order],
-                                  val[order], embeddings[r].astype(np.float32),
-                                  float(sb.kth_similarity[r]), self.version,
-                                  payload=dict(payloads[r])))
-        return out, errors
+        recs = point_records(sb, [item_id(modality, k) for k in keys], modality, embeddings,
+                             payloads, self.version)
+        errors = [InputError(f"{modality} item '{key}' has no anchor with positive similarity; "
+                             "add anchors closer to it", key)
+                  for key, r in zip(keys, recs) if r.sparse_indices.size == 0]
+        return [r for r in recs if r.sparse_indices.size], errors
 
     def add_items(self, items: Sequence[Any], modality: Literal["image", "text"],
                   payloads: Sequence[dict] | None = None) -> tuple[list[str], list[InputError]]:

@@ -30,7 +30,14 @@ import numpy as np
 
 from asif_index.anchors import AnchorSet
 from asif_index.errors import AnchorError, ConfigError
-from connectors.base import FOREVER, AnchorRecord, ItemRecord, VectorStore, point_id
+from connectors.base import (
+    FOREVER,
+    AnchorRecord,
+    ItemRecord,
+    VectorStore,
+    point_id,
+    point_records,
+)
 
 JOURNAL = "update"
 SIM_SLACK = 1e-6  # fp32 summation-order noise: treat near-ties as affected (re-projecting an
@@ -52,7 +59,7 @@ def check_no_pending_update(store: VectorStore) -> None:
     if store.get_doc(JOURNAL):
         raise ConfigError(
             "an anchor update is in progress (or was interrupted) on this index; finish it "
-            "first with 'asif-index anchors status --resume' (Index.resume_update())"
+            "first with 'asif-index anchors status --resume' (update_anchors(index) in Python)"
         )
 
 
@@ -90,7 +97,7 @@ def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = 
     rem_ids = np.asarray(journal["remove"], np.int64)
 
     # 2. anchors, invisible to readers at v
-    man = store.read_manifest()
+    man = copy.deepcopy(live)
     man.extra["next_id"] = int(journal["next_id"])
     if add is not None and len(add[0]) == len(add_ids):
         # The normal path: the new set is the pinned set plus the staged pairs minus the
@@ -179,15 +186,10 @@ def reproject(anchors: AnchorSet, recs: list[ItemRecord], modality: str, version
               engine_options: dict) -> list[ItemRecord]:
     """Fresh points valid from ``version`` for items of one modality, projected from their
     stored raw embeddings against ``anchors``."""
-    sb = anchors.project(np.stack([r.embedding for r in recs]), modality, **engine_options)
-    out = []
-    for j, r in enumerate(recs):
-        idx, val = sb.row(j)
-        order = np.argsort(idx)
-        out.append(ItemRecord(point_id(r.item, version), r.item, modality, idx[order],
-                              val[order], r.embedding, float(sb.kth_similarity[j]), version,
-                              FOREVER, r.payload))
-    return out
+    emb = np.stack([r.embedding for r in recs])
+    sb = anchors.project(emb, modality, **engine_options)
+    return point_records(sb, [r.item for r in recs], modality, emb, [r.payload for r in recs],
+                         version)
 
 
 def mergeable_record(r: ItemRecord, old_n: int, k: int) -> bool:
