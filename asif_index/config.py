@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from asif_index.errors import ConfigError
@@ -21,9 +21,9 @@ class AsifSettings(BaseSettings):
     image_encoder: str = "default"
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    k: int = Field(800, ge=1)
-    p: float = Field(8.0, gt=0)
-    batch_size: int = Field(64, ge=1)
+    k: int = Field(800, ge=1, le=1_000_000)
+    p: float = Field(8.0, gt=0, le=64, allow_inf_nan=False)
+    batch_size: int = Field(64, ge=1, le=65536)
     cache_dir: Path = Path.home() / ".cache" / "asif-index"
     backend: Literal["qdrant", "milvus", "memory"] = "qdrant"
     url: str | None = None
@@ -33,6 +33,12 @@ class AsifSettings(BaseSettings):
     # Largest query entries sent to the database (None: all k). The default is the smallest
     # size that lost < 1% Recall@10 in benchmarks/pruning.py (docs/benchmarks.md, section 4).
     query_keep: int | None = Field(400, ge=1)
+    # Database calls: one request, reaching the server, and all retries of one operation.
+    request_timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False)
+    connect_timeout: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)
+    retry_budget: float = Field(60.0, ge=0, le=86400, allow_inf_nan=False)
+    # Images declaring more pixels than this are skipped (decompression bombs).
+    max_image_pixels: int = Field(50_000_000, ge=64, le=2_000_000_000)
 
     @field_validator("device")
     @classmethod
@@ -53,14 +59,19 @@ class AsifSettings(BaseSettings):
             if not p.is_file():
                 raise ConfigError(f"config file '{p}' does not exist")
             try:
-                data = json.loads(p.read_text())
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"config file '{p}' is not UTF-8 text (byte {exc.start}); save "
+                                  "it as UTF-8 JSON") from exc
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"config file '{p}' is not valid JSON: {exc}") from exc
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file '{p}' must hold a JSON object of settings")
         data.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**data)
-        except ValueError as exc:
-            raise ConfigError(f"invalid settings: {exc}") from exc
+        except ValidationError as exc:
+            raise ConfigError(describe_validation(exc, config_file)) from exc
 
     def cache(self):
         from asif_index.encoders.cache import EmbeddingCache
@@ -77,3 +88,21 @@ class AsifSettings(BaseSettings):
         return image_encoder_from_spec(self.image_encoder, **kw), text_encoder_from_spec(
             self.text_encoder, **kw
         )
+
+
+def describe_validation(exc: "ValidationError", config_file=None) -> str:
+    """A pydantic error as one line: which setting, what value, what is allowed."""
+    parts = []
+    for e in exc.errors():
+        field = ".".join(str(x) for x in e.get("loc", ())) or "settings"
+        flag = "--" + field.replace("_", "-")
+        value = e.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "..."
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "extra_forbidden":
+            src = f" in config file '{config_file}'" if config_file else ""
+            parts.append(f"unknown setting '{field}'{src}; see 'asif-index --help' for the "
+                         "settings")
+        else:
+            parts.append(f"{flag} (ASIF_{field.upper()}) = {shown}: {msg}")
+    return "invalid settings: " + "; ".join(parts)

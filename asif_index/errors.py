@@ -70,3 +70,19 @@ class BackendUnavailableError(BackendError):
 
 class CollectionError(BackendError):
     """A collection is missing, or exists with an incompatible schema."""
+
+
+class ConsistencyError(AsifError):
+    """Concurrent writers, updaters and readers of one index got in each other's way."""
+
+
+class UpdateInProgressError(ConsistencyError):
+    """An anchor update is running in another process (its heartbeat is live)."""
+
+
+class UpdateInterruptedError(ConsistencyError):
+    """An anchor update died (its heartbeat expired) and must be resumed first."""
+
+
+class VersionRetiredError(ConsistencyError):
+    """The anchor version a reader is pinned to was garbage-collected; refresh the reader."""

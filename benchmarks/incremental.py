@@ -24,7 +24,8 @@ import numpy as np
 from asif_index.anchors import AnchorPayload
 from benchmarks.common import machine, table, write_json
 from connectors.index import Index
-from connectors.updates import rebuild, update_anchors
+from connectors.rebuild import rebuild
+from connectors.updates import update_anchors
 
 
 class Enc:

@@ -23,28 +23,46 @@ def _close_local_clients() -> None:
 REGISTRY = "asif_registry"  # index of alias documents (alias -> physical index name)
 
 
-def open_store(settings, name: str | None = None, resolve: bool = True) -> VectorStore:
-    """The store named by settings (backend, url or path, api_key, collection); an alias
-    (see ``asif-index anchors rebuild``) resolves to the physical index it points at."""
+def open_store(settings, name: str | None = None, resolve: bool = True,
+               must_exist: bool = False) -> VectorStore:
+    """The store named by settings (backend, url or path, api_key, collection, timeouts); an
+    alias (see ``asif-index anchors rebuild``) resolves to the physical index it points at.
+
+    must_exist: an embedded database's folder or file must already exist (every command but
+    ``init``), so that a mistyped ``--path`` is an error instead of a new empty database."""
     name = name or settings.collection
+    if settings.url and settings.path:
+        raise ConfigError(f"give either --url ({settings.url}) or --path ({settings.path}), "
+                          "not both: --url connects to a server, --path opens an embedded database")
+    timeouts = {"timeout": settings.request_timeout, "retry_budget": settings.retry_budget}
+    if not settings.url and must_exist:
+        default = "asif-qdrant" if settings.backend == "qdrant" else "asif.db"
+        where = Path(settings.path or default)
+        if not where.exists():
+            raise ConfigError(
+                f"no {settings.backend} database at '{where}' (--path); check the path, or "
+                "create an index there first with 'asif-index init'")
     if settings.backend == "qdrant":
         from connectors.qdrant import QdrantStore
 
         if settings.url:
-            reg = QdrantStore(REGISTRY, url=settings.url, api_key=settings.api_key)
+            reg = QdrantStore(REGISTRY, url=settings.url, api_key=settings.api_key, **timeouts)
         else:
             # Local mode allows one client per folder: share it within the process.
             path = str(Path(settings.path or "asif-qdrant").resolve())
             if path not in _LOCAL_QDRANT:
-                _LOCAL_QDRANT[path] = QdrantStore(REGISTRY, path=path).client
-            reg = QdrantStore(REGISTRY, client=_LOCAL_QDRANT[path])
-        return QdrantStore(_resolve(reg, name, resolve), client=reg.client)
+                _LOCAL_QDRANT[path] = QdrantStore(REGISTRY, path=path, **timeouts).client
+            reg = QdrantStore(REGISTRY, client=_LOCAL_QDRANT[path], where=path, **timeouts)
+        return QdrantStore(_resolve(reg, name, resolve), client=reg.client, where=reg.where,
+                           **timeouts)
     if settings.backend == "milvus":
         from connectors.milvus import MilvusStore
 
         uri = settings.url or str(settings.path or "asif.db")
-        reg = MilvusStore(REGISTRY, uri=uri, token=settings.api_key)
-        store = MilvusStore(_resolve(reg, name, resolve), uri=uri, token=settings.api_key)
+        kw = dict(uri=uri, token=settings.api_key, connect_timeout=settings.connect_timeout,
+                  **timeouts)
+        reg = MilvusStore(REGISTRY, **kw)
+        store = MilvusStore(_resolve(reg, name, resolve), **kw)
         store.registry = reg
         return store
     raise ConfigError(f"backend '{settings.backend}' cannot be opened from the command line; "
@@ -52,7 +70,7 @@ def open_store(settings, name: str | None = None, resolve: bool = True) -> Vecto
 
 
 def _resolve(registry: VectorStore, name: str, resolve: bool) -> str:
-    from connectors.updates import resolve_alias
+    from connectors.rebuild import resolve_alias
 
     return resolve_alias(registry, name) if resolve else name
 

@@ -9,16 +9,23 @@ k-th similarity, modality, anchor-set version, user payload).
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import (
+    retry,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from asif_index.anchors import AnchorManifest
-from asif_index.errors import BackendError, BackendUnavailableError
+from asif_index.errors import BackendError, BackendUnavailableError, CollectionError
 
 T = TypeVar("T")
 
@@ -76,6 +83,34 @@ def point_records(sb, items: list[str], modality: str, embeddings, payloads,
     return out
 
 
+# Longest anchor fields any backend stores (Milvus VARCHAR limits, in UTF-8 bytes): checked
+# before an update writes anything, so no server refuses a row half-way through one.
+ANCHOR_FIELD_LIMITS = {"caption": 4096, "image_ref": 2048, "source": 256, "key": 64}
+MAX_PAYLOAD_BYTES = 60_000  # an item's JSON payload (Milvus JSON fields take 64 KiB)
+
+
+def anchor_payload_problem(payload: Any) -> str | None:
+    """Why an anchor payload cannot be stored (a field over its limit), or None."""
+    for name, limit in ANCHOR_FIELD_LIMITS.items():
+        n = len(str(getattr(payload, name, "")).encode("utf-8"))
+        if n > limit:
+            return (f"anchor {name} is {n} bytes long, over the {limit}-byte limit; shorten it "
+                    "(or keep long text in your own store and reference it)")
+    return None
+
+
+def item_payload_problem(payload: dict) -> str | None:
+    import json
+
+    try:
+        n = len(json.dumps(payload).encode("utf-8"))
+    except (TypeError, ValueError) as exc:
+        return f"payload is not JSON-serialisable ({exc})"
+    if n > MAX_PAYLOAD_BYTES:
+        return f"payload is {n} bytes as JSON, over the {MAX_PAYLOAD_BYTES}-byte limit"
+    return None
+
+
 @dataclass
 class AnchorRecord:
     id: int
@@ -111,6 +146,12 @@ class VectorStore(ABC):
     name: str
 
     @property
+    def location(self) -> str:
+        """How messages name this index: backend, name and where it lives."""
+        where = getattr(self, "where", None)
+        return f"{self.backend} index '{self.name}'" + (f" at {where}" if where else "")
+
+    @property
     def items(self) -> str:
         return f"{self.name}_items"
 
@@ -133,11 +174,28 @@ class VectorStore(ABC):
     @abstractmethod
     def drop(self) -> None: ...
 
+    storage_version = 1  # bumped by a store whose on-disk layout changes
+
     def read_manifest(self) -> AnchorManifest | None:
         doc = self.get_doc("manifest") if self.exists() else None
-        return AnchorManifest(**doc) if doc else None
+        if not doc:
+            return None
+        try:
+            man = AnchorManifest(**doc)
+        except TypeError as exc:
+            raise CollectionError(f"{self.location} has a manifest this version of asif-index "
+                                  f"cannot read ({exc}); open it with the version that made "
+                                  "it, or re-ingest into a new index") from exc
+        have = int(man.extra.get("storage", 1))
+        if have != self.storage_version:
+            raise CollectionError(
+                f"{self.location} was written by another version of asif-index (storage "
+                f"format {have}; this version reads {self.storage_version}); open it with that "
+                "version, or create a new index (asif-index init --name ...) and re-ingest")
+        return man
 
     def write_manifest(self, manifest: AnchorManifest) -> None:
+        manifest.extra.setdefault("storage", self.storage_version)
         self.put_doc("manifest", asdict(manifest))
 
     @abstractmethod
@@ -147,6 +205,10 @@ class VectorStore(ABC):
     @abstractmethod
     def put_doc(self, key: str, doc: dict | None) -> None:
         """Write (or with None delete) one meta document: a single-row, atomic write."""
+
+    @abstractmethod
+    def list_docs(self, kind: str) -> dict[str, dict]:
+        """Every meta document whose key is ``kind:...`` (leases), by key."""
 
     # anchors -------------------------------------------------------------------------
     @abstractmethod
@@ -206,32 +268,43 @@ def with_retries(
     what: str,
     backend_errors: tuple[type[BaseException], ...] = (),
     attempts: int = 5,
+    budget: float = 60.0,
 ) -> Callable[..., T]:
-    """Retry transient backend errors with exponential backoff, then raise
-    :class:`BackendUnavailableError` naming the operation and the fix; map other backend
-    errors (``backend_errors``) to :class:`BackendError` at this boundary."""
+    """Retry transient backend errors with exponential backoff for at most ``attempts``
+    tries and ``budget`` seconds in all, then raise :class:`BackendUnavailableError` naming
+    the operation, the server and the fix; map other backend errors (``backend_errors``) to
+    :class:`BackendError` at this boundary. Each try must itself be bounded (the store
+    passes its request timeout to the client), so the whole call ends within about
+    ``budget`` + one request timeout."""
     wrapped = retry(
         retry=retry_if_exception(is_transient),
-        stop=stop_after_attempt(attempts),
+        stop=stop_after_attempt(attempts) | stop_after_delay(budget),
         wait=wait_exponential(multiplier=0.2, max=5),
         reraise=True,
     )(fn)
 
     def call(*args: Any, **kwargs: Any) -> T:
+        t0 = time.monotonic()
         try:
             return wrapped(*args, **kwargs)
         except Exception as exc:
             if is_transient(exc):
                 raise BackendUnavailableError(
-                    f"{what} failed after {attempts} attempts ({type(exc).__name__}: "
-                    f"{str(exc)[:300]}); check that the server is running and reachable, then "
-                    "re-run: ingestion resumes from its checkpoint"
+                    f"{what} failed for {time.monotonic() - t0:.1f} s ({type(exc).__name__}: "
+                    f"{_first_line(exc)}); check that the server is running and reachable "
+                    "(timeouts: ASIF_REQUEST_TIMEOUT, ASIF_RETRY_BUDGET), then re-run: "
+                    "ingestion resumes from its checkpoint, an update from its journal"
                 ) from exc
             if backend_errors and isinstance(exc, backend_errors):
-                raise BackendError(f"{what} failed: {str(exc)[:500]}") from exc
+                raise BackendError(f"{what} failed: {_first_line(exc, 500)}") from exc
             raise
 
     return call
+
+
+def _first_line(exc: BaseException, n: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text[:n]
 
 
 def filter_matches(payload: dict[str, Any], modality: str, flt: Filter | None) -> bool:

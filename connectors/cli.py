@@ -92,7 +92,7 @@ def cmd_anchors_status(args) -> int:
 
 def cmd_anchors_rebuild(args) -> int:
     from connectors import open_store, registry_of
-    from connectors.updates import rebuild, resolve_alias, set_alias
+    from connectors.rebuild import rebuild, resolve_alias, set_alias
 
     s = _settings(args)
     idx = _open(args)

@@ -9,10 +9,38 @@ import numpy as np
 
 from asif_index.anchors import AnchorManifest, AnchorPayload, AnchorSet
 from asif_index.encoders.base import Encoder
-from asif_index.errors import AnchorError, CollectionError, InputError, ModalityError
+from asif_index.errors import (
+    AnchorError,
+    CollectionError,
+    InputError,
+    ModalityError,
+    UpdateInProgressError,
+)
 from asif_index.search import DEFAULT_TEMPLATES, prompts
 from asif_index.sparse import SparseBatch
-from connectors.base import Filter, Hit, ItemRecord, VectorStore, item_id, point_records
+from connectors.base import (
+    Filter,
+    Hit,
+    ItemRecord,
+    VectorStore,
+    item_id,
+    item_payload_problem,
+    point_records,
+)
+from connectors.updates import MAX_REMOVE_PER_UPDATE, UpdateResult, update_anchors
+from connectors.versioning import (
+    DEFAULT,
+    READER,
+    Coordination,
+    WriterLease,
+    anchors_at,
+    drop_lease,
+    live_state,
+    new_owner,
+    pin_reader,
+    reproject_mixed,
+    wait_for_update,
+)
 
 
 @dataclass
@@ -32,15 +60,51 @@ class Index:
 
     def __init__(self, store: VectorStore, anchors: AnchorSet, image_encoder: Encoder,
                  text_encoder: Encoder, query_keep: int | None = None,
-                 **engine_options: Any) -> None:
+                 timing: Coordination = DEFAULT, **engine_options: Any) -> None:
         """query_keep: send only the largest ``query_keep`` entries of a query's relative
         vector to the database (fewer posting lists; see benchmarks/pruning.py for the
-        recall it costs). None sends all k."""
+        recall it costs). None sends all k. timing: lease lengths and waits (see
+        ``connectors.versioning``)."""
         self.store = store
         self.query_keep = query_keep
         self.anchors = anchors
         self.encoders = {"image": image_encoder, "text": text_encoder}
         self.engine_options = engine_options
+        self.timing = timing
+        self.owner = new_owner()  # names this process's leases in the database
+        self._renew_at = 0.0  # reader lease: renew (and check retirement) after this time
+
+    @property
+    def where(self) -> str:
+        return self.store.location
+
+    def close(self) -> None:
+        """Release this reader's lease (its pinned version may then be garbage-collected)."""
+        try:
+            drop_lease(self.store, READER, self.owner)
+        except Exception:  # closing a dead connection: the lease expires by itself
+            pass
+        self._renew_at = 0.0
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _pin(self) -> None:
+        """Hold this reader's version against garbage collection; raises
+        VersionRetiredError when it is already gone."""
+        import time
+
+        if time.time() >= self._renew_at:
+            self._renew_at = pin_reader(self.store, self.owner, self.version, self.where,
+                                        self.timing)
+
+    def _adopt(self, anchors: AnchorSet) -> None:
+        """Move to another anchor version (after an update or a refresh)."""
+        self.anchors = anchors
+        self._renew_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
     @classmethod
@@ -71,7 +135,7 @@ class Index:
         """Move to the live anchor version (after another process updated the anchors)."""
         man = self.store.read_manifest()
         if man is not None and man.version != self.version:
-            self.anchors = anchors_at(self.store, man, man.version)
+            self._adopt(anchors_at(self.store, man, man.version))
 
     @property
     def version(self) -> int:
@@ -90,14 +154,26 @@ class Index:
                               payloads: list[AnchorPayload]) -> np.ndarray:
         """Append anchor pairs (already embedded) as a new anchor version; stored items are
         brought to exactly the state a rebuild would give (see ``connectors.updates``)."""
-        from connectors.updates import update_anchors
+        return update_anchors(self, add=(image_emb, text_emb, payloads),
+                              timing=self.timing).added_ids
 
-        return update_anchors(self, add=(image_emb, text_emb, payloads)).added_ids
-
-    def remove_anchors(self, ids) -> "object":
-        from connectors.updates import update_anchors
-
-        return update_anchors(self, remove=np.asarray(ids, np.int64))
+    def remove_anchors(self, ids) -> UpdateResult:
+        """Remove anchors by id (one update per 4,096 ids); stored items stay exact."""
+        ids = np.unique(np.asarray(ids, np.int64))
+        if not len(ids):
+            raise AnchorError("no anchor ids to remove")
+        self.anchors.rows_of(ids)  # all known, or AnchorError before anything changes
+        res = None
+        for s in range(0, len(ids), MAX_REMOVE_PER_UPDATE):
+            r = update_anchors(self, remove=ids[s:s + MAX_REMOVE_PER_UPDATE], timing=self.timing)
+            if res is None:
+                res = r
+            else:
+                res.version, res.items_scanned = r.version, res.items_scanned + r.items_scanned
+                res.items_touched += r.items_touched
+                res.seconds += r.seconds
+        res.removed_ids = ids
+        return res
 
     def add_anchors(self, images: Sequence[Any], captions: Sequence[str],
                     refs: Sequence[str] | None = None, source: str = "") -> tuple[np.ndarray, list[InputError]]:
@@ -125,10 +201,17 @@ class Index:
         sb = self.project(embeddings, modality)
         recs = point_records(sb, [item_id(modality, k) for k in keys], modality, embeddings,
                              payloads, self.version)
-        errors = [InputError(f"{modality} item '{key}' has no anchor with positive similarity; "
-                             "add anchors closer to it", key)
-                  for key, r in zip(keys, recs) if r.sparse_indices.size == 0]
-        return [r for r in recs if r.sparse_indices.size], errors
+        errors, kept = [], []
+        for key, r in zip(keys, recs):
+            problem = item_payload_problem(r.payload)
+            if problem:
+                errors.append(InputError(f"{modality} item '{key}': {problem}", key))
+            elif r.sparse_indices.size == 0:
+                errors.append(InputError(f"{modality} item '{key}' has no anchor with positive "
+                                         "similarity; add anchors closer to it", key))
+            else:
+                kept.append(r)
+        return kept, errors
 
     def add_items(self, items: Sequence[Any], modality: Literal["image", "text"],
                   payloads: Sequence[dict] | None = None) -> tuple[list[str], list[InputError]]:
@@ -142,16 +225,53 @@ class Index:
         return [r.item for r in recs], res.errors + errs
 
     def write(self, records: list[ItemRecord]) -> tuple[int, int]:
-        """Upsert item records; an item that already has a current point is updated in that
-        point. -> (new, updated) distinct items."""
-        from connectors.updates import check_no_pending_update
+        """Upsert item records projected at this index's version; an item that already has a
+        current point is updated in that point. -> (new, updated) distinct items.
 
-        check_no_pending_update(self.store)
+        Never lands stale vectors: if the live anchor version moved (or moves while the batch
+        is written) the batch is re-projected from its raw embeddings and rewritten at the live
+        version; while an anchor update runs, it waits for it (see ``connectors.versioning``).
+        """
         records = list({r.item: r for r in records}.values())
+        if not records:
+            return 0, 0
+        projected = {r.valid_from for r in records}
+        if len(projected) != 1:
+            raise InputError(f"records of one write must share their anchor version; got "
+                             f"{sorted(projected)}")
+        at = projected.pop()
+        for _ in range(100):  # each round follows one anchor update; 100 is "never"
+            with WriterLease(self.store, self.owner, self.timing.writer_ttl) as lease:
+                state = live_state(self.store)
+                if state.journal is None:
+                    if state.version != at:
+                        records, at = self._reprojected(records, state.version)
+                    if lease.expiring():
+                        lease.renew()
+                    counts = self._upsert(records)
+                    after = live_state(self.store)
+                    if after.journal is None and after.version == at:
+                        return counts
+            # An update started (or finished) around this batch: it may have scanned the items
+            # before they were written. Wait for it, then rewrite them at its version.
+            wait_for_update(self.store, self.where, self.timing)
+        raise UpdateInProgressError(f"{self.where}: anchor updates kept moving the version under "
+                                    "this write; pause the updates and re-run")
+
+    def _reprojected(self, records: list[ItemRecord], version: int
+                     ) -> tuple[list[ItemRecord], int]:
+        if version != self.version:
+            self.refresh()
+        return reproject_mixed(self.anchors, records, self.version, self.engine_options), \
+            self.version
+
+    def _upsert(self, records: list[ItemRecord]) -> tuple[int, int]:
         heads = self.store.heads([r.item for r in records])
         for r in records:
             h = heads.get(r.item)
-            if h is not None:
+            if h is not None and h.valid_from <= r.valid_from:
+                # same content, so the same vector at every version since the head's: update
+                # (payload) in place instead of adding a point
                 r.id, r.valid_from = h.id, h.valid_from
         self.store.upsert_items(records)
         return len(records) - len(heads), len(heads)
@@ -173,6 +293,7 @@ class Index:
         return self.search_vectors(q, limit, filter)[0]
 
     def search_vectors(self, q: SparseBatch, limit: int, flt: Filter | None = None) -> list[list[Hit]]:
+        self._pin()
         return [self.store.search(*self._pruned(*q.row(r)), limit, flt, self.version)
                 for r in range(len(q))]
 
@@ -212,6 +333,7 @@ class Index:
 
     def item(self, item: str) -> ItemRecord:
         """The point of a logical item visible at this index's version."""
+        self._pin()
         h = self.store.heads([item]).get(item)
         if h is None or not h.visible(self.version):
             for batch in self.store.scroll_items(version=self.version):
@@ -232,18 +354,5 @@ class Index:
                 "stored_points": self.store.count_items()}
 
 
-def anchors_at(store: VectorStore, man: AnchorManifest, version: int) -> AnchorSet:
-    """The anchor set as it was at ``version``, rebuilt from the anchors collection."""
-    import copy
 
-    man = copy.deepcopy(man)
-    anchors = AnchorSet(man)
-    recs = store.fetch_anchors(version)
-    if recs:
-        anchors.add(np.stack([r.image for r in recs]), np.stack([r.text for r in recs]),
-                    [AnchorPayload(r.caption, r.image_ref, r.source, r.key) for r in recs],
-                    ids=np.array([r.id for r in recs], np.uint32))
-        anchors.added_at = np.array([r.added_at for r in recs])
-    anchors.manifest.version = version  # add() bumped it
-    anchors.next_id = max(anchors.next_id, int(man.extra.get("next_id", 0)))
-    return anchors
+__all__ = ["Explanation", "Index", "anchors_at"]

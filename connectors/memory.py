@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -20,8 +22,20 @@ from connectors.base import (
 )
 
 
+def _locked(fn):
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        with self._lock:
+            return fn(self, *args, **kwargs)
+
+    return call
+
+
 class MemoryStore(VectorStore):
+    """Threads may share it: every operation holds one lock (scrolls work on a snapshot)."""
+
     backend = "memory"
+    _lock = threading.RLock()  # class-wide: instances are cheap and rarely contended
 
     def __init__(self, name: str = "asif") -> None:
         self.name = name
@@ -32,6 +46,7 @@ class MemoryStore(VectorStore):
         self._gen = 0  # bumped by every item mutation; invalidates the search cache
         self._cache: dict = {}
 
+    @_locked
     def create(self, manifest: AnchorManifest, recreate: bool = False) -> None:
         if self._created and not recreate:
             raise CollectionError(f"index '{self.name}' exists; pass recreate=True to replace it")
@@ -39,46 +54,62 @@ class MemoryStore(VectorStore):
         self._created = True
         self.write_manifest(manifest)
 
+    @_locked
     def exists(self) -> bool:
         return self._created
 
+    @_locked
     def drop(self) -> None:
         self.__init__(self.name)
 
+    @_locked
     def get_doc(self, key: str) -> dict | None:
         return copy.deepcopy(self._docs.get(key))
 
+    @_locked
     def put_doc(self, key: str, doc: dict | None) -> None:
         if doc is None:
             self._docs.pop(key, None)
         else:
             self._docs[key] = copy.deepcopy(doc)
 
+    @_locked
+    def list_docs(self, kind: str) -> dict[str, dict]:
+        return {k: copy.deepcopy(d) for k, d in list(self._docs.items())
+                if k.startswith(kind + ":")}
+
+    @_locked
     def upsert_anchors(self, anchors: list[AnchorRecord]) -> None:
         for a in anchors:
             self._anchors[int(a.id)] = copy.copy(a)
 
+    @_locked
     def delete_anchors(self, ids: list[int]) -> None:
         for i in ids:
             self._anchors.pop(int(i), None)
 
+    @_locked
     def fetch_anchors(self, version: int | None = None) -> list[AnchorRecord]:
         return [copy.copy(self._anchors[i]) for i in sorted(self._anchors)
                 if self._anchors[i].visible(version)]
 
+    @_locked
     def upsert_items(self, items: list[ItemRecord]) -> None:
         self._gen += 1
         for it in items:
             self._items[it.id] = copy.copy(it)
 
+    @_locked
     def fetch_items(self, ids: list[str]) -> list[ItemRecord]:
         return [copy.copy(self._items[i]) for i in ids if i in self._items]
 
+    @_locked
     def heads(self, items: list[str]) -> dict[str, ItemRecord]:
         want = set(items)
         return {r.item: copy.copy(r) for r in self._items.values()
                 if r.item in want and r.valid_to == FOREVER}
 
+    @_locked
     def set_valid_to(self, point_ids: list[str], version: int) -> None:
         self._gen += 1
         for i in point_ids:
@@ -87,11 +118,13 @@ class MemoryStore(VectorStore):
                 r.valid_to = version
                 self._items[i] = r
 
+    @_locked
     def delete_items(self, ids: list[str]) -> None:
         self._gen += 1
         for i in ids:
             self._items.pop(i, None)
 
+    @_locked
     def delete_expired(self, version: int) -> int:
         self._gen += 1
         gone = [k for k, r in self._items.items() if r.valid_to <= version]
@@ -101,6 +134,7 @@ class MemoryStore(VectorStore):
             del self._anchors[k]
         return len(gone)
 
+    @_locked
     def count_items(self, flt: Filter | None = None, version: int | None = None) -> int:
         return sum(filter_matches(it.payload, it.modality, flt) and it.visible(version)
                    for it in self._items.values())
@@ -129,6 +163,7 @@ class MemoryStore(VectorStore):
                  for r in cache["recs"]], bool)
         return cache["masks"][key]
 
+    @_locked
     def search(self, indices, values, limit, flt=None, version=None) -> list[Hit]:
         cache = self._matrix()
         recs, m = cache["recs"], cache["csr"]
@@ -147,6 +182,7 @@ class MemoryStore(VectorStore):
 
     def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
         # No copies: stored records are never mutated in place (set_valid_to replaces them).
-        items = [r for r in self._items.values() if r.visible(version)]
+        with self._lock:
+            items = [r for r in self._items.values() if r.visible(version)]
         for s in range(0, len(items), batch):
             yield items[s : s + batch]

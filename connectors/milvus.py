@@ -8,13 +8,18 @@ alias records in its meta collection.
 from __future__ import annotations
 
 import json
+import math
+import re
+import time
+import uuid
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from asif_index._optional import require
 from asif_index.anchors import AnchorManifest
-from asif_index.errors import CollectionError
+from asif_index.errors import BackendError, BackendUnavailableError, CollectionError, ConfigError
 from connectors.base import (
     FOREVER,
     AnchorRecord,
@@ -26,6 +31,32 @@ from connectors.base import (
 )
 
 _MAX_RPC_ITEMS = 512  # rows per upsert RPC; far below Milvus' 64 MB cap for d <= 4096
+_LITE_NAME = re.compile(r"^[a-zA-Z0-9.\-_]+$")  # what milvus-lite accepts as a file name
+STORAGE_VERSION = 2  # items keyed by a physical pk per write (see upsert_items)
+
+
+def _descending_nonce() -> str:
+    """Sorts before every nonce this host made earlier. Query iterators page by primary key,
+    so a row rewritten behind an update's scroll cursor lands behind it again (id prefix, then
+    a smaller nonce) and is not scanned twice."""
+    return f"{(1 << 63) - time.time_ns():016x}{uuid.uuid4().hex[:4]}"
+
+
+def check_lite_path(uri: str) -> None:
+    """Milvus Lite's own rules for its file, as one clear error before it starts."""
+    if "://" in uri:
+        return
+    p = Path(uri)
+    if not _LITE_NAME.match(p.name):
+        raise ConfigError(f"Milvus Lite file name '{p.name}' ({uri}) may hold only letters, digits, "
+                          "'.', '-' and '_'; rename it (e.g. '{}')".format(
+                              re.sub(r"[^a-zA-Z0-9.\-_]", "_", p.name)))
+    if len(p.name) > 36:
+        raise ConfigError(f"Milvus Lite file name '{p.name}' is {len(p.name)} characters; it "
+                          "must be at most 36: choose a shorter --path")
+    if not p.parent.is_dir():
+        raise ConfigError(f"folder '{p.parent}' of the Milvus Lite file {uri} does not exist; "
+                          "create it or choose another --path")
 
 
 def _expr(flt: Filter | None) -> str:
@@ -58,26 +89,45 @@ def _milvus_transient(exc: BaseException) -> bool:
 class MilvusStore(VectorStore):
     backend = "milvus"
 
+    storage_version = STORAGE_VERSION
+
     def __init__(self, name: str = "asif", *, uri: str = "asif.db", token: str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, connect_timeout: float = 10.0,
+                 retry_budget: float = 60.0) -> None:
+        """timeout: seconds one request may take; connect_timeout: to reach the server;
+        retry_budget: seconds of retries of one operation before it fails."""
         pm = require("pymilvus", "the Milvus connector")
         self._pm = pm
         self.name = name
         self.where = uri
-        self.timeout = timeout
-        kw = {"uri": uri, "timeout": timeout}
+        # pymilvus bounds its own internal retry loop by `timeout` only when it is an int
+        # (a float means 75 tries: minutes against a dead server).
+        self.timeout = max(1, math.ceil(timeout))
+        self.retry_budget = retry_budget
+        check_lite_path(uri)
+        kw = {"uri": uri, "timeout": max(1, math.ceil(connect_timeout))}
         if token:
             kw["token"] = token
-        self.client = self._call("connect", pm.MilvusClient, **kw)
+        try:
+            self.client = self._call("connect", pm.MilvusClient, **kw)
+        except (BackendError, RuntimeError, pm.exceptions.MilvusException) as exc:
+            cause = exc.__cause__ or exc
+            text = f"{cause} {getattr(cause, 'message', '')}"
+            if "://" not in uri and "Open local milvus failed" in text:
+                raise BackendUnavailableError(
+                    f"Milvus Lite file {uri} is open in another process (Milvus Lite allows one "
+                    "process per file); stop that process, or serve the file with "
+                    "'milvus-lite server' and connect every process with --url") from exc
+            raise
         self._man: AnchorManifest | None = None  # dims, read once
 
     def _call(self, what: str, fn, *args, **kwargs):
-        # pymilvus retries UNAVAILABLE internally until its per-call timeout (75 tries, minutes
-        # without one): bound it, and let with_retries own the backoff and the error mapping.
         if getattr(fn, "__self__", None) is getattr(self, "client", None):
             kwargs.setdefault("timeout", self.timeout)
+            kwargs.setdefault("retry_times", 2)  # with_retries owns the backoff
         return with_retries(fn, _milvus_transient, f"Milvus {what} on {self.where}",
-                            (self._pm.exceptions.MilvusException,))(*args, **kwargs)
+                            (self._pm.exceptions.MilvusException,),
+                            budget=self.retry_budget)(*args, **kwargs)
 
     def _has(self, c: str) -> bool:
         return bool(self._call("has_collection", self.client.has_collection, c))
@@ -113,7 +163,10 @@ class MilvusStore(VectorStore):
         anc.add_field("removed_version", DT.INT64)
         self._create(self.anchors, anc, [("image", "FLAT", "COSINE"), ("text", "FLAT", "COSINE")])
         it = cs(auto_id=False, enable_dynamic_field=False)
-        it.add_field("id", DT.VARCHAR, is_primary=True, max_length=64)
+        # pk is physical (point id + a write nonce); id is the logical point id. See
+        # upsert_items for why a rewrite never reuses a primary key.
+        it.add_field("pk", DT.VARCHAR, is_primary=True, max_length=80)
+        it.add_field("id", DT.VARCHAR, max_length=64)
         it.add_field("item", DT.VARCHAR, max_length=64)
         it.add_field("rel", DT.SPARSE_FLOAT_VECTOR)
         # A row has one dense field, and the two modalities' dims differ: the raw embedding
@@ -131,8 +184,10 @@ class MilvusStore(VectorStore):
         ip = self.client.prepare_index_params()
         for field, kind, metric in indexes:
             ip.add_index(field, index_type=kind, metric_type=metric)
+        # Strong: a read sees every write acknowledged before it (the leases and the version
+        # checks of connectors.versioning rely on it).
         self._call("create_collection", self.client.create_collection, name, schema=schema,
-                   index_params=ip)
+                   index_params=ip, consistency_level="Strong")
 
     def drop(self) -> None:
         for c in (self.items, self.anchors, self.meta):
@@ -152,6 +207,11 @@ class MilvusStore(VectorStore):
             self._man = AnchorManifest(**doc)
         self._call("upsert", self.client.upsert, self.meta,
                    [{"key": key, "doc": json.dumps(doc), "v": [1.0, 0.0]}])
+
+    def list_docs(self, kind: str) -> dict[str, dict]:
+        rows = self._call("query", self.client.query, self.meta,
+                          filter=f'key like "{kind}:%"', output_fields=["key", "doc"])
+        return {r["key"]: json.loads(r["doc"]) for r in rows}
 
     # anchors ------------------------------------------------------------------------
     def upsert_anchors(self, anchors: list[AnchorRecord]) -> None:
@@ -194,22 +254,35 @@ class MilvusStore(VectorStore):
                 raise CollectionError(f"index '{self.name}' does not exist in Milvus at {self.where}")
         return self._man
 
-    def _row(self, it: ItemRecord, d: int) -> dict:
+    def _row(self, it: ItemRecord, d: int, nonce: str) -> dict:
         emb = np.zeros(d, np.float32)
         emb[: it.embedding.shape[0]] = it.embedding
-        return {"id": it.id, "item": it.item,
+        return {"pk": f"{it.id}.{nonce}", "id": it.id, "item": it.item,
                 "rel": {int(i): float(v) for i, v in zip(it.sparse_indices, it.sparse_values)},
                 "emb": emb.tolist(), "modality": it.modality, "kth": float(it.kth_similarity),
                 "vfrom": int(it.valid_from), "vto": int(it.valid_to), "payload": it.payload}
 
     def upsert_items(self, items: list[ItemRecord]) -> None:
+        """Write points; a point already stored is replaced.
+
+        Milvus applies an upsert as delete + insert, and a search running between the two
+        misses the row. So a rewrite inserts the new row under a fresh primary key first and
+        then deletes the point's older rows: a concurrent search sees the old row, both (the
+        search de-duplicates), or the new one; never neither."""
         if not items:
             return
+        items = list({it.id: it for it in items}.values())
         man = self._manifest_cached()
         d = max(man.image_dim, man.text_dim)
-        rows = [self._row(it, d) for it in items]
-        for s in range(0, len(rows), _MAX_RPC_ITEMS):
-            self._call("upsert items", self.client.upsert, self.items, rows[s:s + _MAX_RPC_ITEMS])
+        nonce = _descending_nonce()
+        for s in range(0, len(items), _MAX_RPC_ITEMS):
+            chunk = items[s:s + _MAX_RPC_ITEMS]
+            rows = [self._row(it, d, nonce) for it in chunk]
+            self._call("insert items", self.client.insert, self.items, rows)
+            ids = json.dumps([it.id for it in chunk])
+            pks = json.dumps([r["pk"] for r in rows])
+            self._call("delete replaced items", self.client.delete, self.items,
+                       filter=f"id in {ids} and pk not in {pks}")
 
     def _record(self, r) -> ItemRecord:
         man = self._manifest_cached()
@@ -222,26 +295,40 @@ class MilvusStore(VectorStore):
                           np.asarray(r["emb"][:dim], np.float32), float(r["kth"]),
                           int(r["vfrom"]), int(r["vto"]), dict(r["payload"] or {}))
 
-    _FIELDS = ["id", "item", "rel", "emb", "modality", "kth", "vfrom", "vto", "payload"]
+    _FIELDS = ["pk", "id", "item", "rel", "emb", "modality", "kth", "vfrom", "vto", "payload"]
+
+    def _records(self, rows) -> list[ItemRecord]:
+        """Rows -> records, one per logical point (a rewrite in flight shows two rows)."""
+        out: dict[str, ItemRecord] = {}
+        for r in rows:
+            out[r["id"]] = self._record(r)
+        return list(out.values())
+
+    def _by_filter(self, expr: str) -> list[ItemRecord]:
+        # Scalar fields first, then whole rows by primary key: a query that outputs vector
+        # fields trips milvus-lite 2.5.1's empty-segment assertion (see _nonempty).
+        rows = self._call("query", self.client.query, self.items, filter=expr,
+                          output_fields=["pk"])
+        if not rows:
+            return []
+        full = self._call("get", self.client.get, self.items, ids=[r["pk"] for r in rows],
+                          output_fields=self._FIELDS)
+        return self._records(full)
 
     def fetch_items(self, ids: list[str]) -> list[ItemRecord]:
         if not ids:
             return []
-        rows = self._call("get", self.client.get, self.items, ids=list(ids), output_fields=self._FIELDS)
-        return [self._record(r) for r in rows]
+        return self._by_filter(f"id in {json.dumps(list(ids))}")
 
     def heads(self, items: list[str]) -> dict[str, ItemRecord]:
         if not items:
             return {}
-        # Scalar fields first, then whole rows by primary key: a query that outputs vector
-        # fields trips milvus-lite 2.5.1's empty-segment assertion (see _nonempty).
-        rows = self._call("query", self.client.query, self.items,
-                          filter=f"item in {json.dumps(list(items))} and vto >= {FOREVER}",
-                          output_fields=["id"])
-        return {r.item: r for r in self.fetch_items([r["id"] for r in rows])}
+        return {r.item: r for r in self._by_filter(
+            f"item in {json.dumps(list(items))} and vto >= {FOREVER}")}
 
     def set_valid_to(self, point_ids: list[str], version: int) -> None:
-        # Milvus 2.5 has no partial update: rewrite the (few, affected) rows whole.
+        # Milvus 2.5 has no partial update: rewrite the (few, affected) rows whole, through
+        # upsert_items so that readers at older versions never miss them.
         recs = self.fetch_items(point_ids)
         for r in recs:
             r.valid_to = version
@@ -249,7 +336,8 @@ class MilvusStore(VectorStore):
 
     def delete_items(self, ids: list[str]) -> None:
         if ids:
-            self._call("delete items", self.client.delete, self.items, ids=list(ids))
+            self._call("delete items", self.client.delete, self.items,
+                       filter=f"id in {json.dumps(list(ids))}")
 
     def delete_expired(self, version: int) -> int:
         n = self.count_items_expr(f"vto <= {version}")
@@ -281,12 +369,18 @@ class MilvusStore(VectorStore):
         q = {int(i): float(v) for i, v in zip(indices, values) if v > 0}
         if not q:
             return []
+        # Twice the limit: a point being rewritten can show as two rows (see upsert_items).
         res = self._call("search", self.client.search, self.items, data=[q], anns_field="rel",
-                         limit=limit, filter=self._expr(flt, version),
+                         limit=min(2 * limit, 16384), filter=self._expr(flt, version),
                          output_fields=["item", "modality", "payload"],
                          search_params={"metric_type": "IP", "params": {"drop_ratio_search": 0.0}})
-        return [Hit(h["entity"]["item"], float(h["distance"]), h["entity"]["modality"],
-                    dict(h["entity"]["payload"] or {})) for h in res[0]]
+        out: dict[str, Hit] = {}
+        for h in res[0]:
+            e = h["entity"]
+            if e["item"] not in out:
+                out[e["item"]] = Hit(e["item"], float(h["distance"]), e["modality"],
+                                     dict(e["payload"] or {}))
+        return sorted(out.values(), key=lambda x: -x.score)[:limit]
 
     def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
         if not self._nonempty(self.items):
@@ -298,7 +392,7 @@ class MilvusStore(VectorStore):
             if not rows:
                 it.close()
                 return
-            yield [self._record(r) for r in rows]
+            yield self._records(rows)
 
     def close(self) -> None:
         self.client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from typing import Iterator
 
@@ -24,6 +25,14 @@ from connectors.base import (
 _RESERVED = {"asif_modality", "asif_kth", "asif_item", "asif_from", "asif_to"}
 
 
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
 def _doc_id(key: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"asif-doc:{key}"))
 
@@ -35,16 +44,18 @@ class QdrantStore(VectorStore):
     backend = "qdrant"
 
     def __init__(self, name: str = "asif", *, path: str | None = None, url: str | None = None,
-                 api_key: str | None = None, timeout: float = 30.0, client=None) -> None:
+                 api_key: str | None = None, timeout: float = 30.0, client=None,
+                 retry_budget: float = 60.0, where: str | None = None) -> None:
         """``client``: share one QdrantClient between indexes (local mode allows a single
-        client per folder)."""
+        client per folder; ``where`` then names it in messages). timeout: seconds one request
+        may take; retry_budget: seconds of retries of one operation before it fails."""
         qc = require("qdrant_client", "the Qdrant connector")
         self._m = require("qdrant_client.models", "the Qdrant connector")
         self.name = name
         if client is not None:
             self.client = client
         elif url:
-            self.client = qc.QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
+            self.client = qc.QdrantClient(url=url, api_key=api_key, timeout=max(1, int(timeout)))
         else:
             try:
                 self.client = qc.QdrantClient(path=path or ":memory:")
@@ -54,7 +65,14 @@ class QdrantStore(VectorStore):
                     "is single-process: stop the other one, or run a Qdrant server for "
                     "concurrent access"
                 ) from exc
-        self.where = url or path or ":memory:"
+        self.where = url or path or where or ":memory:"
+        # Local mode is a Python engine with no locking: one lock per client serialises the
+        # calls of threads that share it (servers handle concurrency themselves).
+        self._lock = getattr(self.client, "_asif_lock", None)
+        if self._lock is None:
+            self._lock = threading.RLock() if not url and "://" not in self.where \
+                else _NoLock()
+            self.client._asif_lock = self._lock
         transient: tuple = (ConnectionError, TimeoutError)
         backend: tuple = ()
         try:
@@ -64,9 +82,13 @@ class QdrantStore(VectorStore):
             backend = (UnexpectedResponse, ValueError)
         except ImportError:  # pragma: no cover
             pass
-        self._call = lambda what, fn, *a, **kw: with_retries(
-            fn, lambda e: isinstance(e, transient), f"Qdrant {what} on {self.where}", backend
-        )(*a, **kw)
+        def call(what, fn, *a, **kw):
+            with self._lock:
+                return with_retries(fn, lambda e: isinstance(e, transient),
+                                    f"Qdrant {what} on {self.where}", backend,
+                                    budget=retry_budget)(*a, **kw)
+
+        self._call = call
         self._call("connect", self.client.get_collections)
 
     def _has(self, coll: str) -> bool:
@@ -119,8 +141,21 @@ class QdrantStore(VectorStore):
                        points_selector=self._m.PointIdsList(points=[_doc_id(key)]), wait=True)
             return
         pt = self._m.PointStruct(id=_doc_id(key), vector=[1.0],
-                                 payload={"key": key, "doc": json.dumps(doc)})
+                                 payload={"key": key, "kind": key.split(":", 1)[0],
+                                          "doc": json.dumps(doc)})
         self._call("upsert", self.client.upsert, self.meta, [pt], wait=True)
+
+    def list_docs(self, kind: str) -> dict[str, dict]:
+        m = self._m
+        flt = m.Filter(must=[m.FieldCondition(key="kind", match=m.MatchValue(value=kind))])
+        out, offset = {}, None
+        while True:
+            pts, offset = self._call("scroll", self.client.scroll, self.meta, scroll_filter=flt,
+                                     limit=256, offset=offset, with_payload=True)
+            out.update({p.payload["key"]: json.loads(p.payload["doc"]) for p in pts
+                        if p.payload["key"].startswith(kind + ":")})
+            if offset is None:
+                return out
 
     # anchors -----------------------------------------------------------------------
     def upsert_anchors(self, anchors: list[AnchorRecord]) -> None:

@@ -1,9 +1,13 @@
-"""Live, exact anchor updates (add / remove) and full rebuilds behind an alias.
+"""Live, exact anchor updates (add / remove). Full rebuilds live in ``connectors.rebuild``.
 
 Consistency (MVCC). Every item point is valid for anchor versions ``[valid_from, valid_to)``
 and every query filters on its pinned version V. An update V -> V+1:
 
-1. writes a journal (target V+1, the new anchor ids, the removed ids) to the meta collection;
+0. takes the updater lease (one updater at a time) and garbage-collects versions no reader
+   holds (``connectors.versioning.retire``);
+1. writes a journal (target V+1, the new anchor ids, the removed ids, its owner and a
+   heartbeat) to the meta collection, then waits for writers that started a batch before
+   it (their leases; see ``connectors.versioning``);
 2. stores the new anchors with ``added_version = V+1`` and marks removed ones
    ``removed_version = V+1`` (both invisible to readers at V);
 3. streams the items visible at V and finds exactly those whose top-k can change: a new
@@ -16,8 +20,8 @@ and every query filters on its pinned version V. An update V -> V+1:
 Readers pinned at V see only V points before and after the flip; readers at V+1 see only V+1
 points. A crash at any step leaves V intact; calling the update again resumes from the
 journal, and since every write is deterministic (ids from content and version) it converges
-to the same state. Superseded points are garbage-collected by the next update (readers must
-refresh within one update).
+to the same state. Superseded points are garbage-collected by a later update once no reader
+lease pins their version; a reader whose version was retired gets VersionRetiredError.
 """
 
 from __future__ import annotations
@@ -29,19 +33,34 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from asif_index.anchors import AnchorSet
-from asif_index.errors import AnchorError, ConfigError
+from asif_index.errors import AnchorError, InputError, UpdateInProgressError
 from connectors.base import (
     FOREVER,
     AnchorRecord,
     ItemRecord,
     VectorStore,
+    anchor_payload_problem,
     point_id,
-    point_records,
+)
+from connectors.versioning import (
+    DEFAULT,
+    JOURNAL,
+    Coordination,
+    alive,
+    anchors_at,
+    describe,
+    drop_lease,
+    live_leases,
+    put_lease,
+    reproject,
+    retire,
+    wait_for_writers,
 )
 
-JOURNAL = "update"
+UPDATER = "updater"
 SIM_SLACK = 1e-6  # fp32 summation-order noise: treat near-ties as affected (re-projecting an
 # unaffected item rewrites the identical vector, so a superset is exact)
+MAX_REMOVE_PER_UPDATE = 4096  # keeps the journal one small meta row on every backend
 
 
 @dataclass
@@ -53,26 +72,63 @@ class UpdateResult:
     items_touched: int = 0
     seconds: float = 0.0
     resumed: bool = False
-
-
-def check_no_pending_update(store: VectorStore) -> None:
-    if store.get_doc(JOURNAL):
-        raise ConfigError(
-            "an anchor update is in progress (or was interrupted) on this index; finish it "
-            "first with 'asif-index anchors status --resume' (update_anchors(index) in Python)"
-        )
+    writers_waited: int = 0
 
 
 def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = None,
-                   batch: int = 512, _fail_after_batches: int | None = None) -> UpdateResult:
+                   batch: int = 512, timing: Coordination = DEFAULT,
+                   _fail_after_batches: int | None = None) -> UpdateResult:
     """Apply one anchor update (add and/or remove) exactly; resumes an interrupted one.
 
     add: (image embeddings [n, d_i], text embeddings [n, d_t], payloads); remove: anchor ids.
+    Raises :class:`UpdateInProgressError` while another process's update is alive.
     """
-    t0 = time.perf_counter()
     store = index.store
+    where = index.where
+    owner = index.owner
+    # Updaters exclude each other: own lease first, then look for others (Dekker).
+    put_lease(store, UPDATER, owner, timing.heartbeat_ttl)
+    others = {k: d for k, d in live_leases(store, UPDATER).items() if d.get("owner") != owner}
+    if others:
+        drop_lease(store, UPDATER, owner)
+        d = next(iter(others.values()))
+        raise UpdateInProgressError(
+            f"another anchor update is running on {where} ({describe(d)}); wait for it to "
+            "finish ('asif-index anchors status' shows it), then re-run")
+    journal = None
+    try:
+        journal = store.get_doc(JOURNAL)
+        if journal and alive(journal) and journal.get("owner") != owner:
+            raise UpdateInProgressError(
+                f"an anchor update to version {journal.get('target')} is running on {where} "
+                f"({describe(journal)}); wait for it to finish, then re-run")
+        result = _update(index, store, where, owner, journal, add, remove, batch, timing,
+                         _fail_after_batches)
+        journal = None
+        return result
+    except BaseException:
+        # Interrupted (Ctrl-C, error): mark the journal dead at once so that a resume does not
+        # wait for its heartbeat to lapse. A SIGKILL leaves it to expire.
+        j = _try(store.get_doc, JOURNAL)
+        if j and j.get("owner") == owner:
+            j["expires"] = 0.0
+            _try(store.put_doc, JOURNAL, j)
+        raise
+    finally:
+        _try(drop_lease, store, UPDATER, owner)
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except Exception:  # best effort while already failing
+        return None
+
+
+def _update(index, store: VectorStore, where: str, owner: str, journal: dict | None, add,
+            remove, batch: int, timing: Coordination, fail_after: int | None) -> UpdateResult:
+    t0 = time.perf_counter()
     live = store.read_manifest()
-    journal = store.get_doc(JOURNAL)
     if journal and journal["target"] == live.version:  # flipped, journal not yet cleared
         store.put_doc(JOURNAL, None)
         journal = None
@@ -83,17 +139,36 @@ def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = 
     if journal is None:
         if add is None and (remove is None or len(remove) == 0):
             return UpdateResult(v)
-        store.delete_expired(v)  # GC what no reader at >= v can see
         n_add = 0 if add is None else len(add[0])
-        first = int(max(index.anchors.next_id, int(live.extra.get("next_id", 0))))
-        add_ids = list(range(first, first + n_add))
-        rem = [] if remove is None else [int(x) for x in remove]
+        if add is not None:
+            for pl in add[2]:
+                problem = anchor_payload_problem(pl)
+                if problem:
+                    raise InputError(f"anchor '{pl.caption[:60]}': {problem}; nothing was "
+                                     "written", pl.key or None)
+        rem = [] if remove is None else sorted({int(x) for x in remove})
+        if len(rem) > MAX_REMOVE_PER_UPDATE:
+            raise AnchorError(f"remove at most {MAX_REMOVE_PER_UPDATE} anchors per update "
+                              f"(got {len(rem)}); Index.remove_anchors splits larger removals")
         if rem:
             index.anchors.rows_of(np.asarray(rem))  # unknown ids -> AnchorError, nothing written
-        journal = {"target": v + 1, "add": add_ids, "remove": rem, "next_id": first + n_add}
+        retire(store, v)  # GC what no reader at >= v (nor any pinned reader) can see
+        first = int(max(index.anchors.next_id, int(live.extra.get("next_id", 0))))
+        journal = {"target": v + 1, "add_first": first, "add_count": n_add, "remove": rem,
+                   "next_id": first + n_add}
+    journal.update(owner=owner, beat=time.time(), expires=time.time() + timing.heartbeat_ttl)
+    store.put_doc(JOURNAL, journal)
+
+    def heartbeat() -> None:
+        journal.update(beat=time.time(), expires=time.time() + timing.heartbeat_ttl)
         store.put_doc(JOURNAL, journal)
+        put_lease(store, UPDATER, owner, timing.heartbeat_ttl)
+
+    # Writers that read "no update" before the journal landed finish their batch first.
+    waited = wait_for_writers(store, where, timing)
     target = journal["target"]
-    add_ids = np.asarray(journal["add"], np.int64)
+    add_ids = np.arange(journal["add_first"], journal["add_first"] + journal["add_count"],
+                        dtype=np.int64)
     rem_ids = np.asarray(journal["remove"], np.int64)
 
     # 2. anchors, invisible to readers at v
@@ -117,8 +192,6 @@ def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = 
         if len(rem_ids):
             new_set.remove(rem_ids)
     else:
-        from connectors.index import anchors_at
-
         have = {a.id for a in store.fetch_anchors(None) if a.added_version == target}
         if not set(add_ids.tolist()) <= have:
             _rollback(store, add_ids, rem_ids)
@@ -143,8 +216,9 @@ def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = 
     new_rows = new_set.rows_of(add_ids) if len(add_ids) else np.zeros(0, np.int64)
     scanned = touched = 0
     for n_batch, recs in enumerate(store.scroll_items(batch, version=v)):
-        if _fail_after_batches is not None and n_batch >= _fail_after_batches:
+        if fail_after is not None and n_batch >= fail_after:
             raise KeyboardInterrupt("simulated crash during the item pass")
+        heartbeat()
         scanned += len(recs)
         for mod in ("image", "text"):
             group = [r for r in recs if r.modality == mod]
@@ -177,19 +251,9 @@ def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = 
     man.version = target
     store.write_manifest(man)
     store.put_doc(JOURNAL, None)
-    index.anchors = new_set
+    index._adopt(new_set)
     return UpdateResult(target, add_ids.astype(np.uint32), rem_ids, scanned, touched,
-                        time.perf_counter() - t0, resumed)
-
-
-def reproject(anchors: AnchorSet, recs: list[ItemRecord], modality: str, version: int,
-              engine_options: dict) -> list[ItemRecord]:
-    """Fresh points valid from ``version`` for items of one modality, projected from their
-    stored raw embeddings against ``anchors``."""
-    emb = np.stack([r.embedding for r in recs])
-    sb = anchors.project(emb, modality, **engine_options)
-    return point_records(sb, [r.item for r in recs], modality, emb, [r.payload for r in recs],
-                         version)
+                        time.perf_counter() - t0, resumed, waited)
 
 
 def mergeable_record(r: ItemRecord, old_n: int, k: int) -> bool:
@@ -274,52 +338,16 @@ def _rollback(store: VectorStore, add_ids: np.ndarray, rem_ids: np.ndarray) -> N
 
 
 def status(store: VectorStore) -> dict:
+    """Live version, the pending update (state running/interrupted, owner, heartbeat), counts."""
     man = store.read_manifest()
-    return {"live_version": man.version if man else None, "pending_update": store.get_doc(JOURNAL),
+    j = store.get_doc(JOURNAL)
+    pending = None
+    if j:
+        pending = {"target_version": j.get("target"), "adds": j.get("add_count", 0),
+                   "removes": len(j.get("remove", [])),
+                   "state": "running" if alive(j) else "interrupted",
+                   "owner": j.get("owner"),
+                   "heartbeat_s_ago": round(max(0.0, time.time() - float(j.get("beat", 0))), 1)}
+    return {"live_version": man.version if man else None, "pending_update": pending,
             "visible_items": store.count_items(version=man.version) if man else 0,
             "stored_points": store.count_items()}
-
-
-# ----------------------------------------------------------------------- full rebuilds
-def rebuild(index, target: VectorStore, k: int | None = None, p: float | None = None,
-            image_encoder=None, text_encoder=None, batch: int = 512) -> "object":
-    """Re-project every item into a new index (new k, p, or encoders) from the stored raw
-    embeddings (new encoders re-embed anchors only if given; items need their sources)."""
-    from connectors.index import Index
-
-    man = index.anchors.manifest
-    if (image_encoder or text_encoder) is not None:
-        raise ConfigError("a rebuild with new encoders needs the items' sources: re-ingest them "
-                          "into a new index (asif-index init + ingest) and switch the alias")
-    new = Index.create(target, index.encoders["image"], index.encoders["text"],
-                       k=k or man.k, p=p or man.p, recreate=True, **index.engine_options)
-    src = index.anchors
-    new.anchors.add(src.image, src.text, list(src.payloads), ids=src.ids)
-    target.upsert_anchors([AnchorRecord(int(i), src.image[r], src.text[r], pl.caption,
-                                        pl.image_ref, pl.source, float(src.added_at[r]), pl.key)
-                           for r, (i, pl) in enumerate(zip(src.ids, src.payloads))])
-    new.anchors.manifest.version = 0
-    new.anchors.manifest.extra["next_id"] = int(src.next_id)
-    target.write_manifest(new.anchors.manifest)
-    n = 0
-    for recs in index.store.scroll_items(batch, version=index.version):
-        for mod in ("image", "text"):
-            group = [r for r in recs if r.modality == mod]
-            if not group:
-                continue
-            out = reproject(new.anchors, group, mod, 0, new.engine_options)
-            target.upsert_items(out)
-            n += len(out)
-    return new, n
-
-
-def set_alias(registry: VectorStore, alias: str, physical: str) -> None:
-    """Point ``alias`` at a physical index name: one single-row write, so every reader that
-    resolves the alias afterwards sees the new index whole."""
-    registry.put_doc(f"alias:{alias}", {"physical": physical, "at": time.time()})
-
-
-def resolve_alias(registry: VectorStore, alias: str) -> str:
-    doc = registry.get_doc(f"alias:{alias}") if registry.exists() else None
-    return doc["physical"] if doc else alias
-

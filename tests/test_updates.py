@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from asif_index.anchors import AnchorPayload
-from asif_index.errors import AnchorError, ConfigError
+from asif_index.errors import AnchorError, ConfigError, UpdateInterruptedError
 from connectors.index import Index
-from connectors.updates import rebuild, resolve_alias, set_alias, status, update_anchors
+from connectors.rebuild import rebuild, resolve_alias, set_alias
+from connectors.updates import status, update_anchors
 from tests.stores import make_store
 from tests.test_congruence import FakeEncoder
 
@@ -90,7 +91,7 @@ def test_reader_pinned_during_update_sees_one_version(tmp_path):
     assert idx.store.count_items() > 300
     during = [(h.id, round(h.score, 6)) for h in reader.search_vectors(q, 20)[0]]
     assert during == before
-    with pytest.raises(ConfigError, match="in progress"):
+    with pytest.raises(UpdateInterruptedError, match="interrupted.*--resume"):
         idx.write(idx.records(data(5, 1)[0], "image", ["late"], [{}])[0])
     # resume converges to the exact state
     res = update_anchors(idx, add=(ni, nt, [AnchorPayload("x")] * 30))

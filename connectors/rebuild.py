@@ -1,0 +1,52 @@
+"""Full rebuilds (new k, p) into a new physical index, and the alias records that switch
+readers to it in one write."""
+
+from __future__ import annotations
+
+import time
+
+from asif_index.errors import ConfigError
+from connectors.base import AnchorRecord, VectorStore
+from connectors.index import Index
+from connectors.versioning import reproject
+
+
+def rebuild(index: Index, target: VectorStore, k: int | None = None, p: float | None = None,
+            image_encoder=None, text_encoder=None, batch: int = 512) -> tuple[Index, int]:
+    """Re-project every item into a new index (new k, p) from the stored raw embeddings.
+    -> (the new index, items written). New encoders need the items' sources: re-ingest."""
+    man = index.anchors.manifest
+    if (image_encoder or text_encoder) is not None:
+        raise ConfigError("a rebuild with new encoders needs the items' sources: re-ingest them "
+                          "into a new index (asif-index init + ingest) and switch the alias")
+    new = Index.create(target, index.encoders["image"], index.encoders["text"],
+                       k=k or man.k, p=p or man.p, recreate=True, **index.engine_options)
+    src = index.anchors
+    new.anchors.add(src.image, src.text, list(src.payloads), ids=src.ids)
+    target.upsert_anchors([AnchorRecord(int(i), src.image[r], src.text[r], pl.caption,
+                                        pl.image_ref, pl.source, float(src.added_at[r]), pl.key)
+                           for r, (i, pl) in enumerate(zip(src.ids, src.payloads))])
+    new.anchors.manifest.version = 0
+    new.anchors.manifest.extra["next_id"] = int(src.next_id)
+    target.write_manifest(new.anchors.manifest)
+    n = 0
+    for recs in index.store.scroll_items(batch, version=index.version):
+        for mod in ("image", "text"):
+            group = [r for r in recs if r.modality == mod]
+            if not group:
+                continue
+            out = reproject(new.anchors, group, mod, 0, new.engine_options)
+            target.upsert_items(out)
+            n += len(out)
+    return new, n
+
+
+def set_alias(registry: VectorStore, alias: str, physical: str) -> None:
+    """Point ``alias`` at a physical index name: one single-row write, so every reader that
+    resolves the alias afterwards sees the new index whole."""
+    registry.put_doc(f"alias:{alias}", {"physical": physical, "at": time.time()})
+
+
+def resolve_alias(registry: VectorStore, alias: str) -> str:
+    doc = registry.get_doc(f"alias:{alias}") if registry.exists() else None
+    return doc["physical"] if doc else alias
