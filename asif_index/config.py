@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from asif_index.errors import ConfigError
 
 
+_ENCODERS: dict[tuple, tuple] = {}
+
+
 class AsifSettings(BaseSettings):
     """Everything a run needs to know; each field can come from ``ASIF_<FIELD>``."""
 
@@ -79,8 +82,22 @@ class AsifSettings(BaseSettings):
         return EmbeddingCache(self.cache_dir / "embeddings.sqlite")
 
     def encoders(self):
-        """(image encoder, text encoder) built from the specs, sharing the cache."""
+        """(image encoder, text encoder) built from the specs, sharing the cache. Built once
+        per process for the same specs (a service or a test suite opens many indexes)."""
+        key = (self.image_encoder, self.text_encoder, self.device, self.batch_size,
+               str(self.cache_dir))
+        if key not in _ENCODERS:
+            _ENCODERS[key] = self._build_encoders()
+        from asif_index.encoders.image import set_max_image_pixels
+
+        set_max_image_pixels(self.max_image_pixels)
+        return _ENCODERS[key]
+
+    def _build_encoders(self):
         from asif_index.encoders import image_encoder_from_spec, text_encoder_from_spec
+        from asif_index.encoders.image import set_max_image_pixels
+
+        set_max_image_pixels(self.max_image_pixels)
 
         dev = None if self.device == "auto" else self.device
         cache = self.cache()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asif_index.cli import main
+from asif_cli.main import main
 
 
 @pytest.fixture(scope="module")

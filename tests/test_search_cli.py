@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from asif_index.anchors import AnchorManifest, AnchorSet
-from asif_index.cli import main
+from asif_cli.main import main
 from asif_index.errors import ConfigError
 from asif_index.search import ExactIndex, prompts, rank, recall_at, zero_shot_classify
 from asif_index.sparse import SparseBatch

@@ -90,9 +90,13 @@ class Encoder(ABC):
                 try:
                     prepared.append(self._prepare(items[i], _label(items[i], i)))
                     idx.append(i)
-                except InputError as exc:
+                except Exception as exc:  # one bad input never fails the batch
+                    if not isinstance(exc, InputError):
+                        exc = InputError(f"{self.modality} input {_label(items[i], i)} cannot be "
+                                         f"prepared ({type(exc).__name__}: {str(exc)[:200]})",
+                                         _label(items[i], i))
                     if on_error == "raise":
-                        raise
+                        raise exc
                     errors.append(exc)
                     bad[i] = True
             t1 = time.perf_counter()

@@ -16,6 +16,24 @@ from asif_index.errors import ConfigError, ImageDecodeError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_SIDE = 8
+# Images declaring more pixels than this are refused before they are decoded: a 400 KB PNG
+# can declare 20000x20000 (1.6 GB of RGB). 50 MP covers any camera; raise it with
+# ASIF_MAX_IMAGE_PIXELS (or set_max_image_pixels) for larger scans.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def set_max_image_pixels(n: int) -> None:
+    global MAX_IMAGE_PIXELS
+    MAX_IMAGE_PIXELS = int(n)
+
+
+def _check_size(img, label: str) -> None:
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ImageDecodeError(
+            f"image {label} declares {w}x{h} = {w * h:,} pixels, over the {MAX_IMAGE_PIXELS:,}-"
+            "pixel limit (a decompression bomb, or a very large scan); skipped. Raise the limit "
+            "with ASIF_MAX_IMAGE_PIXELS if the image is genuine", label)
 
 
 def load_image(item: Any, label: str | None = None):
@@ -39,13 +57,13 @@ def load_image(item: Any, label: str | None = None):
                 )
             img = Image.fromarray(item)
         elif isinstance(item, (bytes, bytearray)):
-            img = Image.open(io.BytesIO(item))
+            img = _open_checked(io.BytesIO(item), label)
             img.load()
         elif isinstance(item, (str, Path)):
             p = Path(item)
             if not p.is_file():
                 raise ImageDecodeError(f"image file '{p}' does not exist", label)
-            with Image.open(p) as im:
+            with _open_checked(p, label) as im:
                 im.load()
                 img = im.copy()
         else:
@@ -62,6 +80,11 @@ def load_image(item: Any, label: str | None = None):
             "image: replace or remove it",
             label,
         ) from exc
+    except (MemoryError, Exception) as exc:  # any decoder failure is this image's, not the run's
+        raise ImageDecodeError(
+            f"image {label} cannot be decoded ({type(exc).__name__}: {str(exc)[:200]}); skipped",
+            label,
+        ) from exc
     if img.mode not in ("RGB", "L", "RGBA", "P", "LA", "CMYK", "I;16", "I", "F"):
         raise ImageDecodeError(f"image {label} has unsupported mode '{img.mode}'", label)
     if min(img.size) < MIN_SIDE:
@@ -74,6 +97,27 @@ def load_image(item: Any, label: str | None = None):
         span = float(arr.max() - arr.min()) or 1.0
         img = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8))
     return img.convert("RGB")
+
+
+def _open_checked(fp, label: str):
+    """Image.open (reads the header only), refusing oversized images before decoding."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(fp)
+        except Image.DecompressionBombError as exc:  # PIL's own, far larger, limit
+            raise ImageDecodeError(
+                f"image {label} is a decompression bomb ({exc}); skipped", label) from exc
+    try:
+        _check_size(im, label)
+    except ImageDecodeError:
+        im.close()
+        raise
+    return im
 
 
 def image_content_key(item: Any) -> str | None:

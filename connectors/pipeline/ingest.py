@@ -22,7 +22,7 @@ from asif_index.anchors import AnchorPayload
 from asif_index.encoders.base import Encoder
 from asif_index.encoders.image import image_content_key
 from asif_index.errors import ConfigError
-from connectors.base import ItemRecord
+from connectors.base import ItemRecord, anchor_payload_problem
 from connectors.index import Index
 from connectors.pipeline.readers import SourceItem
 
@@ -96,10 +96,13 @@ def batched(it: Iterable, n: int) -> Iterator[list]:
 # ------------------------------------------------------------------------------ stages
 def embed_stage(encoder: Encoder, items: list[SourceItem], modality: str
                 ) -> tuple[np.ndarray, list[SourceItem], list[tuple[str, str]]]:
-    """-> (embeddings [n_ok, d], the items they belong to, skipped (key, reason))."""
+    """-> (embeddings [n_ok, d], the items they belong to, skipped (key, reason)).
+    Items a reader flagged (``error``) are skipped with the reader's reason."""
+    skipped = [(it.key, it.error) for it in items if it.error]
+    items = [it for it in items if not it.error]
     inputs = [it.image if modality == "image" else it.text for it in items]
-    skipped = [(it.key, f"no {modality} in this source item") for it, x in zip(items, inputs)
-               if x is None]
+    skipped += [(it.key, f"no {modality} in this source item") for it, x in zip(items, inputs)
+                if x is None]
     present = [i for i, x in enumerate(inputs) if x is not None]
     res = encoder.encode_safe([inputs[i] for i in present], on_error="skip")
     skipped += [(items[present[i]].key, str(e)) for i, e in zip(_bad_positions(res, len(present)), res.errors)]
@@ -191,6 +194,13 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
     for batch in batched(islice(iter(source), ck.done, None), batch_size):
         fresh, keys = [], []
         for it in batch:
+            if it.error:
+                s.skipped.append((it.key, it.error))
+                continue
+            problem = anchor_payload_problem(_anchor_payload(it, source_name, ""))
+            if problem:
+                s.skipped.append((it.key, problem))
+                continue
             key = _pair_key(it)
             if key in known:
                 s.updated += 1
@@ -203,8 +213,7 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
         pos = {id(x): n for n, x in enumerate(kept_i)}
         rows = [pos[id(x)] for x in kept_t]
         key_of = {id(x): k for x, k in zip(fresh, keys)}
-        payloads = [AnchorPayload(x.text or "", str(x.payload.get("path", x.key)),
-                                  source_name, key_of[id(x)]) for x in kept_t]
+        payloads = [_anchor_payload(x, source_name, key_of[id(x)]) for x in kept_t]
         t0 = time.perf_counter()
         if payloads:
             index.add_anchor_embeddings(emb_i[rows], emb_t, payloads)
@@ -215,6 +224,11 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
     if bar is not None:
         bar.close()
     return s
+
+
+def _anchor_payload(it: SourceItem, source_name: str, key: str) -> AnchorPayload:
+    return AnchorPayload(it.text or "", str(it.payload.get("path", it.key)), source_name.encode()[-256:].decode("utf-8", "ignore"),
+                         key)
 
 
 def _batch_done(ck: Checkpoint, batch: list, t_start: float, bar) -> None:

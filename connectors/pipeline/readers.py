@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from asif_index.datasets import IMAGE_EXTS, read_captions, read_class_folder, read_table
+from asif_index.datasets import (
+    IMAGE_EXTS,
+    ROW_ERROR,
+    _Bad,
+    _lines,
+    read_captions,
+    read_class_folder,
+    read_table,
+)
 from asif_index.errors import ConfigError
 
 
@@ -21,80 +29,175 @@ class SourceItem:
     image: Any = None
     text: str | None = None
     payload: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # the reader could not use this input: skip it, report why
 
 
 def read_captions_table(table: str | Path, images_dir: str | Path | None = None,
                         image_column: str = "image", caption_column: str = "caption",
                         split: str | None = None) -> Iterator[SourceItem]:
-    """Image-caption pairs from a CSV/TSV/JSONL/Parquet table beside an image folder."""
-    for r in read_captions(table, images_dir, image_column, caption_column):
+    """Image-caption pairs from a CSV/TSV/JSONL/Parquet table beside an image folder.
+    Image references are stored absolute, so they resolve wherever the index is read."""
+    for n, r in enumerate(read_captions(table, images_dir, image_column, caption_column)):
+        if r.error:
+            yield SourceItem(key=f"{Path(table).name}:row{n + 1}", error=r.error)
+            continue
         if split is not None and r.split != split:
             continue
-        yield SourceItem(key=f"{r.image.name}|{r.caption}", image=r.image, text=r.caption,
-                         payload={"path": str(r.image), "caption": r.caption,
+        path = r.image.resolve()
+        yield SourceItem(key=f"{r.image.name}|{r.caption}", image=path, text=r.caption,
+                         payload={"path": str(path), "caption": r.caption,
                                   **({"split": r.split} if r.split else {})})
 
 
 def read_image_folder(root: str | Path, class_subfolders: bool = True) -> Iterator[SourceItem]:
     """Images under ``root``; with ``class_subfolders`` the folder name is the ``label``."""
     root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"image folder '{root}' does not exist (--folder); check the path")
     if class_subfolders and any(d.is_dir() for d in root.iterdir()):
         for path, label in read_class_folder(root):
-            yield SourceItem(key=str(path.relative_to(root)), image=path,
-                             payload={"path": str(path), "label": label})
+            yield SourceItem(key=str(path.relative_to(root)), image=path.resolve(),
+                             payload={"path": str(path.resolve()), "label": label})
         return
-    if not root.is_dir():
-        raise ConfigError(f"image folder '{root}' does not exist")
     for path in sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS):
-        yield SourceItem(key=path.name, image=path, payload={"path": str(path)})
+        yield SourceItem(key=path.name, image=path.resolve(), payload={"path": str(path.resolve())})
 
 
 def read_texts(path: str | Path, column: str = "text") -> Iterator[SourceItem]:
-    """Texts: one per line of a .txt file, or a column of a table."""
+    """Texts: one per line of a .txt file, or a column of a table. Lines that are not UTF-8
+    are skipped and reported."""
     p = Path(path)
     if p.suffix.lower() == ".txt":
         if not p.is_file():
-            raise ConfigError(f"text file '{p}' does not exist")
-        lines = p.read_text(encoding="utf-8").splitlines()
-        for n, line in enumerate(lines):
+            raise ConfigError(f"text file '{p}' does not exist (--texts)")
+        for n, line in enumerate(_lines(p)):
+            if isinstance(line, _Bad):
+                yield SourceItem(key=f"{p.name}:{n}", error=f"{p}:{n + 1} is not valid UTF-8 "
+                                 f"({line.reason}); save the file as UTF-8")
+                continue
             yield SourceItem(key=f"{p.name}:{n}", text=line, payload={"text": line, "line": n})
         return
     for n, row in enumerate(read_table(p)):
+        if ROW_ERROR in row:
+            yield SourceItem(key=f"{p.name}:{n}", error=row[ROW_ERROR])
+            continue
         if column not in row:
-            raise ConfigError(f"table '{p}' has no column '{column}' (columns: {sorted(row)})")
+            raise ConfigError(f"table '{p}' has no column '{column}' (columns: {sorted(row)}); "
+                              "name it with --text-column")
         yield SourceItem(key=f"{p.name}:{n}", text=str(row[column]), payload={"text": str(row[column])})
+
+
+_BLOCK = 512
 
 
 def read_webdataset(shards: list[str | Path]) -> Iterator[SourceItem]:
     """WebDataset tar shards as img2dataset writes them: ``key.jpg`` + ``key.txt``/``key.json``.
 
-    A sample without an image or caption is yielded anyway (with ``None``) so that the
-    pipeline reports it as skipped instead of silently dropping it.
+    Every sample is yielded, a sample without an image or caption too (with ``None``), so the
+    pipeline reports it as skipped instead of silently dropping it. A damaged shard is read
+    around the damage: a corrupt header is skipped to the next valid one, a truncated file is
+    read up to the cut; each loss is yielded as a skipped item that says where and how much
+    was read.
     """
     for shard in shards:
         shard = Path(shard)
         if not shard.is_file():
             raise ConfigError(f"WebDataset shard '{shard}' does not exist")
-        samples: dict[str, dict[str, bytes]] = {}
-        order: list[str] = []
-        with tarfile.open(shard) as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                stem, _, ext = m.name.partition(".")
-                if stem not in samples:
-                    samples[stem] = {}
-                    order.append(stem)
-                samples[stem][ext.lower()] = tf.extractfile(m).read()
+        samples, order, problems = _read_shard(shard)
         for stem in order:
             parts = samples[stem]
+            key = f"{shard.name}/{stem}"
             img = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
-            meta = json.loads(parts["json"]) if "json" in parts else {}
-            text = parts["txt"].decode("utf-8") if "txt" in parts else meta.get("caption")
-            yield SourceItem(key=f"{shard.name}/{stem}", image=img, text=text,
+            try:
+                meta = json.loads(parts["json"].decode("utf-8")) if "json" in parts else {}
+                if not isinstance(meta, dict):
+                    raise ValueError("not a JSON object")
+                text = parts["txt"].decode("utf-8") if "txt" in parts else meta.get("caption")
+            except UnicodeDecodeError as exc:
+                yield SourceItem(key=key, error=f"{key}: a text member is not UTF-8 (byte "
+                                 f"0x{exc.object[exc.start]:02x} at {exc.start})")
+                continue
+            except ValueError as exc:
+                yield SourceItem(key=key, error=f"{key}.json is not valid JSON ({exc})")
+                continue
+            yield SourceItem(key=key, image=img, text=text,
                              payload={"shard": shard.name, "key": stem,
                                       **{k: v for k, v in meta.items()
                                          if isinstance(v, (str, int, float, bool))}})
+        for n, problem in enumerate(problems):
+            yield SourceItem(key=f"{shard.name}#damage{n}", error=problem)
+
+
+def _read_shard(shard: Path) -> tuple[dict[str, dict[str, bytes]], list[str], list[str]]:
+    """(members by sample stem and extension, stems in order, damage reports)."""
+    import zlib
+
+    size = shard.stat().st_size
+    samples: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    problems: list[str] = []
+    try:
+        tf = tarfile.open(shard, mode="r:", ignore_zeros=True)
+        plain = True
+    except tarfile.ReadError:
+        try:
+            tf = tarfile.open(shard, mode="r:*", ignore_zeros=True)  # compressed shard
+            plain = False
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            return {}, [], [f"shard {shard} is not a readable tar archive ({exc}); 0 samples read"]
+    expected = 0  # where the next header should start (uncompressed shards)
+    members = 0
+    with tf:
+        while True:
+            try:
+                m = tf.next()
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                problems.append(f"shard {shard} is unreadable after {members} members ({exc}); "
+                                "the rest of it is lost")
+                return samples, order, problems
+            if m is None:
+                break
+            if plain and m.offset > expected and not _zeros(shard, expected, m.offset):
+                problems.append(
+                    f"shard {shard}: bytes {expected}-{m.offset} are damaged (a corrupt header); "
+                    f"the member(s) stored there are lost; reading resumed at '{m.name}'")
+            expected = m.offset_data + -(-m.size // _BLOCK) * _BLOCK
+            if not m.isfile():
+                continue
+            try:
+                data = tf.extractfile(m).read()
+            except (tarfile.TarError, OSError, EOFError, zlib.error):
+                data = b""
+            if len(data) != m.size:
+                problems.append(f"shard {shard} is truncated at {size} bytes: member '{m.name}' "
+                                f"is cut off; {members} members before it were read")
+                return samples, order, problems
+            members += 1
+            stem, _, ext = m.name.partition(".")
+            if stem not in samples:
+                samples[stem] = {}
+                order.append(stem)
+            samples[stem][ext.lower()] = data
+    if plain and expected < size and not _zeros(shard, expected, size):
+        problems.append(f"shard {shard}: bytes {expected}-{size} after the last readable member "
+                        f"are not a valid member (a damaged or truncated header); {members} "
+                        "members were read")
+    return samples, order, problems
+
+
+def _zeros(path: Path, start: int, end: int) -> bool:
+    """True when bytes [start, end) are all zero (tar padding, end-of-archive blocks)."""
+    with path.open("rb") as fh:
+        fh.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = fh.read(min(left, 1 << 20))
+            if not chunk:
+                return True
+            if chunk.count(0) != len(chunk):
+                return False
+            left -= len(chunk)
+    return True
 
 
 def write_webdataset(path: str | Path, samples: list[tuple[str, bytes, str]]) -> Path:

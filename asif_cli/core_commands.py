@@ -1,15 +1,14 @@
-"""The ``asif-index`` command line."""
+"""Commands on the core alone (no database): ``demo`` and ``evaluate``."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from asif_index.errors import AsifError
+from asif_cli.args import kp_options, positive_int
 
 
 def _settings(args):
@@ -38,6 +37,10 @@ def cmd_demo(args) -> int:
         from asif_index.datasets import read_captions
 
         rows = read_captions(args.captions, args.images, args.image_column, args.caption_column)
+        for r in rows:
+            if r.error:
+                print(f"skipped: {r.error}", file=sys.stderr)
+        rows = [r for r in rows if not r.error]
         res = img_enc.encode_safe([r.image for r in rows])
         for e in res.errors:
             print(f"skipped: {e}", file=sys.stderr)
@@ -101,27 +104,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="asif-index", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    def common(p):
-        p.add_argument("--config", help="JSON settings file (ASIF_* env vars also apply)")
-        p.add_argument("--text-encoder", help="'default' or 'hf:/path/to/model_dir'")
-        p.add_argument("--image-encoder",
-                       help="'default', 'timm:<model>:<weights>' or 'hf:/path/to/model_dir'")
-        p.add_argument("--device", help="auto, cpu or cuda[:N]")
-        p.add_argument("--k", type=int, help="anchors kept per relative vector (default 800)")
-        p.add_argument("--p", type=float, help="power applied to similarities (default 8)")
-        p.add_argument("--cache-dir", type=Path, help="embedding cache directory")
-
+def register(sub, common) -> None:
     d = sub.add_parser("demo", help="build anchors and run search + zero-shot on a data set")
     common(d)
+    kp_options(d)
     d.add_argument("--captions", help="captions table (csv/tsv/jsonl/parquet); default: "
                    "the bundled scikit-image sample")
     d.add_argument("--images", help="image folder the table's paths are relative to")
-    d.add_argument("--image-column", default="image")
-    d.add_argument("--caption-column", default="caption")
+    d.add_argument("--image-column", default="image", help="image column (default: image)")
+    d.add_argument("--caption-column", default="caption",
+                   help="caption column (default: caption)")
     d.add_argument("--query", action="append", help="text query (repeatable)")
     d.add_argument("--save", help="directory to save the anchor set to")
     d.set_defaults(func=cmd_demo)
@@ -129,31 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="CIFAR-10 zero-shot + Flickr8k retrieval, k x p sweep")
     common(e)
     e.add_argument("--data", help="data folder (default ../shared/data or $ASIF_DATA)")
-    e.add_argument("--out", default="runs/eval", help="output folder for JSON + Markdown")
-    e.add_argument("--ks", default="100,400,800,1600,3200")
-    e.add_argument("--ps", default="1,4,8,12")
-    e.add_argument("--limit-anchor-images", type=int)
-    e.add_argument("--limit-cifar", type=int)
-    e.add_argument("--limit-dev-images", type=int)
+    e.add_argument("--out", default="runs/eval", help="output folder for JSON + Markdown "
+                   "(default runs/eval)")
+    e.add_argument("--ks", default="100,400,800,1600,3200", help="k values to sweep")
+    e.add_argument("--ps", default="1,4,8,12", help="p values to sweep")
+    e.add_argument("--limit-anchor-images", type=positive_int, help="use at most this many "
+                   "Flickr8k train images as anchors")
+    e.add_argument("--limit-cifar", type=positive_int, help="at most this many CIFAR-10 images")
+    e.add_argument("--limit-dev-images", type=positive_int,
+                   help="at most this many Flickr8k dev images")
     e.set_defaults(func=cmd_evaluate)
-
-    try:
-        from connectors.cli import register  # the database commands live with the connectors
-    except ImportError:
-        register = None
-    if register is not None:
-        register(sub, common)
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except AsifError as exc:
-        print(f"asif-index: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

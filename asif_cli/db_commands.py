@@ -1,9 +1,11 @@
-"""Database commands of the ``asif-index`` CLI (registered by ``asif_index.cli``)."""
+"""Database commands of the ``asif-index`` CLI."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from asif_cli.args import anchor_ids, kp_options, positive_float, positive_int
 
 
 def _settings(args):
@@ -11,9 +13,9 @@ def _settings(args):
 
     return AsifSettings.load(
         args.config, text_encoder=args.text_encoder, image_encoder=args.image_encoder,
-        device=args.device, k=args.k, p=args.p, cache_dir=args.cache_dir,
-        backend=args.backend, url=args.url, path=args.path, api_key=args.api_key,
-        collection=args.name,
+        device=args.device, k=getattr(args, "k", None), p=getattr(args, "p", None),
+        cache_dir=args.cache_dir, backend=args.backend, url=args.url, path=args.path,
+        api_key=args.api_key, collection=args.name, request_timeout=args.timeout,
     )
 
 
@@ -21,8 +23,15 @@ def _open(args, create: bool = False):
     from connectors import Index, open_store
 
     s = _settings(args)
+    store = open_store(s, must_exist=not create)
+    if not create:
+        man = store.read_manifest()  # before loading encoders: a missing index fails fast
+        if man is None:
+            from asif_index.errors import CollectionError
+
+            raise CollectionError(f"no asif index '{store.name}' in {store.location.split(' at ')[-1]}"
+                                  "; create it with 'asif-index init' (or check --name)")
     img, txt = s.encoders()
-    store = open_store(s)
     if create:
         return Index.create(store, img, txt, k=s.k, p=s.p, recreate=args.recreate)
     idx = Index.open(store, img, txt)
@@ -72,10 +81,9 @@ def cmd_anchors_add(args) -> int:
 
 def cmd_anchors_remove(args) -> int:
     idx = _open(args)
-    ids = [int(x) for x in args.ids.split(",") if x.strip()]
-    r = idx.remove_anchors(ids)
-    print(f"removed {len(ids)} anchors: version {r.version}, re-projected {r.items_touched} of "
-          f"{r.items_scanned} items in {r.seconds:.2f}s")
+    r = idx.remove_anchors(args.ids)
+    print(f"removed {len(r.removed_ids)} anchors: version {r.version}, re-projected "
+          f"{r.items_touched} of {r.items_scanned} items in {r.seconds:.2f}s")
     return 0
 
 
@@ -173,26 +181,34 @@ def cmd_servers(args) -> int:
 def register(sub, common) -> None:
     def db(p):
         common(p)
-        p.add_argument("--backend", help="qdrant or milvus (default qdrant)")
-        p.add_argument("--url", help="server URL/URI (Qdrant http://host:6333, Milvus http://host:19530)")
-        p.add_argument("--path", type=Path, help="embedded database: Qdrant folder or Milvus Lite .db file")
+        p.add_argument("--backend", choices=["qdrant", "milvus"],
+                       help="database engine (default qdrant; ASIF_BACKEND)")
+        p.add_argument("--url", help="server URL/URI (Qdrant http://host:6333, Milvus "
+                       "http://host:19530); not with --path")
+        p.add_argument("--path", type=Path, help="embedded database: Qdrant folder or Milvus "
+                       "Lite .db file (default ./asif-qdrant or ./asif.db)")
         p.add_argument("--api-key", help="API key (Qdrant) or token (Milvus)")
-        p.add_argument("--name", help="index name (collections NAME_items, NAME_anchors, NAME_meta)")
+        p.add_argument("--name", help="index name (default asif; collections NAME_items, "
+                       "NAME_anchors, NAME_meta)")
+        p.add_argument("--timeout", type=positive_float, help="seconds one database request "
+                       "may take (default 30; ASIF_REQUEST_TIMEOUT)")
 
     def source(p):
         p.add_argument("--captions", help="captions table (csv/tsv/jsonl/parquet)")
         p.add_argument("--images", help="folder the table's image paths are relative to")
-        p.add_argument("--image-column", default="image")
-        p.add_argument("--caption-column", default="caption")
+        p.add_argument("--image-column", default="image", help="image column (default image)")
+        p.add_argument("--caption-column", default="caption",
+                       help="caption column (default caption)")
         p.add_argument("--split", help="only rows of this split (a 'split' column)")
         p.add_argument("--folder", help="image folder (one sub-folder per class = label)")
         p.add_argument("--texts", help="text file (one per line) or table")
-        p.add_argument("--text-column", default="text")
+        p.add_argument("--text-column", default="text", help="text column (default text)")
         p.add_argument("--webdataset", nargs="+", help="WebDataset .tar shards")
         p.add_argument("--checkpoint", help="checkpoint file: a killed run resumes from it")
 
     p = sub.add_parser("init", help="create an index in the database")
     db(p)
+    kp_options(p, " in this index")
     p.add_argument("--recreate", action="store_true", help="replace an existing index")
     p.set_defaults(func=cmd_init)
 
@@ -203,7 +219,8 @@ def register(sub, common) -> None:
     p.set_defaults(func=cmd_anchors_add)
     p = a.add_parser("remove", help="remove anchors by id (stored items re-projected exactly)")
     db(p)
-    p.add_argument("--ids", required=True, help="comma-separated anchor ids")
+    p.add_argument("--ids", required=True, type=anchor_ids,
+                   help="anchor ids: comma-separated, ranges allowed (17,42,100-120)")
     p.set_defaults(func=cmd_anchors_remove)
     p = a.add_parser("status", help="live version, pending update, stored points")
     db(p)
@@ -212,39 +229,45 @@ def register(sub, common) -> None:
     p = a.add_parser("rebuild", help="re-project everything into a new index (new --k/--p) "
                      "and switch the alias to it")
     db(p)
+    kp_options(p, " in the new index")
     p.set_defaults(func=cmd_anchors_rebuild)
 
     p = sub.add_parser("ingest", help="embed, project and store items")
     db(p)
     source(p)
-    p.add_argument("--modality", choices=["image", "text", "both"], default="image")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--modality", choices=["image", "text", "both"], default="image",
+                   help="what to embed from each source item (default image)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="items per database write (default: 128 Qdrant, 512 Milvus)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("search", help="search items with a text or an image")
     db(p)
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--text")
-    g.add_argument("--image")
-    p.add_argument("--limit", type=int, default=10)
+    g.add_argument("--text", help="query text")
+    g.add_argument("--image", help="query image file")
+    p.add_argument("--limit", type=positive_int, default=10,
+                   help="results to print (default 10)")
     p.add_argument("--filter", action="append", help="payload field=value (repeatable; modality=image)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("classify", help="zero-shot classify images")
     db(p)
-    p.add_argument("--images", nargs="+", required=True)
+    p.add_argument("--images", nargs="+", required=True, help="image files to classify")
     p.add_argument("--labels", required=True, help="comma-separated class names")
     p.add_argument("--template", action="append", help="prompt template with {} (repeatable)")
-    p.add_argument("--reduce", choices=["mean", "max"], default="mean")
+    p.add_argument("--reduce", choices=["mean", "max"], default="mean",
+                   help="how a label's templates combine (default mean)")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("explain", help="which anchors make an item match a query")
     db(p)
-    p.add_argument("--item", required=True)
+    p.add_argument("--item", required=True, help="item id, as 'search' prints it")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--text")
-    g.add_argument("--image")
-    p.add_argument("--top", type=int, default=10)
+    g.add_argument("--text", help="query text")
+    g.add_argument("--image", help="query image file")
+    p.add_argument("--top", type=positive_int, default=10,
+                   help="anchors to show (default 10)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("stats", help="counts and manifest of an index")

@@ -1,0 +1,60 @@
+"""Argument types and shared option groups: every value is checked by argparse (exit 2 with
+one line naming the flag) before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed: give a number >= 1")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: give a finite number > 0")
+    return v
+
+
+def anchor_ids(text: str) -> list[int]:
+    """'17,42,100-103' -> [17, 42, 100, 101, 102, 103]."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, dash, hi = part.partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if dash else a
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"'{part}' is not an anchor id: ids are whole numbers >= 0, e.g. --ids 17,42 or "
+                "--ids 100-120 ('asif-index anchors status' shows the count)") from None
+        if a < 0 or b < a:
+            raise argparse.ArgumentTypeError(f"'{part}' is not a valid id or range (lo-hi, lo <= hi)")
+        if b - a > 1_000_000:
+            raise argparse.ArgumentTypeError(f"range '{part}' is too large")
+        out.extend(range(a, b + 1))
+    if not out:
+        raise argparse.ArgumentTypeError("no anchor ids given (e.g. --ids 17,42)")
+    return out
+
+
+def kp_options(p: argparse.ArgumentParser, what: str = "") -> None:
+    """--k/--p, offered only where they take effect (building anchors or an index)."""
+    p.add_argument("--k", type=positive_int,
+                   help=f"anchors kept per relative vector{what} (default 800)")
+    p.add_argument("--p", type=positive_float,
+                   help=f"power applied to the kept similarities{what} (default 8)")

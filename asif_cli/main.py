@@ -1,0 +1,82 @@
+"""asif-index: training-free multimodal search (ASIF relative vectors) on Qdrant and Milvus.
+
+Every error is one line naming the input and the fix, with exit code 2; -v adds the
+traceback. Ctrl-C stops a command and leaves it resumable."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+import warnings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from asif_cli import core_commands, db_commands
+
+    ap = argparse.ArgumentParser(prog="asif-index", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="show third-party warnings and, on an error, the traceback")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show third-party warnings and, on an error, the traceback")
+        p.add_argument("--config", help="JSON settings file (ASIF_* env vars also apply)")
+        p.add_argument("--text-encoder", help="'default' (all-MiniLM-L6-v2) or "
+                       "'hf:/path/to/model_dir'")
+        p.add_argument("--image-encoder", help="'default' (EfficientNet-Lite0), "
+                       "'timm:<model>:<weights>' or 'hf:/path/to/model_dir'")
+        p.add_argument("--device", help="auto (default), cpu or cuda[:N]")
+        p.add_argument("--cache-dir", help="embedding cache directory "
+                       "(default ~/.cache/asif-index)")
+
+    core_commands.register(sub, common)
+    db_commands.register(sub, common)
+    return ap
+
+
+def _quiet(verbose: bool) -> None:
+    """Third-party chatter (deprecations, pymilvus's retry and iterator logs) off unless -v."""
+    if verbose:
+        logging.basicConfig(level=logging.INFO)
+        return
+    warnings.filterwarnings("ignore")
+    for name in ("pymilvus", "grpc", "milvus_lite", "qdrant_client", "httpx", "urllib3"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
+    _quiet(verbose)
+    from asif_index.errors import AsifError
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("asif-index: interrupted; nothing stored is lost. Re-run the same command to go "
+              "on (ingest resumes from its --checkpoint; an anchor update with 'asif-index "
+              "anchors status --resume')", file=sys.stderr)
+        return 130
+    except (AsifError, OSError) as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"asif-index: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: say so, in one line, and how to see more
+        if verbose:
+            traceback.print_exc()
+        print(f"asif-index: internal error: {type(exc).__name__}: {_one_line(exc)[:500]} "
+              "(re-run with -v for the traceback, and please report it)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
