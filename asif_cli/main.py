@@ -12,11 +12,18 @@ import traceback
 import warnings
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage block only with --help)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from asif_cli import core_commands, db_commands
 
-    ap = argparse.ArgumentParser(prog="asif-index", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog="asif-index", description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="show third-party warnings and, on an error, the traceback")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -53,7 +60,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad flag (its one line is already printed)
+        return int(exc.code or 0)
     verbose = bool(getattr(args, "verbose", False))
     _quiet(verbose)
     from asif_index.errors import AsifError

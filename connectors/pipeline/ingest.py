@@ -87,6 +87,19 @@ class Checkpoint:
         tmp.replace(self.path)  # atomic: a kill leaves the old or the new checkpoint
 
 
+def opened(source: Iterable) -> Iterator:
+    """The source with its first item already read: a reader's up-front errors (a missing or
+    unreadable file) surface here, before any progress bar or write."""
+    import itertools
+
+    it = iter(source)
+    try:
+        first = next(it)
+    except StopIteration:
+        return iter(())
+    return itertools.chain([first], it)
+
+
 def batched(it: Iterable, n: int) -> Iterator[list]:
     it = iter(it)
     while batch := list(islice(it, n)):
@@ -153,7 +166,7 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
     ck = Checkpoint(checkpoint, _fingerprint(source_name, index.store.backend,
                                              getattr(index.store, "name", ""), modality))
     s = ck.summary
-    it = islice(iter(source), ck.done, None)
+    it = islice(opened(source), ck.done, None)
     bar = _bar(progress, ck.done)
     t_start = time.perf_counter() - s.seconds
     for batch in batched(it, bs):
@@ -189,9 +202,10 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
                                              getattr(index.store, "name", "")))
     s = ck.summary
     known = {p.key for p in index.anchors.payloads if p.key}
+    source = opened(source)
     bar = _bar(progress, ck.done)
     t_start = time.perf_counter() - s.seconds
-    for batch in batched(islice(iter(source), ck.done, None), batch_size):
+    for batch in batched(islice(source, ck.done, None), batch_size):
         fresh, keys = [], []
         for it in batch:
             if it.error:
