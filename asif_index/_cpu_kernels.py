@@ -49,12 +49,41 @@ def _f32_floor_key(x: np.float32) -> np.int32:
 
 @nb.njit(inline="always")
 def _keep_top(v: np.ndarray, ix: np.ndarray, c: int, k: int) -> None:
-    """Move the k largest of v[:c] (with their ids) to the front, in any order."""
-    part = np.argpartition(-v[:c], k - 1)[:k]
+    """Move the k largest of v[:c] (with their ids) to the front, in any order; ties at the
+    k-th value go to the lowest ids (the engine's tie rule: the older anchor wins)."""
+    part = _top_positions(v, ix, c, k)
     tv = v[part].copy()
     ti = ix[part].copy()
     v[:k] = tv
     ix[:k] = ti
+
+
+@nb.njit(inline="always")
+def _top_positions(v, ix, c, k):
+    """Positions of the k largest of v[:c]; among values equal to the k-th largest, the
+    lowest ids. Exact duplicates are common in real anchor sets (Flickr8k holds each image
+    five times), so the boundary must not be left to the partition's whim."""
+    if c <= k:
+        return np.arange(c)
+    kth = np.partition(v[:c].copy(), c - k)[c - k]
+    out = np.empty(k, np.int64)
+    m = 0
+    n_eq = 0
+    for t in range(c):
+        if v[t] > kth:
+            out[m] = t
+            m += 1
+        elif v[t] == kth:
+            n_eq += 1
+    eq = np.empty(n_eq, np.int64)
+    e = 0
+    for t in range(c):
+        if v[t] == kth:
+            eq[e] = t
+            e += 1
+    eq = eq[np.argsort(ix[eq], kind="mergesort")]
+    out[m:] = eq[: k - m]
+    return out
 
 
 @nb.njit(parallel=True, cache=True)
@@ -237,10 +266,7 @@ def finalize_f32(buf_v, buf_i, cnt, k, out_v, out_i):  # pragma: no cover - comp
 
 @nb.njit(inline="always")
 def _sorted_top(vals, ids, c, k, out_v, out_i):
-    if c > k:
-        part = np.argpartition(-vals, k - 1)[:k]
-    else:
-        part = np.arange(c)
+    part = _top_positions(vals, ids, c, k)
     # Descending by value; ties broken by ascending anchor row for determinism (sort by row,
     # then a stable sort by value).
     by_id = np.argsort(ids[part])

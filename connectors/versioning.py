@@ -85,7 +85,8 @@ def new_owner() -> str:
 
 # ------------------------------------------------------------------------------ leases
 def put_lease(store: VectorStore, kind: str, owner: str, ttl: float, **fields) -> dict:
-    doc = {"owner": owner, "expires": time.time() + ttl, **fields}
+    now = time.time()
+    doc = {"owner": owner, "beat": now, "expires": now + ttl, **fields}
     store.put_doc(f"{kind}:{owner}", doc)
     return doc
 
@@ -95,13 +96,26 @@ def drop_lease(store: VectorStore, kind: str, owner: str) -> None:
 
 
 def live_leases(store: VectorStore, kind: str) -> dict[str, dict]:
-    """Leases of ``kind`` whose expiry has not passed, by key."""
-    now = time.time()
-    return {k: d for k, d in store.list_docs(kind).items() if float(d.get("expires", 0)) > now}
+    """Leases of ``kind`` whose holder is alive, by key."""
+    return {k: d for k, d in store.list_docs(kind).items() if alive(d)}
 
 
 def alive(doc: dict | None) -> bool:
-    return bool(doc) and float(doc.get("expires", 0)) > time.time()
+    """A lease or journal whose holder may still be running: its expiry has not passed and,
+    when the holder ran on this host, its process still exists (a killed process is known
+    dead at once instead of after its lease lapses)."""
+    if not doc or float(doc.get("expires", 0)) <= time.time():
+        return False
+    host, _, rest = str(doc.get("owner", "")).partition(":")
+    pid = rest.partition(":")[0]
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, another user's
+            return True
+    return True
 
 
 def describe(doc: dict) -> str:

@@ -165,3 +165,22 @@ def test_auto_precision_follows_the_measured_crossover():
         v, i = big.search(q, k)
         rv, ri = exact_topk_reference(q, big._a32_np, k)
         assert_same_topk(v, i, rv, ri)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_ties_at_the_kth_value_go_to_the_lowest_anchor_id(precision):
+    """Duplicate anchors (Flickr8k holds each image five times) tie exactly: the boundary of
+    the top-k must follow one rule (the older, lower-id anchor wins), or an incremental update
+    and a rebuild could keep different members."""
+    from asif_index.topk_engine import TopKEngine, exact_topk_reference
+
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((300, 16)).astype(np.float32)
+    anchors = np.concatenate([base] * 5)  # every anchor five times
+    anchors /= np.linalg.norm(anchors, axis=1, keepdims=True)
+    q = rng.standard_normal((64, 16)).astype(np.float32)
+    for k in (7, 50, 333):
+        eng = TopKEngine(anchors, precision=precision, device="cpu")
+        _, idx = eng.search(q, k)
+        _, ref = exact_topk_reference(q, anchors, k)
+        assert np.array_equal(np.sort(idx, 1), np.sort(ref, 1)), k

@@ -20,7 +20,6 @@ import numpy as np
 
 from asif_index.anchors import AnchorPayload
 from asif_index.encoders.base import Encoder
-from asif_index.encoders.image import image_content_key
 from asif_index.errors import ConfigError
 from connectors.base import ItemRecord, anchor_payload_problem
 from connectors.index import Index
@@ -127,16 +126,20 @@ def _bad_positions(res, n: int) -> list[int]:
     return [i for i in range(n) if i not in kept]
 
 
-def item_key(it: SourceItem, modality: str) -> str:
-    """Content key of an item: hash of the image bytes or of the text."""
-    if modality == "image":
-        return image_content_key(it.image) or it.key
-    return hashlib.sha1((it.text or "").encode()).hexdigest()
+def item_key(encoder: Encoder, it: SourceItem, modality: str) -> str:
+    """Content key of an item, as its encoder hashes it (image bytes, text), so that the same
+    content gets the same id whatever reader it came from."""
+    x = it.image if modality == "image" else it.text
+    try:
+        return encoder.content_key(x) or it.key
+    except OSError:
+        return it.key
 
 
 def project_stage(index: Index, emb: np.ndarray, items: list[SourceItem], modality: str
                   ) -> tuple[list[ItemRecord], list[tuple[str, str]]]:
-    recs, errs = index.records(emb, modality, [item_key(it, modality) for it in items],
+    enc = index.encoders[modality]
+    recs, errs = index.records(emb, modality, [item_key(enc, it, modality) for it in items],
                                [it.payload for it in items])
     return recs, [(e.item or "?", str(e)) for e in errs]
 
@@ -215,7 +218,7 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
             if problem:
                 s.skipped.append((it.key, problem))
                 continue
-            key = _pair_key(it)
+            key = _pair_key(index.encoders["image"], it)
             if key in known:
                 s.updated += 1
                 continue
@@ -257,9 +260,9 @@ def _batch_done(ck: Checkpoint, batch: list, t_start: float, bar) -> None:
         bar.set_postfix(items_s=f"{s.items_per_s:.1f}", skipped=len(s.skipped))
 
 
-def _pair_key(it: SourceItem) -> str:
+def _pair_key(encoder: Encoder, it: SourceItem) -> str:
     try:
-        img = image_content_key(it.image) if it.image is not None else ""
+        img = (encoder.content_key(it.image) or "") if it.image is not None else ""
     except OSError:  # missing file: the embed stage reports it
         img = f"missing:{it.key}"
     return hashlib.sha1(f"{img}|{it.text}".encode()).hexdigest()
