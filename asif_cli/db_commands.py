@@ -34,7 +34,7 @@ def _open(args, create: bool = False):
     img, txt = s.encoders()
     if create:
         return Index.create(store, img, txt, k=s.k, p=s.p, recreate=args.recreate)
-    idx = Index.open(store, img, txt)
+    idx = Index.open(store, img, txt, cache_dir=str(s.cache_dir))
     idx.query_keep = s.query_keep
     return idx
 
@@ -168,6 +168,35 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_index_migrate(args) -> int:
+    """Copy an index (all versions) from another store into the one named by --backend/--path."""
+    from connectors import open_store
+    from connectors.migrate import copy_index
+
+    s = _settings(args)
+    name = args.from_name or s.collection
+    if args.from_qdrant_local:
+        from connectors.qdrant import QdrantStore
+
+        if not Path(args.from_qdrant_local).is_dir():
+            from asif_index.errors import ConfigError
+
+            raise ConfigError(f"'{args.from_qdrant_local}' (--from-qdrant-local) is not a folder")
+        src = QdrantStore(name, path=str(args.from_qdrant_local))
+    else:
+        from connectors.milvus import MilvusStore
+
+        src = MilvusStore(name, uri=str(args.from_milvus), timeout=s.request_timeout)
+    dst = open_store(s, resolve=False)
+    try:
+        got = copy_index(src, dst)
+    finally:
+        src.close()
+    print(f"copied index '{name}' from {src.location} to {dst.location}: {got['anchors']} anchors,"
+          f" {got['points']} stored points, anchor version {got['version']}")
+    return 0
+
+
 def cmd_servers(args) -> int:
     from connectors.servers import start_milvus_container, start_qdrant_container
 
@@ -273,6 +302,21 @@ def register(sub, common) -> None:
     p = sub.add_parser("stats", help="counts and manifest of an index")
     db(p)
     p.set_defaults(func=cmd_stats)
+
+    ix = sub.add_parser("index", help="move indexes between stores").add_subparsers(
+        dest="index_cmd", required=True)
+    p = ix.add_parser("migrate", help="copy an index, every version of it, into the store named "
+                      "by --backend/--path/--url (e.g. from an asif-index 0.1 Qdrant local-mode "
+                      "folder into the Qdrant engine)",
+                      epilog="example: asif-index index migrate --from-qdrant-local old-qdrant/ "
+                      "--backend qdrant --path new-qdrant/ --name photos")
+    db(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--from-qdrant-local", type=Path, help="folder written by qdrant-client's "
+                   "local mode (the embedded Qdrant of asif-index 0.1)")
+    g.add_argument("--from-milvus", help="Milvus Lite .db file or Milvus server URI")
+    p.add_argument("--from-name", help="index name in the source (default: --name)")
+    p.set_defaults(func=cmd_index_migrate)
 
     p = sub.add_parser("servers", help="start the official Qdrant/Milvus containers (Docker)")
     p.add_argument("which", choices=["qdrant", "milvus", "both"], nargs="?", default="both")

@@ -36,6 +36,8 @@ class AsifSettings(BaseSettings):
     # Largest query entries sent to the database (None: all k). The default is the smallest
     # size that lost < 1% Recall@10 in benchmarks/pruning.py (docs/benchmarks.md, section 4).
     query_keep: int | None = Field(400, ge=1)
+    # Embedded Qdrant: how the relative vectors are stored (float32 exact; float16/uint8 smaller)
+    sparse_datatype: Literal["float32", "float16", "uint8"] = "float32"
     # Database calls: one request, reaching the server, and all retries of one operation.
     request_timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False)
     connect_timeout: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)

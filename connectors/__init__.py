@@ -11,6 +11,7 @@ from connectors.index import Index
 
 
 _LOCAL_QDRANT: dict[str, object] = {}
+_EDGE: dict[tuple[str, str], VectorStore] = {}  # a shard's WAL admits one opener per process
 
 
 @atexit.register
@@ -20,6 +21,9 @@ def _close_local_clients() -> None:
     for client in _LOCAL_QDRANT.values():
         client.close()
     _LOCAL_QDRANT.clear()
+    for store in _EDGE.values():
+        store.close()
+    _EDGE.clear()
 REGISTRY = "asif_registry"  # index of alias documents (alias -> physical index name)
 
 
@@ -47,14 +51,12 @@ def open_store(settings, name: str | None = None, resolve: bool = True,
 
         if settings.url:
             reg = QdrantStore(REGISTRY, url=settings.url, api_key=settings.api_key, **timeouts)
-        else:
-            # Local mode allows one client per folder: share it within the process.
-            path = str(Path(settings.path or "asif-qdrant").resolve())
-            if path not in _LOCAL_QDRANT:
-                _LOCAL_QDRANT[path] = QdrantStore(REGISTRY, path=path, **timeouts).client
-            reg = QdrantStore(REGISTRY, client=_LOCAL_QDRANT[path], where=path, **timeouts)
-        return QdrantStore(_resolve(reg, name, resolve), client=reg.client, where=reg.where,
-                           **timeouts)
+            return QdrantStore(_resolve(reg, name, resolve), client=reg.client, where=reg.where,
+                               **timeouts)
+        # Embedded: Qdrant's own engine (Qdrant Edge), one store per (folder, index) per process.
+        path = str(Path(settings.path or "asif-qdrant").resolve())
+        reg = edge_store(path, REGISTRY, settings)
+        return edge_store(path, _resolve(reg, name, resolve), settings)
     if settings.backend == "milvus":
         from connectors.milvus import MilvusStore
 
@@ -67,6 +69,25 @@ def open_store(settings, name: str | None = None, resolve: bool = True,
         return store
     raise ConfigError(f"backend '{settings.backend}' cannot be opened from the command line; "
                       "use qdrant or milvus")
+
+
+def edge_store(path: str, name: str, settings=None) -> VectorStore:
+    from connectors.qdrant_edge import QdrantEdgeStore
+
+    key = (str(Path(path).resolve()), name)
+    if key not in _EDGE:
+        dtype = getattr(settings, "sparse_datatype", None) or "float32"
+        _EDGE[key] = QdrantEdgeStore(name, path=key[0], sparse_datatype=dtype)
+    return _EDGE[key]
+
+
+def forget_store(store: VectorStore) -> None:
+    """Close an embedded store and drop it from the per-process table (after a migration,
+    or before another process takes the folder over)."""
+    for key, s in list(_EDGE.items()):
+        if s is store:
+            s.close()
+            del _EDGE[key]
 
 
 def _resolve(registry: VectorStore, name: str, resolve: bool) -> str:

@@ -18,6 +18,7 @@ from asif_index.errors import (
 )
 from asif_index.search import DEFAULT_TEMPLATES, prompts
 from asif_index.sparse import SparseBatch
+from connectors.anchor_cache import cached_anchors_at
 from connectors.base import (
     Filter,
     Hit,
@@ -71,6 +72,7 @@ class Index:
         self.encoders = {"image": image_encoder, "text": text_encoder}
         self.engine_options = engine_options
         self.timing = timing
+        self.cache_dir: str | None = None  # anchor copies (set by open)
         self.owner = new_owner()  # names this process's leases in the database
         self._renew_at = 0.0  # reader lease: renew (and check retirement) after this time
 
@@ -110,15 +112,19 @@ class Index:
     @classmethod
     def create(cls, store: VectorStore, image_encoder: Encoder, text_encoder: Encoder,
                k: int = 800, p: float = 8.0, recreate: bool = False, **engine_options) -> "Index":
+        import uuid
+
         man = AnchorManifest(image_encoder.name, text_encoder.name, image_encoder.dim,
-                             text_encoder.dim, k=k, p=p)
+                             text_encoder.dim, k=k, p=p, extra={"uid": uuid.uuid4().hex})
         store.create(man, recreate=recreate)
         return cls(store, AnchorSet(man), image_encoder, text_encoder, **engine_options)
 
     @classmethod
     def open(cls, store: VectorStore, image_encoder: Encoder, text_encoder: Encoder,
-             **engine_options) -> "Index":
-        """Open at the live anchor version; queries stay pinned to it until :meth:`refresh`."""
+             cache_dir: str | None = None, **engine_options) -> "Index":
+        """Open at the live anchor version; queries stay pinned to it until :meth:`refresh`.
+        cache_dir: keep a local copy of the anchor matrices there (``connectors.anchor_cache``)
+        so that the next open reads only the manifest from the database."""
         man = store.read_manifest()
         if man is None:
             raise CollectionError(
@@ -127,15 +133,16 @@ class Index:
             )
         man.check_encoders(image_encoder.name, text_encoder.name,
                            f"{store.backend} index '{getattr(store, 'name', '?')}'")
-        idx = cls(store, anchors_at(store, man, man.version), image_encoder, text_encoder,
-                  **engine_options)
+        idx = cls(store, cached_anchors_at(store, man, man.version, cache_dir), image_encoder,
+                  text_encoder, **engine_options)
+        idx.cache_dir = cache_dir
         return idx
 
     def refresh(self) -> None:
         """Move to the live anchor version (after another process updated the anchors)."""
         man = self.store.read_manifest()
         if man is not None and man.version != self.version:
-            self._adopt(anchors_at(self.store, man, man.version))
+            self._adopt(cached_anchors_at(self.store, man, man.version, self.cache_dir))
 
     @property
     def version(self) -> int:

@@ -238,8 +238,10 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
             fresh: list[ItemRecord] = []
             if mergeable.any():
                 rows = todo[mergeable]
-                fresh += merge_new_anchors([group[j] for j in rows], sims[rows],
-                                           add_ids.astype(np.int64), k, man.p, target)
+                merged, unsure = merge_new_anchors([group[j] for j in rows], sims[rows],
+                                                   add_ids.astype(np.int64), k, man.p, target)
+                fresh += merged
+                mergeable[np.flatnonzero(mergeable)[unsure]] = False
             full = [group[j] for j in todo[~mergeable]]
             if full:
                 fresh += reproject(new_set, full, mod, target, index.engine_options)
@@ -269,10 +271,18 @@ def recover_similarities(values: np.ndarray, kth: np.ndarray, p: float) -> np.nd
     return kth[:, None] * (values / wk) ** (1.0 / p)
 
 
+MERGE_TIE_TOL = 1e-5  # recovered and fresh similarities agree to ~1e-7; closer calls re-project
+
+
 def merge_new_anchors(recs: list[ItemRecord], new_sims: np.ndarray, new_ids: np.ndarray,
-                      k: int, p: float, target: int) -> list[ItemRecord]:
+                      k: int, p: float, target: int) -> tuple[list[ItemRecord], np.ndarray]:
     """New top-k of each item = top-k of (its old top-k, the new anchors), exactly as a
-    projection over all anchors would rank them (ties: older anchor, i.e. lower id, first)."""
+    projection over all anchors would rank them (ties: older anchor, i.e. lower id, first).
+
+    -> (records, positions in ``recs`` that must be re-projected instead). Recovered
+    similarities carry rounding error, so where the k-th and (k+1)-th merged values are
+    within MERGE_TIE_TOL (a new anchor duplicating an old one, say) membership cannot be
+    decided from them; those items are left to a full projection."""
     from asif_index.projection import relative_weights
 
     b = len(recs)
@@ -284,18 +294,25 @@ def merge_new_anchors(recs: list[ItemRecord], new_sims: np.ndarray, new_ids: np.
     sims = np.concatenate([recover_similarities(old_vals, kth, p), new_sims.astype(np.float64)], 1)
     # new_ids come from a range (ascending), matching the columns of new_sims
     ids = np.concatenate([old_ids, np.broadcast_to(new_ids, (b, len(new_ids)))], 1)
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    order = np.argsort(-sims, axis=1, kind="stable")
+    top = order[:, :k]
+    ambiguous = np.zeros(b, bool)
+    if sims.shape[1] > k:
+        ranked = np.take_along_axis(sims, order[:, k - 1:k + 1], 1)
+        ambiguous = (ranked[:, 0] - ranked[:, 1]) < MERGE_TIE_TOL
     top_s = np.take_along_axis(sims, top, 1).astype(np.float32)
     top_i = np.take_along_axis(ids, top, 1)
     w = relative_weights(top_s, p)
     out = []
     for j, r in enumerate(recs):
+        if ambiguous[j]:
+            continue
         keep = w[j] > 0
         o = np.argsort(top_i[j][keep])
         out.append(ItemRecord(point_id(r.item, target), r.item, r.modality, top_i[j][keep][o],
                               w[j][keep][o], r.embedding, float(top_s[j, -1]), target, FOREVER,
                               r.payload))
-    return out
+    return out, np.flatnonzero(ambiguous)
 
 
 def affected(recs: list[ItemRecord], new_anchor_emb: np.ndarray, removed: np.ndarray,

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-BACKENDS = ["memory", "qdrant-local", "milvus-lite", "qdrant-server", "milvus-server"]
+BACKENDS = ["memory", "qdrant-edge", "qdrant-local", "milvus-lite", "qdrant-server", "milvus-server"]
 
 
 def make_store(kind: str, tmp_path, name: str | None = None):
@@ -14,6 +14,11 @@ def make_store(kind: str, tmp_path, name: str | None = None):
         from connectors.memory import MemoryStore
 
         return MemoryStore(name)
+    if kind == "qdrant-edge":
+        pytest.importorskip("qdrant_edge")
+        from connectors.qdrant_edge import QdrantEdgeStore
+
+        return QdrantEdgeStore(name, path=str(tmp_path / "edge"))
     if kind == "qdrant-local":
         from connectors.qdrant import QdrantStore
 

@@ -66,3 +66,46 @@ def test_cli_lifecycle(backend, pairs, tmp_path, capsys):
     assert main(["search", "--text", "x", "--image-encoder", "timm:resnet18:/none.pth"] + a) == 2
     assert "does not exist" in capsys.readouterr().err
     assert json.loads(run("stats"))["items"] == 15
+
+
+def test_migrate_a_local_mode_index_into_qdrant_edge(tmp_path, capsys):
+    """asif-index 0.1 wrote embedded Qdrant indexes with qdrant-client's local mode; one
+    command copies such an index (every version) into the Qdrant engine."""
+    pytest.importorskip("qdrant_edge")
+    from connectors.index import Index
+    from connectors.qdrant import QdrantStore
+    from tests.test_congruence import FakeEncoder
+    from tests.test_updates import DI, DT, assert_equals_rebuild, build
+
+    old = build("qdrant-local", tmp_path)  # anchors, 300 items, one update's history below
+    from asif_index.anchors import AnchorPayload
+    from connectors.updates import update_anchors
+    from tests.test_updates import data
+
+    update_anchors(old, add=(*data(3, 12), [AnchorPayload("n")] * 12))
+    q = old.project(data(9, 1)[1], "text")
+    want = [(h.id, round(h.score, 5)) for h in old.search_vectors(q, 10)[0]]
+    name, old_dir = old.store.name, old.store.where
+    points = old.store.count_items()
+    old.store.close()
+    rc = main(["index", "migrate", "--from-qdrant-local", old_dir, "--backend", "qdrant",
+               "--path", str(tmp_path / "edge"), "--name", name])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert f"{points} stored points" in out.out
+    from asif_index.config import AsifSettings
+    from connectors import open_store
+
+    store = open_store(AsifSettings.load(backend="qdrant", path=tmp_path / "edge", collection=name))
+    assert store.engine == "qdrant-edge" and store.count_items() == points
+    new = Index.open(store, FakeEncoder("image", DI), FakeEncoder("text", DT))
+    assert new.version == old.version
+    assert [(h.id, round(h.score, 5)) for h in new.search_vectors(q, 10)[0]] == want
+    assert_equals_rebuild(new)
+    src = QdrantStore(name, path=old_dir)
+    assert src.count_items() == points  # the source is untouched
+    src.close()
+    # migrating again into the same place is refused, the copy stays
+    assert main(["index", "migrate", "--from-qdrant-local", old_dir, "--backend", "qdrant",
+                 "--path", str(tmp_path / "edge"), "--name", name]) == 2
+    assert "already exists" in capsys.readouterr().err

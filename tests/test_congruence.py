@@ -99,7 +99,7 @@ def test_top10_congruent_with_exact_path(kind, tmp_path, scenario):
     assert all(h.modality == "image" for h in hits)
 
 
-@pytest.mark.parametrize("kind", ["memory", "qdrant-local", "milvus-lite"])
+@pytest.mark.parametrize("kind", ["memory", "qdrant-edge", "qdrant-local", "milvus-lite"])
 def test_reopen_needs_only_the_database(kind, tmp_path, scenario):
     idx = build(kind, tmp_path, scenario)
     store = idx.store

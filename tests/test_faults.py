@@ -20,7 +20,7 @@ from connectors.versioning import Coordination
 from tests.test_congruence import FakeEncoder
 from tests.test_updates import DI, DT, build, data
 
-STORES = ["memory", "qdrant-local", "milvus-lite", "qdrant-server", "milvus-server"]
+STORES = ["memory", "qdrant-edge", "milvus-lite", "qdrant-server", "milvus-server"]
 
 
 def handle(idx, **timing):
@@ -105,7 +105,7 @@ def test_writer_stalled_past_its_lease_repairs_its_batch(kind, tmp_path):
     assert_exact(idx, 340)
 
 
-@pytest.mark.parametrize("kind", ["memory", "qdrant-local", "milvus-lite"])
+@pytest.mark.parametrize("kind", ["memory", "qdrant-edge", "milvus-lite"])
 def test_update_waits_for_a_writer_in_the_middle_of_a_batch(kind, tmp_path):
     idx = build(kind, tmp_path)
     writer = handle(idx)
@@ -222,7 +222,7 @@ def test_milvus_readers_never_miss_an_item_while_it_is_rewritten(kind, tmp_path)
     assert_exact(idx, 300)
 
 
-@pytest.mark.parametrize("kind", ["memory", "qdrant-local", "milvus-lite"])
+@pytest.mark.parametrize("kind", ["memory", "qdrant-edge", "milvus-lite"])
 def test_pinned_reader_sees_one_version_during_an_update(kind, tmp_path):
     idx = build(kind, tmp_path)
     reader = handle(idx)
@@ -242,7 +242,7 @@ def test_pinned_reader_sees_one_version_during_an_update(kind, tmp_path):
 
 
 # ---------------------------------------------------------- 3. retired versions
-@pytest.mark.parametrize("kind", ["memory", "qdrant-local", "milvus-lite"])
+@pytest.mark.parametrize("kind", ["memory", "qdrant-edge", "milvus-lite"])
 def test_pinned_reader_keeps_its_version_until_it_lets_go(kind, tmp_path):
     idx = build(kind, tmp_path)
     reader = handle(idx)
@@ -272,8 +272,8 @@ def test_reader_whose_lease_lapsed_gets_an_error_not_an_empty_result(tmp_path):
         reader.search_vectors(q, 20)
 
 
-def test_qdrant_local_search_in_a_thread_beside_an_update(tmp_path):
-    idx = build("qdrant-local", tmp_path)
+def test_qdrant_embedded_search_in_a_thread_beside_an_update(tmp_path):
+    idx = build("qdrant-edge", tmp_path)
     reader = handle(idx)
     q = reader.project(data(9, 1)[1], "text")
     errors, done = [], threading.Event()

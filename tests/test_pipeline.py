@@ -117,7 +117,7 @@ def test_stages_alone(dataset, encoders):
 
 
 # ----------------------------------------------------------------------------- end to end
-@pytest.mark.parametrize("kind", ["memory", "qdrant-local", "milvus-lite"])
+@pytest.mark.parametrize("kind", ["memory", "qdrant-edge", "milvus-lite"])
 def test_ingest_end_to_end(kind, dataset, encoders, tmp_path):
     store = make_store(kind, tmp_path)
     idx, a_sum = anchors_index(store, encoders, dataset)

@@ -54,7 +54,7 @@ def assert_equals_rebuild(idx):
     assert seen == idx.store.count_items(version=idx.version) == 300
 
 
-@pytest.mark.parametrize("kind", ["memory", "qdrant-local", "milvus-lite", "qdrant-server", "milvus-server"])
+@pytest.mark.parametrize("kind", ["memory", "qdrant-edge", "qdrant-local", "milvus-lite", "qdrant-server", "milvus-server"])
 def test_add_then_remove_is_exact(kind, tmp_path):
     idx = build(kind, tmp_path)
     v0 = idx.version
@@ -129,15 +129,15 @@ def test_unknown_removal_changes_nothing(tmp_path):
 
 
 def test_rebuild_with_new_k_and_alias_switch(tmp_path):
-    idx = build("qdrant-local", tmp_path)
+    idx = build("qdrant-edge", tmp_path)
     from asif_index.anchors import AnchorManifest
-    from connectors.qdrant import QdrantStore
+    from connectors.qdrant_edge import QdrantEdgeStore
 
-    registry = QdrantStore("registry", client=idx.store.client)
+    registry = QdrantEdgeStore("registry", path=idx.store.where)
 
     registry.create(AnchorManifest("-", "-", 2, 2))
     set_alias(registry, "prod", idx.store.name)
-    target = QdrantStore(idx.store.name + "_k10", client=idx.store.client)
+    target = QdrantEdgeStore(idx.store.name + "_k10", path=idx.store.where)
     new, n = rebuild(idx, target, k=10)
     assert n == 300 and new.k == 10
     assert all(len(r.sparse_indices) <= 10 for b in target.scroll_items() for r in b)
@@ -147,3 +147,38 @@ def test_rebuild_with_new_k_and_alias_switch(tmp_path):
     again = Index.open(target, FakeEncoder("image", DI), FakeEncoder("text", DT))
     assert again.k == 10 and again.store.count_items(version=again.version) == 300
     assert_equals_rebuild(again)
+
+
+@pytest.mark.parametrize("kind", ["memory", "milvus-lite"])
+def test_adding_duplicates_of_stored_anchors_stays_exact(kind, tmp_path):
+    """New anchors equal to old ones tie exactly with them: the merge cannot tell the order
+    from recovered similarities, so those items are re-projected (and the tie rule holds)."""
+    idx = build(kind, tmp_path)
+    dup_i, dup_t = idx.anchors.image[:40].copy(), idx.anchors.text[:40].copy()
+    res = update_anchors(idx, add=(dup_i, dup_t, [AnchorPayload("dup")] * 40))
+    assert res.items_touched > 0
+    assert_equals_rebuild(idx)
+
+
+@pytest.mark.parametrize("kind", ["qdrant-edge", "milvus-lite"])
+def test_reopen_reads_anchors_from_the_local_copy_and_never_a_stale_one(kind, tmp_path):
+    idx = build(kind, tmp_path)
+    enc = (FakeEncoder("image", DI), FakeEncoder("text", DT))
+    cache = tmp_path / "cache"
+    first = Index.open(idx.store, *enc, cache_dir=str(cache))
+    real = idx.store.fetch_anchors
+    idx.store.fetch_anchors = lambda version=None: (_ for _ in ()).throw(AssertionError("read"))
+    try:
+        again = Index.open(idx.store, *enc, cache_dir=str(cache))  # from the copy
+    finally:
+        idx.store.fetch_anchors = real
+    np.testing.assert_array_equal(again.anchors.ids, first.anchors.ids)
+    np.testing.assert_array_equal(again.anchors.image, first.anchors.image)
+    assert [p.caption for p in again.anchors.payloads] == [p.caption for p in first.anchors.payloads]
+    update_anchors(idx, add=(*data(3, 12), [AnchorPayload(f"n{i}") for i in range(12)]))
+    after = Index.open(idx.store, *enc, cache_dir=str(cache))  # a new version: from the database
+    assert after.version == idx.version and len(after.anchors) == 132
+    for d in cache.glob("anchors/*"):  # a damaged copy is ignored
+        (d / "anchors.npz").write_bytes(b"junk")
+    assert len(Index.open(idx.store, *enc, cache_dir=str(cache)).anchors) == 132
+    assert_equals_rebuild(after)

@@ -1,0 +1,341 @@
+"""Qdrant Edge: Qdrant's own Rust storage engine (segments, the sparse inverted index, payload
+indexes, WAL, optimizers) in-process on a directory, from ``qdrant-edge-py``.
+
+This is the embedded Qdrant backend (``--backend qdrant --path DIR``); servers go through
+``connectors.qdrant`` (qdrant-client). One index is three shards in ``DIR``:
+``NAME_meta/``, ``NAME_anchors/``, ``NAME_items/``. A shard's WAL is locked by the process
+that opens it, so one process at a time writes an embedded index (serve it, or use a server,
+for several).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from asif_index._optional import require
+from asif_index.anchors import AnchorManifest
+from asif_index.errors import BackendError, BackendUnavailableError, CollectionError
+from connectors.base import FOREVER, AnchorRecord, Filter, Hit, ItemRecord, VectorStore
+
+_RESERVED = {"asif_modality", "asif_kth", "asif_item", "asif_from", "asif_to"}
+_BATCH = 256  # points per update operation
+# Sparse storage for the relative vectors: "float32" (exact), or "float16" / "uint8" (smaller,
+# approximate; see benchmarks/scale.py for what they cost in recall).
+SPARSE_DATATYPES = ("float32", "float16", "uint8")
+
+
+def _doc_id(key: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"asif-doc:{key}"))
+
+
+class QdrantEdgeStore(VectorStore):
+    """``NAME_items`` points hold ``rel`` (sparse, dot product) and ``emb_<modality>``
+    (dense); payload carries the item id, validity range, modality and k-th similarity, each
+    with a payload index."""
+
+    backend = "qdrant"
+    engine = "qdrant-edge"
+
+    def __init__(self, name: str = "asif", *, path: str | Path = "asif-qdrant",
+                 sparse_datatype: str = "float32", **_ignored: Any) -> None:
+        self._q = require("qdrant_edge", "the embedded Qdrant engine (pip install qdrant-edge-py)")
+        if sparse_datatype not in SPARSE_DATATYPES:
+            from asif_index.errors import ConfigError
+
+            raise ConfigError(f"sparse datatype '{sparse_datatype}' is not one of "
+                              f"{', '.join(SPARSE_DATATYPES)}")
+        self.name = name
+        self.root = Path(path)
+        self.where = str(self.root)
+        self.sparse_datatype = sparse_datatype
+        self._shards: dict[str, Any] = {}
+        self._lock = threading.RLock()  # opening and closing shards
+
+    # ----------------------------------------------------------------------- shards
+    def _call(self, what: str, fn: Callable, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as exc:  # qdrant_edge raises bare Exception with the engine's text
+            text = " ".join(str(exc).split())
+            if "WouldBlock" in text or "Resource temporarily unavailable" in text:
+                raise BackendUnavailableError(
+                    f"Qdrant Edge index at {self.where} is open in another process (its WAL is "
+                    "locked); stop that process, or run a Qdrant server for shared access") from exc
+            if "No space left" in text or "Read-only file system" in text or \
+                    "Permission denied" in text:
+                raise BackendError(f"Qdrant Edge {what} at {self.where} cannot write ({text[:200]}); "
+                                   "free disk space or choose a writable --path; stored data is "
+                                   "unchanged") from exc
+            raise BackendError(f"Qdrant Edge {what} at {self.where} failed: {text[:400]}") from exc
+
+    def _dir(self, coll: str) -> Path:
+        return self.root / coll
+
+    def _shard(self, coll: str):
+        """The open shard of a collection (loaded on first use)."""
+        with self._lock:
+            s = self._shards.get(coll)
+            if s is None:
+                d = self._dir(coll)
+                if not d.is_dir():
+                    raise CollectionError(f"index '{self.name}' does not exist in Qdrant Edge at "
+                                          f"{self.where} (no {coll}/); create it with "
+                                          "'asif-index init'")
+                s = self._call(f"open {coll}", self._q.EdgeShard.load, str(d))
+                self._shards[coll] = s
+            return s
+
+    def _new_shard(self, coll: str, config, indexes: dict[str, str]) -> None:
+        q = self._q
+        d = self._dir(coll)
+        if d.exists():
+            shutil.rmtree(d)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        s = self._call(f"create {coll}", q.EdgeShard.create, str(d), config)
+        for field, kind in indexes.items():
+            self._call("create payload index", s.update,
+                       q.UpdateOperation.create_field_index(field, getattr(q.PayloadSchemaType, kind)))
+        self._shards[coll] = s
+
+    def _update(self, coll: str, op) -> None:
+        self._call(f"write {coll}", self._shard(coll).update, op)
+
+    def exists(self) -> bool:
+        meta = self._dir(self.meta)
+        if not meta.is_dir():
+            return False
+        if not any(meta.iterdir()):
+            return False
+        return True
+
+    def create(self, manifest: AnchorManifest, recreate: bool = False) -> None:
+        q = self._q
+        if self.exists():
+            if not recreate:
+                raise CollectionError(
+                    f"index '{self.name}' already exists in Qdrant Edge at {self.where}; open it, "
+                    "or pass recreate=True (--recreate) to replace it")
+            self.drop()
+        if self.root.exists() and not self.root.is_dir():
+            raise CollectionError(f"{self.where} is a file, not a folder; choose another --path")
+        vp = q.EdgeVectorParams
+        self._new_shard(self.meta, q.EdgeConfig(vectors={"v": vp(size=1, distance=q.Distance.Dot)}),
+                        {"kind": "Keyword"})
+        # Dot, not Cosine: Cosine re-normalises stored vectors, and anchors must read back
+        # bit for bit (they are unit vectors already).
+        self._new_shard(self.anchors, q.EdgeConfig(vectors={
+            "image": vp(size=manifest.image_dim, distance=q.Distance.Dot),
+            "text": vp(size=manifest.text_dim, distance=q.Distance.Dot)}),
+            {"added_version": "Integer", "removed_version": "Integer"})
+        dtype = {"float32": q.VectorStorageDatatype.Float32,
+                 "float16": q.VectorStorageDatatype.Float16,
+                 "uint8": q.VectorStorageDatatype.Uint8}[self.sparse_datatype]
+        self._new_shard(self.items, q.EdgeConfig(
+            vectors={"emb_image": vp(size=manifest.image_dim, distance=q.Distance.Dot),
+                     "emb_text": vp(size=manifest.text_dim, distance=q.Distance.Dot)},
+            sparse_vectors={"rel": q.EdgeSparseVectorParams(datatype=dtype)}),
+            {"asif_item": "Keyword", "asif_modality": "Keyword", "asif_from": "Integer",
+             "asif_to": "Integer"})
+        manifest.extra["sparse_datatype"] = self.sparse_datatype
+        self.write_manifest(manifest)
+
+    def drop(self) -> None:
+        with self._lock:
+            for c in (self.items, self.anchors, self.meta):
+                s = self._shards.pop(c, None)
+                if s is not None:
+                    s.close()
+                if self._dir(c).exists():
+                    shutil.rmtree(self._dir(c))
+
+    def flush(self) -> None:
+        for s in list(self._shards.values()):
+            self._call("flush", s.flush)
+
+    def optimize(self) -> bool:
+        """Merge segments and build the sparse index for what was written (Edge runs its
+        optimizers only when asked); -> whether anything changed."""
+        changed = False
+        for c in (self.items, self.anchors):
+            if self._dir(c).is_dir():
+                changed |= bool(self._call("optimize", self._shard(c).optimize))
+        return changed
+
+    def close(self) -> None:
+        with self._lock:
+            for s in self._shards.values():
+                try:
+                    s.close()
+                except Exception:  # closing twice, or after a failed write
+                    pass
+            self._shards.clear()
+
+    # ------------------------------------------------------------------------- docs
+    def get_doc(self, key: str) -> dict | None:
+        recs = self._call("read", self._shard(self.meta).retrieve, [_doc_id(key)], True, False)
+        return json.loads(recs[0].payload["doc"]) if recs else None
+
+    def put_doc(self, key: str, doc: dict | None) -> None:
+        q = self._q
+        if doc is None:
+            self._update(self.meta, q.UpdateOperation.delete_points([_doc_id(key)]))
+            return
+        self._update(self.meta, q.UpdateOperation.upsert_points([q.Point(
+            _doc_id(key), {"v": [1.0]},
+            {"key": key, "kind": key.split(":", 1)[0], "doc": json.dumps(doc)})]))
+
+    def list_docs(self, kind: str) -> dict[str, dict]:
+        q = self._q
+        flt = q.Filter(must=[q.FieldCondition("kind", match=q.MatchValue(kind))])
+        return {r.payload["key"]: json.loads(r.payload["doc"])
+                for r in self._scroll(self.meta, flt, 256, False)
+                if r.payload["key"].startswith(kind + ":")}
+
+    def _scroll(self, coll: str, flt, batch: int, vectors: bool) -> Iterator:
+        q = self._q
+        offset = None
+        shard = self._shard(coll)
+        while True:
+            recs, offset = self._call("scroll", shard.scroll, q.ScrollRequest(
+                offset=offset, limit=batch, filter=flt, with_payload=True, with_vector=vectors))
+            yield from recs
+            if offset is None:
+                return
+
+    # ---------------------------------------------------------------------- anchors
+    def upsert_anchors(self, anchors: list[AnchorRecord]) -> None:
+        q = self._q
+        pts = [q.Point(int(a.id), {"image": a.image.tolist(), "text": a.text.tolist()},
+                       {"caption": a.caption, "image_ref": a.image_ref, "source": a.source,
+                        "added_at": float(a.added_at), "key": a.key,
+                        "added_version": int(a.added_version),
+                        "removed_version": int(a.removed_version)})
+               for a in anchors]
+        for s in range(0, len(pts), _BATCH):
+            self._update(self.anchors, q.UpdateOperation.upsert_points(pts[s:s + _BATCH]))
+
+    def delete_anchors(self, ids: list[int]) -> None:
+        if ids:
+            self._update(self.anchors, self._q.UpdateOperation.delete_points([int(i) for i in ids]))
+
+    def fetch_anchors(self, version: int | None = None) -> list[AnchorRecord]:
+        q = self._q
+        flt = None
+        if version is not None:
+            flt = q.Filter(must=[
+                q.FieldCondition("added_version", range=q.RangeFloat(lte=version)),
+                q.FieldCondition("removed_version", range=q.RangeFloat(gt=version))])
+        out = []
+        for p in self._scroll(self.anchors, flt, 2048, True):
+            pl = p.payload
+            out.append(AnchorRecord(int(p.id), np.asarray(p.vector["image"], np.float32),
+                                    np.asarray(p.vector["text"], np.float32), pl["caption"],
+                                    pl["image_ref"], pl["source"], float(pl["added_at"]),
+                                    pl.get("key", ""), int(pl["added_version"]),
+                                    int(pl["removed_version"])))
+        out.sort(key=lambda a: a.id)
+        return out
+
+    # ------------------------------------------------------------------------ items
+    def _point(self, it: ItemRecord):
+        q = self._q
+        payload = {k: v for k, v in it.payload.items() if k not in _RESERVED}
+        payload.update(asif_modality=it.modality, asif_kth=float(it.kth_similarity),
+                       asif_item=it.item, asif_from=int(it.valid_from), asif_to=int(it.valid_to))
+        return q.Point(it.id, {
+            f"emb_{it.modality}": it.embedding.tolist(),
+            "rel": q.SparseVector(it.sparse_indices.tolist(), it.sparse_values.tolist())}, payload)
+
+    def upsert_items(self, items: list[ItemRecord]) -> None:
+        q = self._q
+        for s in range(0, len(items), _BATCH):
+            self._update(self.items, q.UpdateOperation.upsert_points(
+                [self._point(it) for it in items[s:s + _BATCH]]))
+
+    def _record(self, p) -> ItemRecord:
+        pl = p.payload
+        mod = pl["asif_modality"]
+        rel = p.vector["rel"]
+        return ItemRecord(str(p.id), pl["asif_item"], mod, np.asarray(rel.indices, np.int64),
+                          np.asarray(rel.values, np.float32),
+                          np.asarray(p.vector[f"emb_{mod}"], np.float32), float(pl["asif_kth"]),
+                          int(pl["asif_from"]), int(pl["asif_to"]),
+                          {k: v for k, v in pl.items() if k not in _RESERVED})
+
+    def fetch_items(self, ids: list[str]) -> list[ItemRecord]:
+        if not ids:
+            return []
+        recs = self._call("read", self._shard(self.items).retrieve, list(ids), True, True)
+        return [self._record(p) for p in recs]
+
+    def heads(self, items: list[str]) -> dict[str, ItemRecord]:
+        if not items:
+            return {}
+        q = self._q
+        flt = q.Filter(must=[q.FieldCondition("asif_item", match=q.MatchAny(list(items))),
+                             q.FieldCondition("asif_to", range=q.RangeFloat(gte=FOREVER))])
+        return {r.item: r for r in (self._record(p) for p in self._scroll(self.items, flt, 1024, True))}
+
+    def set_valid_to(self, point_ids: list[str], version: int) -> None:
+        if point_ids:
+            self._update(self.items, self._q.UpdateOperation.set_payload(
+                list(point_ids), {"asif_to": int(version)}))
+
+    def delete_items(self, ids: list[str]) -> None:
+        if ids:
+            self._update(self.items, self._q.UpdateOperation.delete_points(list(ids)))
+
+    def delete_expired(self, version: int) -> int:
+        q = self._q
+        flt = q.Filter(must=[q.FieldCondition("asif_to", range=q.RangeFloat(lte=version))])
+        n = int(self._call("count", self._shard(self.items).count, q.CountRequest(True, flt)))
+        if n:
+            self._update(self.items, q.UpdateOperation.delete_points_by_filter(flt))
+        aflt = q.Filter(must=[q.FieldCondition("removed_version", range=q.RangeFloat(lte=version))])
+        self._update(self.anchors, q.UpdateOperation.delete_points_by_filter(aflt))
+        return n
+
+    def _filter(self, flt: Filter | None, version: int | None):
+        q = self._q
+        must = []
+        for k, v in (flt or {}).items():
+            key = "asif_modality" if k == "modality" else k
+            must.append(q.FieldCondition(key, match=q.MatchValue(v)) if not isinstance(v, float)
+                        else q.FieldCondition(key, range=q.RangeFloat(gte=v, lte=v)))
+        if version is not None:
+            must += [q.FieldCondition("asif_from", range=q.RangeFloat(lte=version)),
+                     q.FieldCondition("asif_to", range=q.RangeFloat(gt=version))]
+        return q.Filter(must=must) if must else None
+
+    def count_items(self, flt: Filter | None = None, version: int | None = None) -> int:
+        if not self._dir(self.items).is_dir():
+            return 0
+        return int(self._call("count", self._shard(self.items).count,
+                              self._q.CountRequest(True, self._filter(flt, version))))
+
+    def search(self, indices, values, limit, flt=None, version=None) -> list[Hit]:
+        q = self._q
+        vec = q.SparseVector(np.asarray(indices).tolist(), np.asarray(values, np.float32).tolist())
+        res = self._call("search", self._shard(self.items).query, q.QueryRequest(
+            limit=int(limit), query=q.Query.Nearest(vec, using="rel"),
+            filter=self._filter(flt, version), with_payload=True))
+        return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
+                    {k: v for k, v in p.payload.items() if k not in _RESERVED})
+                for p in res if p.score > 0]
+
+    def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
+        out: list[ItemRecord] = []
+        for p in self._scroll(self.items, self._filter(None, version), batch, True):
+            out.append(self._record(p))
+            if len(out) == batch:
+                yield out
+                out = []
+        if out:
+            yield out
