@@ -1,0 +1,252 @@
+"""Both embedded engines at scale: ingest, search latency, recall against exact, size, reopen,
+and an incremental anchor update against a rebuild on the same engine.
+
+    python -m benchmarks.scale                              # 1e5 items, 3e4 anchors, k=800
+    python -m benchmarks.scale --items 100000,1000000 --engines qdrant-edge
+
+Synthetic clustered embeddings (d=384 for both modalities, 50 topics; anchors cover 45 of
+them), projected once by the engine, so no encoder time is measured: only what the database
+and the index layer cost. Every write goes through ``Index.write`` (leases and version checks
+included). Queries are 200 noisy topic samples projected as text; recall@10 compares each
+engine's top-10 with the exact in-memory top-10 (a miss is an exact top-10 item whose score
+the engine's 10th result does not reach within 1e-5, so ties do not count as misses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from asif_index.anchors import AnchorManifest, AnchorPayload, AnchorSet
+from benchmarks.common import machine, table, write_json
+
+
+class Enc:
+    def __init__(self, modality, dim):
+        self.modality, self.dim, self.name = modality, dim, f"synthetic-{modality}-{dim}"
+
+
+def clustered(rng, centres, topics, n, noise):
+    t = rng.choice(topics, n)
+    x = centres[t] + noise * rng.standard_normal((n, centres.shape[1])).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def open_store(engine: str, root: Path, name: str = "scale"):
+    if engine == "qdrant-edge":
+        from connectors.qdrant_edge import QdrantEdgeStore
+
+        return QdrantEdgeStore(name, path=str(root / "edge"))
+    from connectors.milvus import MilvusStore
+
+    return MilvusStore(name, uri=str(root / "scale.db"), timeout=120)
+
+
+def rss_mb() -> float:
+    """Resident memory of this process and its children (Milvus Lite's server), MB."""
+    me = os.getpid()
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().split()
+            if int(pid) != me and int(stat[3]) != me:
+                continue
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1024
+
+
+def du_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def pct(x, q):
+    return float(np.percentile(np.asarray(x) * 1000, q))
+
+
+def exact_top10(items_csr, q_idx, q_val, ncol):
+    import scipy.sparse as sp
+
+    rows = np.repeat(np.arange(len(q_idx)), [len(i) for i in q_idx])
+    qm = sp.csr_matrix((np.concatenate(q_val).astype(np.float64), (rows, np.concatenate(q_idx))),
+                       shape=(len(q_idx), ncol))
+    scores = (items_csr @ qm.T).T.toarray()
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    return top, np.take_along_axis(scores, top, 1)
+
+
+def run_engine(engine, n_items, a, anchors_emb, items_emb, queries, ids, root) -> dict:
+    from connectors.base import point_records
+    from connectors.index import Index
+
+    d = root / f"{engine}-{n_items}"
+    d.mkdir()
+    store = open_store(engine, d)
+    idx = Index.create(store, Enc("image", a.dim), Enc("text", a.dim), k=a.k, p=8.0)
+    idx.add_anchor_embeddings(anchors_emb, anchors_emb,
+                              [AnchorPayload(f"a{i}") for i in range(len(anchors_emb))])
+    rss0 = rss_mb()
+    # ingest (projection timed separately, once per batch)
+    t_proj = t_write = 0.0
+    for s in range(0, n_items, a.batch):
+        e = items_emb[s:s + a.batch]
+        t0 = time.perf_counter()
+        sb = idx.project(e, "text")
+        t1 = time.perf_counter()
+        recs = point_records(sb, ids[s:s + a.batch], "text", e, [{"n": j} for j in range(s, s + len(e))],
+                             idx.version)
+        idx.write(recs)
+        t_write += time.perf_counter() - t1
+        t_proj += t1 - t0
+    t0 = time.perf_counter()
+    if hasattr(store, "optimize"):
+        store.optimize()
+    t_opt = time.perf_counter() - t0
+    if hasattr(store, "flush"):
+        store.flush()
+    row = {"engine": engine, "items": n_items, "ingest_items_s": n_items / (t_write + t_opt),
+           "project_items_s": n_items / t_proj, "optimize_s": t_opt}
+    # search: 1 client, then 8
+    qsb = idx.project(queries, "text")
+    q_rows = [qsb.row(r) for r in range(len(queries))]
+    idx.search_vectors(qsb, 10)  # warm
+    lat, got = [], []
+    for r in range(len(queries)):
+        t0 = time.perf_counter()
+        hits = store.search(*q_rows[r], 10, None, idx.version)
+        lat.append(time.perf_counter() - t0)
+        got.append(hits)
+    row.update(p50_ms=pct(lat, 50), p95_ms=pct(lat, 95), p99_ms=pct(lat, 99))
+    for clients in (8,):
+        lat8: list[float] = []
+
+        def one(r):
+            t0 = time.perf_counter()
+            store.search(*q_rows[r], 10, None, idx.version)
+            return time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as ex:
+            lat8 = list(ex.map(one, [r % len(q_rows) for r in range(len(q_rows) * 2)]))
+        wall = time.perf_counter() - t0
+        row.update({f"c{clients}_qps": len(lat8) / wall, f"c{clients}_p50_ms": pct(lat8, 50),
+                    f"c{clients}_p99_ms": pct(lat8, 99)})
+    row["rss_mb"] = rss_mb()
+    row["rss_growth_mb"] = row["rss_mb"] - rss0
+    row["disk_mb"] = du_mb(d)
+    row["bytes_per_item"] = row["disk_mb"] * 2**20 / n_items
+    row["_hits"] = got
+    # reopen: a new process would build the store object and open the index
+    store.close()
+    cache = d / "cache"
+    t0 = time.perf_counter()
+    store2 = open_store(engine, d)
+    cold = Index.open(store2, Enc("image", a.dim), Enc("text", a.dim), cache_dir=str(cache))
+    row["reopen_s"] = time.perf_counter() - t0
+    store2.close()
+    t0 = time.perf_counter()
+    store3 = open_store(engine, d)
+    warm = Index.open(store3, Enc("image", a.dim), Enc("text", a.dim), cache_dir=str(cache))
+    row["reopen_cached_s"] = time.perf_counter() - t0
+    assert warm.version == cold.version and len(warm.anchors) == len(cold.anchors)
+    if not a.skip_incremental and n_items <= 200_000:
+        from connectors.rebuild import rebuild
+        from connectors.updates import update_anchors
+
+        t0 = time.perf_counter()
+        _, n = rebuild(warm, open_store(engine, d, "rebuilt"))
+        row["rebuild_s"] = time.perf_counter() - t0
+        rng = np.random.default_rng(7)
+        new = clustered(rng, a.centres, np.arange(45, 50), int(0.01 * len(anchors_emb)), a.noise)
+        r = update_anchors(warm, add=(new, new, [AnchorPayload("new")] * len(new)))
+        row["incremental_1pct_s"] = r.seconds
+        row["incremental_vs_rebuild"] = r.seconds / row["rebuild_s"]
+        row["items_touched"] = r.items_touched
+    store3.close()
+    shutil.rmtree(d, ignore_errors=True)
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--items", default="100000")
+    ap.add_argument("--anchors", type=int, default=30_000)
+    ap.add_argument("--k", type=int, default=800)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=2048)
+    ap.add_argument("--engines", default="qdrant-edge,milvus-lite")
+    ap.add_argument("--skip-incremental", action="store_true")
+    ap.add_argument("--out", default="runs/bench/scale.json")
+    a = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    a.centres = rng.standard_normal((50, a.dim)).astype(np.float32)
+    a.centres /= np.linalg.norm(a.centres, axis=1, keepdims=True)
+    a.noise = 1.0 / np.sqrt(a.dim)
+    anchors_emb = clustered(rng, a.centres, np.arange(45), a.anchors, a.noise)
+    queries = clustered(rng, a.centres, np.arange(50), a.queries, a.noise)
+    ref = AnchorSet(AnchorManifest("x", "x", a.dim, a.dim, k=a.k, p=8.0))
+    ref.add(anchors_emb, anchors_emb)
+    q = ref.project(queries, "text")
+    q_idx = [q.row(r)[0] for r in range(len(queries))]
+    q_val = [q.row(r)[1] for r in range(len(queries))]
+    root = Path(tempfile.mkdtemp(prefix="asif-scale-"))
+    rows = []
+    try:
+        for n_items in (int(x) for x in a.items.split(",")):
+            items_emb = clustered(np.random.default_rng(n_items), a.centres, np.arange(50),
+                                  n_items, a.noise)
+            from connectors.base import item_id
+
+            ids = [item_id("text", f"i{j}") for j in range(n_items)]
+            # exact reference: all items projected, sparse matrix product
+            import scipy.sparse as sp
+
+            sb = ref.project(items_emb, "text")
+            csr = sp.csr_matrix((sb.values.ravel().astype(np.float64),
+                                 sb.indices.ravel().astype(np.int64),
+                                 np.arange(0, sb.values.size + 1, sb.values.shape[1])),
+                                shape=(n_items, a.anchors))
+            top, top_s = exact_top10(csr, q_idx, q_val, a.anchors)
+            del csr, sb
+            for engine in a.engines.split(","):
+                print(f"{engine}: {n_items} items x {a.anchors} anchors, k={a.k}", flush=True)
+                row = run_engine(engine, n_items, a, anchors_emb, items_emb, queries, ids, root)
+                hits = row.pop("_hits")
+                rec = []
+                for r in range(len(queries)):
+                    got = {h.id for h in hits[r]}
+                    tenth = hits[r][-1].score if len(hits[r]) == 10 else -1
+                    ok = sum(ids[j] in got or tenth >= s - 1e-5 for j, s in zip(top[r], top_s[r]))
+                    rec.append(ok / 10)
+                row["recall_at_10"] = float(np.mean(rec))
+                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()},
+                      flush=True)
+                rows.append(row)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    cols = ["engine", "items", "ingest_items_s", "optimize_s", "p50_ms", "p95_ms", "p99_ms",
+            "c8_qps", "c8_p50_ms", "c8_p99_ms", "recall_at_10", "bytes_per_item", "rss_mb",
+            "reopen_s", "reopen_cached_s", "rebuild_s", "incremental_1pct_s",
+            "incremental_vs_rebuild"]
+    md = table(rows, cols)
+    print(md)
+    write_json({"machine": machine(), "config": {k: v for k, v in vars(a).items()
+                                                 if k not in ("centres", "noise")},
+                "rows": rows, "markdown": md}, a.out)
+
+
+if __name__ == "__main__":
+    main()
