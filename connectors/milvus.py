@@ -204,7 +204,7 @@ class MilvusStore(VectorStore):
             self._call("delete", self.client.delete, self.meta, ids=[key])
             return
         if key == "manifest":
-            self._man = AnchorManifest(**doc)
+            self._man = None  # re-read (and checked) on next use
         self._call("upsert", self.client.upsert, self.meta,
                    [{"key": key, "doc": json.dumps(doc), "v": [1.0, 0.0]}])
 

@@ -26,6 +26,10 @@ from connectors.base import FOREVER, AnchorRecord, Filter, Hit, ItemRecord, Vect
 
 _RESERVED = {"asif_modality", "asif_kth", "asif_item", "asif_from", "asif_to"}
 _BATCH = 256  # points per update operation
+# Qdrant Edge writes through memory-mapped, preallocated files: running out of disk there is a
+# SIGBUS that kills the process, not an error. So writes check free space first and refuse
+# below this margin (plus what the write itself needs).
+MIN_FREE_BYTES = 256 * 2**20
 # Sparse storage for the relative vectors: "float32" (exact), or "float16" / "uint8" (smaller,
 # approximate; see benchmarks/scale.py for what they cost in recall).
 SPARSE_DATATYPES = ("float32", "float16", "uint8")
@@ -74,6 +78,17 @@ class QdrantEdgeStore(VectorStore):
                                    "free disk space or choose a writable --path; stored data is "
                                    "unchanged") from exc
             raise BackendError(f"Qdrant Edge {what} at {self.where} failed: {text[:400]}") from exc
+
+    def _check_space(self, need: int = 0) -> None:
+        probe = self.root if self.root.exists() else self.root.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        if free < MIN_FREE_BYTES + need:
+            raise BackendError(
+                f"only {free / 2**20:.0f} MB free on the disk of {self.where}; Qdrant Edge needs "
+                f"{(MIN_FREE_BYTES + need) / 2**20:.0f} MB for this write (it would crash on a "
+                "full disk): free some space or choose another --path; nothing was written")
 
     def _dir(self, coll: str) -> Path:
         return self.root / coll
@@ -125,6 +140,7 @@ class QdrantEdgeStore(VectorStore):
             self.drop()
         if self.root.exists() and not self.root.is_dir():
             raise CollectionError(f"{self.where} is a file, not a folder; choose another --path")
+        self._check_space(3 * 64 * 2**20)
         vp = q.EdgeVectorParams
         self._new_shard(self.meta, q.EdgeConfig(vectors={"v": vp(size=1, distance=q.Distance.Dot)}),
                         {"kind": "Keyword"})
@@ -212,6 +228,8 @@ class QdrantEdgeStore(VectorStore):
     # ---------------------------------------------------------------------- anchors
     def upsert_anchors(self, anchors: list[AnchorRecord]) -> None:
         q = self._q
+        if anchors:
+            self._check_space(3 * len(anchors) * 4 * (len(anchors[0].image) + len(anchors[0].text)))
         pts = [q.Point(int(a.id), {"image": a.image.tolist(), "text": a.text.tolist()},
                        {"caption": a.caption, "image_ref": a.image_ref, "source": a.source,
                         "added_at": float(a.added_at), "key": a.key,
@@ -255,6 +273,9 @@ class QdrantEdgeStore(VectorStore):
 
     def upsert_items(self, items: list[ItemRecord]) -> None:
         q = self._q
+        if items:
+            per = 12 * len(items[0].sparse_indices) + 4 * len(items[0].embedding) + 1024
+            self._check_space(3 * per * len(items))  # WAL, segment, index
         for s in range(0, len(items), _BATCH):
             self._update(self.items, q.UpdateOperation.upsert_points(
                 [self._point(it) for it in items[s:s + _BATCH]]))

@@ -144,6 +144,8 @@ ERRORS = [  # (argv with {corpus} and {bad}, what the one-line error must say)
     (["explain", "--item", "no-such-item", "--text", "x"], "no item with id 'no-such-item'"),
     (["search", "--text", "x", "--url", "http://127.0.0.1:9"], "either --url .* or --path"),
     (["search", "--text", "x", "--name", "nosuchindex"], "no asif index 'nosuchindex'"),
+    (["stats", "--path", "{bad}/typo-folder"], "no qdrant database at .*typo-folder"),
+    (["stats", "--backend", "milvus", "--path", "{bad}/typo.db"], "no milvus database at"),
 ]
 SKIPS = [  # (argv, text the report must contain)
     (["anchors", "add", "--captions", "{bad}/badrow.tsv", "--images", "{corpus}/img"],
