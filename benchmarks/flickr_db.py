@@ -35,9 +35,9 @@ def make_store(kind: str, tmp: Path, name: str):
 
         return MemoryStore(name)
     if kind == "qdrant":
-        from connectors.qdrant import QdrantStore
+        from connectors.qdrant_edge import QdrantEdgeStore
 
-        return QdrantStore(name, path=str(tmp / f"q-{name}"))
+        return QdrantEdgeStore(name, path=str(tmp / f"q-{name}"))
     from connectors.milvus import MilvusStore
 
     return MilvusStore(name, uri=str(tmp / f"{name}.db"))
@@ -48,9 +48,8 @@ def main(argv=None):
     ap.add_argument("--data", help="data folder (default ../shared/data)")
     ap.add_argument("--backends", default="memory,qdrant,milvus")
     ap.add_argument("--queries", type=int, default=5000)
-    ap.add_argument("--qdrant-local-queries", type=int, default=300,
-                    help="Qdrant local mode scores sparse vectors in Python (~0.4 s a query at "
-                         "1,000 points): compare on this many queries there")
+    ap.add_argument("--qdrant-queries", type=int, default=None,
+                    help="queries on Qdrant (default: all)")
     ap.add_argument("--throughput-images", type=int, default=256)
     ap.add_argument("--out", default="runs/bench/flickr_db.json")
     a = ap.parse_args(argv)
@@ -79,7 +78,7 @@ def main(argv=None):
         t_anchor = time.perf_counter() - t0
         summ = ingest_items(idx, dev_src, "image", progress=False)
         # in-memory exact reference on the very same anchors (and the same queries)
-        nq = a.qdrant_local_queries if kind == "qdrant" else len(q_emb)
+        nq = (a.qdrant_queries or len(q_emb)) if kind == "qdrant" else len(q_emb)
         rel = relevant[:nq]
         items = idx.project(img_enc.encode(dev_imgs), "image")
         q = idx.project(q_emb[:nq], "text")

@@ -48,9 +48,9 @@ def make_store(kind, name, tmp):
         from connectors.milvus import MilvusStore
 
         return MilvusStore(name, uri=f"{tmp}/{name}.db")
-    from connectors.qdrant import QdrantStore
+    from connectors.qdrant_edge import QdrantEdgeStore
 
-    return QdrantStore(name, path=f"{tmp}/q-{name}")
+    return QdrantEdgeStore(name, path=f"{tmp}/q-{name}")
 
 
 def check_exact(idx, sample=200):

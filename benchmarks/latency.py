@@ -1,12 +1,12 @@
 """Question 2: end-to-end query latency (encode, project, database search).
 
-    python -m benchmarks.latency                   # 20,000 items (Qdrant local mode warns above 20k)
+    python -m benchmarks.latency                   # 20,000 items
     python -m benchmarks.latency --items 100000    # the issue's size; slower to build
 
 Anchors: the 30,000 Flickr8k train pairs (real embeddings, cached). Items: image items whose
 embeddings are noisy copies of real anchor images, so their sparse vectors look like real
 ones. Queries: Flickr8k dev captions as text. p50/p95/p99 per stage and end to end, with 1 and
-8 concurrent clients (threads), on Qdrant local mode and Milvus Lite.
+8 concurrent clients (threads), on the embedded Qdrant engine (Qdrant Edge) and Milvus Lite.
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--backends", default="milvus,qdrant")
-    ap.add_argument("--qdrant-local-items", type=int, default=1000,
-                    help="Qdrant local mode scores sparse vectors in Python, point by point: "
-                         "cap its collection (a Qdrant server has no such limit)")
+    ap.add_argument("--qdrant-items", type=int, default=None,
+                    help="cap the Qdrant collection (default: --items)")
     ap.add_argument("--clients", default="1,8")
     ap.add_argument("--queries", type=int, default=200, help="queries per client")
     ap.add_argument("--keep", type=int, default=0, help="query entries kept (0 = all k)")
@@ -51,7 +50,7 @@ def main(argv=None):
     tmp = Path(tempfile.mkdtemp(prefix="asif-lat-"))
     rows = []
     for kind in a.backends.split(","):
-        n_items = min(a.items, a.qdrant_local_items) if kind == "qdrant" else a.items
+        n_items = min(a.items, a.qdrant_items or a.items) if kind == "qdrant" else a.items
         store = make_store(kind, tmp, "lat")
         idx = Index.create(store, img_enc, txt_enc, k=800, p=8.0)
         idx.add_anchor_embeddings(a_img, a_txt, payloads)

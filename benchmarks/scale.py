@@ -40,6 +40,10 @@ def clustered(rng, centres, topics, n, noise):
 
 
 def open_store(engine: str, root: Path, name: str = "scale"):
+    if engine == "qdrant-local":  # qdrant-client's local mode, for comparison only
+        from connectors.qdrant import QdrantStore
+
+        return QdrantStore(name, path=str(root / "local"))
     if engine == "qdrant-edge":
         from connectors.qdrant_edge import QdrantEdgeStore
 

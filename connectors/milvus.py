@@ -93,13 +93,19 @@ class MilvusStore(VectorStore):
 
     def __init__(self, name: str = "asif", *, uri: str = "asif.db", token: str | None = None,
                  timeout: float = 30.0, connect_timeout: float = 10.0,
-                 retry_budget: float = 60.0) -> None:
+                 retry_budget: float = 60.0, inverted_index_algo: str | None = None,
+                 drop_ratio_search: float = 0.0) -> None:
         """timeout: seconds one request may take; connect_timeout: to reach the server;
-        retry_budget: seconds of retries of one operation before it fails."""
+        retry_budget: seconds of retries of one operation before it fails.
+        inverted_index_algo: the sparse index's algorithm when the index is created
+        (DAAT_MAXSCORE, DAAT_WAND or TAAT_NAIVE; None: Milvus' default);
+        drop_ratio_search: share of the smallest query entries Milvus ignores (0: exact)."""
         pm = require("pymilvus", "the Milvus connector")
         self._pm = pm
         self.name = name
         self.where = uri
+        self.inverted_index_algo = inverted_index_algo
+        self.drop_ratio_search = float(drop_ratio_search)
         # pymilvus bounds its own internal retry loop by `timeout` only when it is an int
         # (a float means 75 tries: minutes against a dead server).
         self.timeout = max(1, math.ceil(timeout))
@@ -177,13 +183,16 @@ class MilvusStore(VectorStore):
         it.add_field("vfrom", DT.INT64)
         it.add_field("vto", DT.INT64)
         it.add_field("payload", DT.JSON)
-        self._create(self.items, it, [("rel", "SPARSE_INVERTED_INDEX", "IP"), ("emb", "FLAT", "IP")])
+        self._create(self.items, it, [("rel", "SPARSE_INVERTED_INDEX", "IP"), ("emb", "FLAT", "IP")],
+                     {"rel": {"inverted_index_algo": self.inverted_index_algo}}
+                     if self.inverted_index_algo else None)
         self.write_manifest(manifest)
 
-    def _create(self, name, schema, indexes) -> None:
+    def _create(self, name, schema, indexes, params: dict | None = None) -> None:
         ip = self.client.prepare_index_params()
         for field, kind, metric in indexes:
-            ip.add_index(field, index_type=kind, metric_type=metric)
+            ip.add_index(field, index_type=kind, metric_type=metric,
+                         params=(params or {}).get(field, {}))
         # Strong: a read sees every write acknowledged before it (the leases and the version
         # checks of connectors.versioning rely on it).
         self._call("create_collection", self.client.create_collection, name, schema=schema,
@@ -373,7 +382,8 @@ class MilvusStore(VectorStore):
         res = self._call("search", self.client.search, self.items, data=[q], anns_field="rel",
                          limit=min(2 * limit, 16384), filter=self._expr(flt, version),
                          output_fields=["item", "modality", "payload"],
-                         search_params={"metric_type": "IP", "params": {"drop_ratio_search": 0.0}})
+                         search_params={"metric_type": "IP",
+                                        "params": {"drop_ratio_search": self.drop_ratio_search}})
         out: dict[str, Hit] = {}
         for h in res[0]:
             e = h["entity"]
