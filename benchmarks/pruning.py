@@ -37,8 +37,7 @@ def prune(indices: np.ndarray, values: np.ndarray, m: int):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--backends", default="milvus", help="milvus,qdrant (Qdrant local mode is "
-                    "a Python brute force: its latency says nothing about Qdrant's posting lists)")
+    ap.add_argument("--backends", default="milvus,qdrant", help="milvus,qdrant (embedded engines)")
     ap.add_argument("--keep", default="800,400,200,100,50,25,10")
     ap.add_argument("--queries", type=int, default=5000)
     ap.add_argument("--out", default="runs/bench/pruning.json")
