@@ -136,6 +136,8 @@ ERRORS = [  # (argv with {corpus} and {bad}, what the one-line error must say)
     (["ingest", "--folder", "{corpus}/img", "--batch-size", "-1"], "--batch-size: -1 is not allowed"),
     (["ingest", "--folder", "{corpus}/img", "--batch-size", "0"], "--batch-size: 0 is not allowed"),
     (["search", "--text", "x", "--limit", "0"], "--limit: 0 is not allowed"),
+    (["init", "--p", "inf"], "--p: inf is not allowed"),
+    (["init", "--k", "0"], "--k: 0 is not allowed"),
     (["search", "--text", "x", "--k", "5"], "unrecognized arguments: --k"),
     (["search", "--text", "x", "--timeout", "0"], "--timeout"),
     (["search", "--text", "x", "--backend", "bogus"], "invalid choice: 'bogus'"),
@@ -231,3 +233,39 @@ def test_milvus_lite_file_names_are_checked_before_use(tmp_path, capsys):
         rc, out = _run(["init", "--backend", "milvus", "--path", str(tmp_path / name)], capsys)
         assert rc == 2 and says in out.err and len(out.err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir()), "nothing created"
+
+
+def test_removing_the_same_id_twice_counts_it_once(corpus, tmp_path, capsys):
+    pytest.importorskip("qdrant_edge")
+    a = ["--backend", "qdrant", "--path", str(tmp_path / "q"), "--name", "dup",
+         "--cache-dir", str(tmp_path / "cache")]
+    assert main(["init", "--k", "4"] + a) == 0
+    assert main(["anchors", "add", "--captions", str(corpus / "pairs.tsv"), "--images",
+                 str(corpus / "img")] + a) == 0
+    capsys.readouterr()
+    rc, out = _run(["anchors", "remove", "--ids", "0,0,1-1"] + a, capsys)
+    assert rc == 0 and "removed 2 anchors" in out.out, out.out
+
+
+def test_a_second_process_on_a_milvus_lite_file_is_told_why(tmp_path):
+    pytest.importorskip("milvus_lite")
+    import subprocess
+    import sys
+    import time
+
+    from asif_index.errors import BackendUnavailableError
+    from connectors.milvus import MilvusStore
+
+    db = tmp_path / "held.db"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               f"from pymilvus import MilvusClient; c = MilvusClient({str(db)!r}); "
+                               "print('held', flush=True); import time; time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(BackendUnavailableError, match="open in another process"):
+            MilvusStore("x", uri=str(db), retry_budget=2)
+        assert time.monotonic() - t0 < 30
+    finally:
+        holder.kill()
