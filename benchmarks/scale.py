@@ -4,8 +4,8 @@ and an incremental anchor update against a rebuild on the same engine.
     python -m benchmarks.scale                              # 1e5 items, 3e4 anchors, k=800
     python -m benchmarks.scale --items 100000,1000000 --engines qdrant-edge
 
-Synthetic clustered embeddings (d=384 for both modalities, 50 topics; anchors cover 45 of
-them), projected once by the engine, so no encoder time is measured: only what the database
+Synthetic clustered embeddings (d=384 for both modalities, 20 topics; anchors cover 18 of
+them, as in benchmarks.incremental), projected once by the engine, so no encoder time is measured: only what the database
 and the index layer cost. Every write goes through ``Index.write`` (leases and version checks
 included). Queries are 200 noisy topic samples projected as text; recall@10 compares each
 engine's top-10 with the exact in-memory top-10 (a miss is an exact top-10 item whose score
@@ -26,17 +26,12 @@ import numpy as np
 
 from asif_index.anchors import AnchorManifest, AnchorPayload, AnchorSet
 from benchmarks.common import machine, table, write_json
-
-
-class Enc:
-    def __init__(self, modality, dim):
-        self.modality, self.dim, self.name = modality, dim, f"synthetic-{modality}-{dim}"
+from benchmarks.incremental import Enc
+from benchmarks.incremental import clustered as _clustered
 
 
 def clustered(rng, centres, topics, n, noise):
-    t = rng.choice(topics, n)
-    x = centres[t] + noise * rng.standard_normal((n, centres.shape[1])).astype(np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return _clustered(rng, centres, topics, n, noise)[0]
 
 
 def open_store(engine: str, root: Path, name: str = "scale"):
@@ -173,7 +168,8 @@ def run_engine(engine, n_items, a, anchors_emb, items_emb, queries, ids, root) -
         _, n = rebuild(warm, open_store(engine, d, "rebuilt"))
         row["rebuild_s"] = time.perf_counter() - t0
         rng = np.random.default_rng(7)
-        new = clustered(rng, a.centres, np.arange(45, 50), int(0.01 * len(anchors_emb)), a.noise)
+        new = clustered(rng, a.centres, np.arange(a.covered, a.topics),
+                        int(0.01 * len(anchors_emb)), a.noise)
         r = update_anchors(warm, add=(new, new, [AnchorPayload("new")] * len(new)))
         row["incremental_1pct_s"] = r.seconds
         row["incremental_vs_rebuild"] = r.seconds / row["rebuild_s"]
@@ -192,15 +188,20 @@ def main(argv=None):
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--engines", default="qdrant-edge,milvus-lite")
+    ap.add_argument("--topics", type=int, default=20,
+                    help="topics of the synthetic data; the anchors cover all but the last "
+                         "tenth, the items all of them, and the incremental update adds 1%% "
+                         "anchors in the uncovered ones (a new domain)")
     ap.add_argument("--skip-incremental", action="store_true")
     ap.add_argument("--out", default="runs/bench/scale.json")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(0)
-    a.centres = rng.standard_normal((50, a.dim)).astype(np.float32)
+    a.centres = rng.standard_normal((a.topics, a.dim)).astype(np.float32)
+    a.covered = a.topics - max(1, a.topics // 10)
     a.centres /= np.linalg.norm(a.centres, axis=1, keepdims=True)
     a.noise = 1.0 / np.sqrt(a.dim)
-    anchors_emb = clustered(rng, a.centres, np.arange(45), a.anchors, a.noise)
-    queries = clustered(rng, a.centres, np.arange(50), a.queries, a.noise)
+    anchors_emb = clustered(rng, a.centres, np.arange(a.covered), a.anchors, a.noise)
+    queries = clustered(rng, a.centres, np.arange(a.topics), a.queries, a.noise)
     ref = AnchorSet(AnchorManifest("x", "x", a.dim, a.dim, k=a.k, p=8.0))
     ref.add(anchors_emb, anchors_emb)
     q = ref.project(queries, "text")
@@ -210,7 +211,7 @@ def main(argv=None):
     rows = []
     try:
         for n_items in (int(x) for x in a.items.split(",")):
-            items_emb = clustered(np.random.default_rng(n_items), a.centres, np.arange(50),
+            items_emb = clustered(np.random.default_rng(n_items), a.centres, np.arange(a.topics),
                                   n_items, a.noise)
             from connectors.base import item_id
 
@@ -248,7 +249,7 @@ def main(argv=None):
     md = table(rows, cols)
     print(md)
     write_json({"machine": machine(), "config": {k: v for k, v in vars(a).items()
-                                                 if k not in ("centres", "noise")},
+                                                 if k not in ("centres", "noise", "covered")},
                 "rows": rows, "markdown": md}, a.out)
 
 

@@ -286,12 +286,17 @@ class MilvusStore(VectorStore):
         nonce = _descending_nonce()
         for s in range(0, len(items), _MAX_RPC_ITEMS):
             chunk = items[s:s + _MAX_RPC_ITEMS]
+            ids = json.dumps([it.id for it in chunk])
+            # The rows to replace are listed before the insert and deleted by primary key
+            # after it. (A delete by `id in [...] and pk not in [...]` also removed the new
+            # rows once milvus-lite 2.5.1 had sealed a segment: 59% of 10^5 rows lost.)
+            old = self._call("query", self.client.query, self.items, filter=f"id in {ids}",
+                             output_fields=["pk"])
             rows = [self._row(it, d, nonce) for it in chunk]
             self._call("insert items", self.client.insert, self.items, rows)
-            ids = json.dumps([it.id for it in chunk])
-            pks = json.dumps([r["pk"] for r in rows])
-            self._call("delete replaced items", self.client.delete, self.items,
-                       filter=f"id in {ids} and pk not in {pks}")
+            if old:
+                self._call("delete replaced items", self.client.delete, self.items,
+                           ids=[r["pk"] for r in old])
 
     def _record(self, r) -> ItemRecord:
         man = self._manifest_cached()

@@ -21,8 +21,8 @@ from connectors.base import (
     VectorStore,
     with_retries,
 )
+from connectors.qdrant_layout import item_payload, item_record, user_payload
 
-_RESERVED = {"asif_modality", "asif_kth", "asif_item", "asif_from", "asif_to"}
 
 
 class _NoLock:
@@ -196,10 +196,7 @@ class QdrantStore(VectorStore):
         m = self._m
         pts = []
         for it in items:
-            payload = {k: v for k, v in it.payload.items() if k not in _RESERVED}
-            payload.update(asif_modality=it.modality, asif_kth=float(it.kth_similarity),
-                           asif_item=it.item, asif_from=int(it.valid_from),
-                           asif_to=int(it.valid_to))
+            payload = item_payload(it)
             pts.append(m.PointStruct(id=it.id, vector={
                 f"emb_{it.modality}": it.embedding.tolist(),
                 "rel": m.SparseVector(indices=it.sparse_indices.tolist(),
@@ -208,14 +205,7 @@ class QdrantStore(VectorStore):
             self._call("upsert items", self.client.upsert, self.items, pts, wait=True)
 
     def _record(self, p) -> ItemRecord:
-        pl = p.payload
-        mod = pl["asif_modality"]
-        rel = p.vector["rel"]
-        return ItemRecord(str(p.id), pl["asif_item"], mod, np.asarray(rel.indices, np.int64),
-                          np.asarray(rel.values, np.float32),
-                          np.asarray(p.vector[f"emb_{mod}"], np.float32), float(pl["asif_kth"]),
-                          int(pl["asif_from"]), int(pl["asif_to"]),
-                          {k: v for k, v in pl.items() if k not in _RESERVED})
+        return item_record(p)
 
     def fetch_items(self, ids: list[str]) -> list[ItemRecord]:
         pts = self._call("retrieve", self.client.retrieve, self.items, list(ids),
@@ -277,7 +267,7 @@ class QdrantStore(VectorStore):
         res = self._call("search", self.client.query_points, self.items, query=q, using="rel",
                          limit=limit, query_filter=self._filter(flt, version), with_payload=True)
         return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
-                    {k: v for k, v in p.payload.items() if k not in _RESERVED}) for p in res.points]
+                    user_payload(p.payload)) for p in res.points]
 
     def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
         offset = None

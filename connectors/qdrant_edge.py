@@ -23,8 +23,8 @@ from asif_index._optional import require
 from asif_index.anchors import AnchorManifest
 from asif_index.errors import BackendError, BackendUnavailableError, CollectionError
 from connectors.base import FOREVER, AnchorRecord, Filter, Hit, ItemRecord, VectorStore
+from connectors.qdrant_layout import item_payload, item_record, user_payload
 
-_RESERVED = {"asif_modality", "asif_kth", "asif_item", "asif_from", "asif_to"}
 _BATCH = 256  # points per update operation
 # Qdrant Edge writes through memory-mapped, preallocated files: running out of disk there is a
 # SIGBUS that kills the process, not an error. So writes check free space first and refuse
@@ -264,9 +264,7 @@ class QdrantEdgeStore(VectorStore):
     # ------------------------------------------------------------------------ items
     def _point(self, it: ItemRecord):
         q = self._q
-        payload = {k: v for k, v in it.payload.items() if k not in _RESERVED}
-        payload.update(asif_modality=it.modality, asif_kth=float(it.kth_similarity),
-                       asif_item=it.item, asif_from=int(it.valid_from), asif_to=int(it.valid_to))
+        payload = item_payload(it)
         return q.Point(it.id, {
             f"emb_{it.modality}": it.embedding.tolist(),
             "rel": q.SparseVector(it.sparse_indices.tolist(), it.sparse_values.tolist())}, payload)
@@ -281,14 +279,7 @@ class QdrantEdgeStore(VectorStore):
                 [self._point(it) for it in items[s:s + _BATCH]]))
 
     def _record(self, p) -> ItemRecord:
-        pl = p.payload
-        mod = pl["asif_modality"]
-        rel = p.vector["rel"]
-        return ItemRecord(str(p.id), pl["asif_item"], mod, np.asarray(rel.indices, np.int64),
-                          np.asarray(rel.values, np.float32),
-                          np.asarray(p.vector[f"emb_{mod}"], np.float32), float(pl["asif_kth"]),
-                          int(pl["asif_from"]), int(pl["asif_to"]),
-                          {k: v for k, v in pl.items() if k not in _RESERVED})
+        return item_record(p)
 
     def fetch_items(self, ids: list[str]) -> list[ItemRecord]:
         if not ids:
@@ -348,7 +339,7 @@ class QdrantEdgeStore(VectorStore):
             limit=int(limit), query=q.Query.Nearest(vec, using="rel"),
             filter=self._filter(flt, version), with_payload=True))
         return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
-                    {k: v for k, v in p.payload.items() if k not in _RESERVED})
+                    user_payload(p.payload))
                 for p in res if p.score > 0]
 
     def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:

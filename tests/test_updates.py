@@ -35,9 +35,10 @@ def build(kind, tmp_path, n_anchors=120, n_items=300):
     return idx
 
 
-def assert_equals_rebuild(idx):
-    """Every visible point's sparse vector == a fresh projection on the current anchors."""
-    seen = 0
+def assert_equals_rebuild(idx, n_items=300):
+    """Every visible point's sparse vector == a fresh projection on the current anchors, one
+    point per item, ``n_items`` of them."""
+    seen, items = 0, set()
     for batch in idx.store.scroll_items(version=idx.version):
         for mod in ("image", "text"):
             g = [r for r in batch if r.modality == mod]
@@ -50,8 +51,10 @@ def assert_equals_rebuild(idx):
                 np.testing.assert_array_equal(r.sparse_indices, fi[o], err_msg=r.item)
                 np.testing.assert_allclose(r.sparse_values, fv[o], atol=1e-5, err_msg=r.item)
                 assert r.kth_similarity == pytest.approx(float(fresh.kth_similarity[j]), abs=1e-5)
+                assert r.item not in items, f"{r.item} visible twice"
+                items.add(r.item)
                 seen += 1
-    assert seen == idx.store.count_items(version=idx.version) == 300
+    assert seen == idx.store.count_items(version=idx.version) == n_items
 
 
 @pytest.mark.parametrize("kind", ["memory", "qdrant-edge", "qdrant-local", "milvus-lite", "qdrant-server", "milvus-server"])

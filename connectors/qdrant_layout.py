@@ -1,0 +1,38 @@
+"""How an item point is laid out in Qdrant, shared by the server (qdrant-client) and the
+embedded (Qdrant Edge) stores: one layout, so an index moves between them unchanged.
+
+Vectors: ``rel`` (sparse relative vector), ``emb_image`` / ``emb_text`` (raw embedding).
+Payload: the user's fields plus the reserved ``asif_*`` fields below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from connectors.base import ItemRecord
+
+RESERVED = {"asif_modality", "asif_kth", "asif_item", "asif_from", "asif_to"}
+
+
+def item_payload(it: ItemRecord) -> dict[str, Any]:
+    payload = {k: v for k, v in it.payload.items() if k not in RESERVED}
+    payload.update(asif_modality=it.modality, asif_kth=float(it.kth_similarity),
+                   asif_item=it.item, asif_from=int(it.valid_from), asif_to=int(it.valid_to))
+    return payload
+
+
+def user_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in payload.items() if k not in RESERVED}
+
+
+def item_record(point) -> ItemRecord:
+    """An ItemRecord from a retrieved point of either client (id, payload, vector dict)."""
+    pl = point.payload
+    mod = pl["asif_modality"]
+    rel = point.vector["rel"]
+    return ItemRecord(str(point.id), pl["asif_item"], mod, np.asarray(rel.indices, np.int64),
+                      np.asarray(rel.values, np.float32),
+                      np.asarray(point.vector[f"emb_{mod}"], np.float32), float(pl["asif_kth"]),
+                      int(pl["asif_from"]), int(pl["asif_to"]), user_payload(pl))
