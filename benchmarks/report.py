@@ -205,6 +205,8 @@ def main(argv=None):
             lines += [f"Initial build {doc['initial_build_s']:.1f} s; full rebuild "
                       f"{doc['rebuild_s']:.1f} s.", ""]
         lines += [doc.get("markdown", ""), ""]
+        if doc.get("note"):
+            lines += [f"Note: {doc['note']}.", ""]
         if fname == "flickr_db.json":
             lines += [doc.get("throughput_markdown", ""), ""]
         if fname == "pruning.json":
