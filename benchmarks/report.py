@@ -51,6 +51,10 @@ SECTIONS = [
      "reading its anchors from the database, `reopen_cached_s` from the local anchor copy; "
      "`incremental_1pct_s`: 1% new-domain anchors added live, next to `rebuild_s`, a full "
      "rebuild into a new index on the same engine)."),
+    ("sparse_options.json", "8. Sparse-vector options of the engines, per search direction",
+     "`python -m benchmarks.sparse_options` (Flickr8k: 30,000 train pairs as anchors, the 1,000 "
+     "dev images and 5,000 captions as items; recall@10 against the exact in-memory top-10 of "
+     "the full query, ties not counted as misses; p50 of the database search alone)."),
 ]
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"  # JSON kept with the docs
 
@@ -209,6 +213,9 @@ def main(argv=None):
             lines += [f"Note: {doc['note']}.", ""]
         if fname == "flickr_db.json":
             lines += [doc.get("throughput_markdown", ""), ""]
+        if fname == "sparse_options.json":
+            lines += [f"Cheapest setting keeping recall@10 >= 0.99 in every direction: "
+                      f"{doc.get('chosen')}.", ""]
         if fname == "pruning.json":
             lines += [f"Smallest query size losing < 1% of Recall@10 (relative): {doc['chosen']}; "
                       "it is the default `query_keep` of the CLI (the Python `Index` sends all k "
