@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -97,8 +98,6 @@ class Index:
     def _pin(self) -> None:
         """Hold this reader's version against garbage collection; raises
         VersionRetiredError when it is already gone."""
-        import time
-
         if time.time() >= self._renew_at:
             self._renew_at = pin_reader(self.store, self.owner, self.version, self.where,
                                         self.timing)

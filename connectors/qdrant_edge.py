@@ -124,11 +124,7 @@ class QdrantEdgeStore(VectorStore):
 
     def exists(self) -> bool:
         meta = self._dir(self.meta)
-        if not meta.is_dir():
-            return False
-        if not any(meta.iterdir()):
-            return False
-        return True
+        return meta.is_dir() and any(meta.iterdir())
 
     def create(self, manifest: AnchorManifest, recreate: bool = False) -> None:
         q = self._q

@@ -223,13 +223,14 @@ def retire(store: VectorStore, live_version: int) -> int:
     if live_version <= before:
         return 0
     store.put_doc(RETENTION, {"retired_below": int(live_version), "at": time.time()})
-    pins = [int(d.get("version", live_version)) for d in live_leases(store, READER).values()]
+    leases = store.list_docs(READER)
+    pins = [int(d.get("version", live_version)) for d in leases.values() if alive(d)]
     keep = max(before, min([live_version, *pins]))
     if keep != live_version:
         store.put_doc(RETENTION, {"retired_below": keep, "at": time.time()})
     # Expired leases are litter; drop them with the points.
     now = time.time()
-    for key, d in store.list_docs(READER).items():
+    for key, d in leases.items():
         if float(d.get("expires", 0)) < now - 60:
             store.put_doc(key, None)
     return store.delete_expired(keep)
