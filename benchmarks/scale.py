@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asif_index.anchors import AnchorManifest, AnchorPayload, AnchorSet
+from asif_index.anchors import AnchorPayload
 from benchmarks.common import machine, table, write_json
 from benchmarks.incremental import Enc
 from benchmarks.incremental import clustered as _clustered
@@ -75,18 +75,42 @@ def pct(x, q):
     return float(np.percentile(np.asarray(x) * 1000, q))
 
 
-def exact_top10(items_csr, q_idx, q_val, ncol):
-    import scipy.sparse as sp
+class ExactTop10:
+    """The exact in-memory top-10 of every query, accumulated batch by batch as items are
+    projected, so the reference costs O(queries x items) time but only O(queries x 10) memory
+    (10^6 items x 800 entries would be 13 GB as one float64 matrix)."""
 
-    rows = np.repeat(np.arange(len(q_idx)), [len(i) for i in q_idx])
-    qm = sp.csr_matrix((np.concatenate(q_val).astype(np.float64), (rows, np.concatenate(q_idx))),
-                       shape=(len(q_idx), ncol))
-    scores = (items_csr @ qm.T).T.toarray()
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
-    return top, np.take_along_axis(scores, top, 1)
+    def __init__(self, qsb, ncol: int):
+        import scipy.sparse as sp
+
+        n, k = qsb.indices.shape
+        self.q = sp.csr_matrix((qsb.values.ravel().astype(np.float64),
+                                qsb.indices.ravel().astype(np.int64), np.arange(0, n * k + 1, k)),
+                               shape=(n, ncol)).T.tocsr()  # [anchors, queries]
+        self.ncol = ncol
+        self.top = np.zeros((n, 0), dtype=np.int64)
+        self.top_s = np.zeros((n, 0))
+
+    def add(self, sb, offset: int) -> None:
+        import scipy.sparse as sp
+
+        b, k = sb.indices.shape
+        items = sp.csr_matrix((sb.values.ravel().astype(np.float64),
+                               sb.indices.ravel().astype(np.int64), np.arange(0, b * k + 1, k)),
+                              shape=(b, self.ncol))
+        s = (items @ self.q).toarray().T  # [queries, batch]
+        cand_s = np.concatenate([self.top_s, s], axis=1)
+        cand = np.concatenate([self.top, np.broadcast_to(np.arange(offset, offset + b), s.shape)],
+                              axis=1)
+        # stable on (score desc, earlier item first), as a whole-matrix argsort would be
+        order = np.lexsort((cand, -cand_s), axis=1)[:, :10]
+        self.top = np.take_along_axis(cand, order, 1)
+        self.top_s = np.take_along_axis(cand_s, order, 1)
 
 
 def run_engine(engine, n_items, a, anchors_emb, items_emb, queries, ids, root) -> dict:
+    """One engine at one size; the row also carries the exact reference (``_exact``) built
+    from this engine's own projections, and the hits (``_hits``)."""
     from connectors.base import point_records
     from connectors.index import Index
 
@@ -97,6 +121,8 @@ def run_engine(engine, n_items, a, anchors_emb, items_emb, queries, ids, root) -
     idx.add_anchor_embeddings(anchors_emb, anchors_emb,
                               [AnchorPayload(f"a{i}") for i in range(len(anchors_emb))])
     rss0 = rss_mb()
+    exact = ExactTop10(idx.project(queries, "text"), len(anchors_emb))
+    t_ref = 0.0
     # ingest (projection timed separately, once per batch)
     t_proj = t_write = 0.0
     for s in range(0, n_items, a.batch):
@@ -107,8 +133,15 @@ def run_engine(engine, n_items, a, anchors_emb, items_emb, queries, ids, root) -
         recs = point_records(sb, ids[s:s + a.batch], "text", e, [{"n": j} for j in range(s, s + len(e))],
                              idx.version)
         idx.write(recs)
-        t_write += time.perf_counter() - t1
+        t2 = time.perf_counter()
+        t_write += t2 - t1
         t_proj += t1 - t0
+        exact.add(sb, s)
+        t_ref += time.perf_counter() - t2
+        if (s // a.batch) % 50 == 49:
+            done = s + len(e)
+            print(f"  {engine}: {done}/{n_items} items, {done / (t_write + 1e-9):.0f} items/s "
+                  f"written, rss {rss_mb():.0f} MB", flush=True)
     t0 = time.perf_counter()
     if hasattr(store, "optimize"):
         store.optimize()
@@ -147,6 +180,7 @@ def run_engine(engine, n_items, a, anchors_emb, items_emb, queries, ids, root) -
     row["disk_mb"] = du_mb(d)
     row["bytes_per_item"] = row["disk_mb"] * 2**20 / n_items
     row["_hits"] = got
+    row["_exact"] = (exact.top, exact.top_s)
     # reopen: a new process would build the store object and open the index
     store.close()
     cache = d / "cache"
@@ -193,6 +227,9 @@ def main(argv=None):
                          "tenth, the items all of them, and the incremental update adds 1%% "
                          "anchors in the uncovered ones (a new domain)")
     ap.add_argument("--skip-incremental", action="store_true")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows of --out for other (engine, items) pairs, so sizes can "
+                         "be measured in separate runs")
     ap.add_argument("--out", default="runs/bench/scale.json")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -202,11 +239,6 @@ def main(argv=None):
     a.noise = 1.0 / np.sqrt(a.dim)
     anchors_emb = clustered(rng, a.centres, np.arange(a.covered), a.anchors, a.noise)
     queries = clustered(rng, a.centres, np.arange(a.topics), a.queries, a.noise)
-    ref = AnchorSet(AnchorManifest("x", "x", a.dim, a.dim, k=a.k, p=8.0))
-    ref.add(anchors_emb, anchors_emb)
-    q = ref.project(queries, "text")
-    q_idx = [q.row(r)[0] for r in range(len(queries))]
-    q_val = [q.row(r)[1] for r in range(len(queries))]
     root = Path(tempfile.mkdtemp(prefix="asif-scale-"))
     rows = []
     try:
@@ -216,20 +248,11 @@ def main(argv=None):
             from connectors.base import item_id
 
             ids = [item_id("text", f"i{j}") for j in range(n_items)]
-            # exact reference: all items projected, sparse matrix product
-            import scipy.sparse as sp
-
-            sb = ref.project(items_emb, "text")
-            csr = sp.csr_matrix((sb.values.ravel().astype(np.float64),
-                                 sb.indices.ravel().astype(np.int64),
-                                 np.arange(0, sb.values.size + 1, sb.values.shape[1])),
-                                shape=(n_items, a.anchors))
-            top, top_s = exact_top10(csr, q_idx, q_val, a.anchors)
-            del csr, sb
             for engine in a.engines.split(","):
                 print(f"{engine}: {n_items} items x {a.anchors} anchors, k={a.k}", flush=True)
                 row = run_engine(engine, n_items, a, anchors_emb, items_emb, queries, ids, root)
                 hits = row.pop("_hits")
+                top, top_s = row.pop("_exact")
                 rec = []
                 for r in range(len(queries)):
                     got = {h.id for h in hits[r]}
@@ -245,7 +268,14 @@ def main(argv=None):
     cols = ["engine", "items", "ingest_items_s", "optimize_s", "p50_ms", "p95_ms", "p99_ms",
             "c8_qps", "c8_p50_ms", "c8_p99_ms", "recall_at_10", "bytes_per_item", "rss_mb",
             "reopen_s", "reopen_cached_s", "rebuild_s", "incremental_1pct_s",
-            "incremental_vs_rebuild"]
+            "incremental_vs_rebuild", "items_touched"]
+    if a.append and Path(a.out).is_file():
+        import json
+
+        fresh = {(r["engine"], r["items"]) for r in rows}
+        old_rows = [r for r in json.loads(Path(a.out).read_text())["rows"]
+                    if (r["engine"], r["items"]) not in fresh]
+        rows = sorted(old_rows + rows, key=lambda r: (r["engine"], r["items"]))
     md = table(rows, cols)
     print(md)
     write_json({"machine": machine(), "config": {k: v for k, v in vars(a).items()
