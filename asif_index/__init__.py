@@ -9,7 +9,7 @@ from asif_index.errors import AsifError
 from asif_index.projection import project, relative_weights
 from asif_index.search import ExactIndex, rank, zero_shot_classify
 from asif_index.sparse import SparseBatch
-from asif_index.topk_engine import TopKEngine
+from asif_index.engine import TopKEngine
 
 __version__ = "0.1.0"
 

@@ -13,7 +13,7 @@ import numpy as np
 from asif_index.errors import AnchorError, EncoderMismatchError, ShapeError
 from asif_index.projection import check_kp, project
 from asif_index.sparse import SparseBatch
-from asif_index.topk_engine import TopKEngine, l2_normalize, validate_rows
+from asif_index.engine import TopKEngine, l2_normalize, validate_rows
 
 Modality = Literal["image", "text"]
 MANIFEST = "manifest.json"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from asif_index.errors import AnchorError, ConfigError
 from asif_index.sparse import SparseBatch
-from asif_index.topk_engine import TopKEngine
+from asif_index.engine import TopKEngine
 
 
 def relative_weights(sims: np.ndarray, p: float) -> np.ndarray:
@@ -19,6 +20,13 @@ def relative_weights(sims: np.ndarray, p: float) -> np.ndarray:
     return np.divide(w, norms, out=np.zeros_like(w), where=norms > 0)
 
 
+def relative_weights_tensor(sims: torch.Tensor, p: float) -> torch.Tensor:
+    """:func:`relative_weights` on the device (float32 [B, k] in and out)."""
+    w = sims.clamp(min=0.0).pow(float(p))
+    norms = w.norm(dim=1, keepdim=True)
+    return torch.where(norms > 0, w / norms.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+
+
 def check_kp(k: int, p: float) -> None:
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"k must be a positive integer; got {k!r}")
@@ -27,7 +35,7 @@ def check_kp(k: int, p: float) -> None:
 
 
 def project(
-    embeddings: np.ndarray,
+    embeddings: np.ndarray | torch.Tensor,
     anchors: np.ndarray | TopKEngine,
     anchor_ids: np.ndarray | None = None,
     *,
@@ -38,7 +46,9 @@ def project(
     """Project embeddings onto anchors of the same modality.
 
     Args:
-        embeddings: float [B, d] (normalised here).
+        embeddings: float [B, d] (normalised here). A torch tensor (e.g. an encoder's output
+            on the GPU) is projected where the engine lives and only the final arrays of the
+            sparse batch are copied to the host.
         anchors: float [N, d] anchor embeddings of that modality, or a prepared
             :class:`TopKEngine` (reuse one across calls: it holds the resident matrix).
         anchor_ids: uint32/int64 [N] ids for the rows; defaults to ``arange(N)``.
@@ -55,4 +65,9 @@ def project(
     if anchor_ids.shape != (engine.n,):
         raise AnchorError(f"anchor_ids must have shape ({engine.n},); got {anchor_ids.shape}")
     sims, rows = engine.search(embeddings, k)
+    if isinstance(sims, torch.Tensor):
+        w = relative_weights_tensor(sims, p)
+        kth = sims[:, -1] if sims.shape[0] else sims.new_zeros(0)
+        sims_kth, rows, w = kth.cpu().numpy(), rows.cpu().numpy(), w.cpu().numpy()
+        return SparseBatch(anchor_ids[rows], w, sims_kth.copy())
     return SparseBatch(anchor_ids[rows], relative_weights(sims, p), sims[:, -1].copy())

@@ -15,7 +15,7 @@ import gc
 import numpy as np
 import torch
 
-from asif_index.topk_engine import TopKEngine, cpu_has_fast_bf16
+from asif_index.engine import TopKEngine, cpu_has_fast_bf16
 from benchmarks.common import best_time, machine, table, write_json
 
 
@@ -79,7 +79,7 @@ def run(ns, ds, ks, batches, repeat, out, faiss_threads=None):
                     row["faiss_MB"] = index.ntotal * d * 4 / 2**20
                     row["torch_MB"] = (n * d * 4 + b * min(n, 262144) * 4) / 2**20
                     for p, eng in engines.items():
-                        qb, ab = eng._blocks(b)
+                        qb, ab = eng._kernel._blocks(b)
                         transient = qb * ab * (4 if p == "fp32" else 2) + b * max(4 * k, 256) * 12
                         row[f"asif_{p}_MB"] = (eng.resident_bytes + transient) / 2**20
                     rows.append(row)
@@ -99,14 +99,25 @@ def run(ns, ds, ks, batches, repeat, out, faiss_threads=None):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--n", default="100000,1000000")
-    ap.add_argument("--d", default="384")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu (against faiss) or cuda (against torch; see benchmarks.topk_gpu)")
+    ap.add_argument("--n", default=None, help="anchors; default 1e5,1e6 (cpu), 1e5,1e6,1e7 (cuda)")
+    ap.add_argument("--d", default=None, help="dimension; default 384 (cpu), 384,768 (cuda)")
     ap.add_argument("--k", default="800")
-    ap.add_argument("--batch", default="1,1024")
+    ap.add_argument("--batch", default=None, help="default 1,1024 (cpu), 1,64,1024,8192 (cuda)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--out", default="runs/bench/topk.json")
+    ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     ints = lambda s: [int(float(x)) for x in s.split(",")]  # noqa: E731
+    if a.device != "cpu":
+        from benchmarks.topk_gpu import run as run_gpu
+
+        run_gpu(ints(a.n or "1e5,1e6,1e7"), ints(a.d or "384,768"), ints(a.k),
+                ints(a.batch or "1,64,1024,8192"), a.repeat, a.out or "runs/bench/topk_gpu.json",
+                device=a.device)
+        return
+    a.n, a.d, a.batch = a.n or "100000,1000000", a.d or "384", a.batch or "1,1024"
+    a.out = a.out or "runs/bench/topk.json"
     run(ints(a.n), ints(a.d), ints(a.k), ints(a.batch), a.repeat, a.out)
 
 

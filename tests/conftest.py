@@ -1,9 +1,16 @@
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from asif_index.datasets import shared_data_dir
+
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels run on the CPU under Triton's interpreter; it reads this
+    # variable when a kernel module is imported, so it is set before any test imports one.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -43,3 +43,19 @@ def test_report_builds_from_json(tmp_path):
     main(["--runs", str(runs), "--out", str(tmp_path / "docs" / "b.md")])
     text = (tmp_path / "docs" / "b.md").read_text()
     assert "| a |" in text and "{'milvus': 100}" in text and "_Not run yet" in text
+
+
+def test_gpu_topk_benchmark_runs_and_checks_exactness(tmp_path):
+    """benchmarks.topk --device cuda, at tiny sizes on whatever this machine has (the Triton
+    kernel under the interpreter without a GPU): the code that a GPU session runs once is
+    checked here on every CI run."""
+    import torch
+
+    from benchmarks.topk_gpu import run
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    res = run([3000], [32], [50], [1, 20], 1, tmp_path / "g.json", device=dev, tflops_size=256)
+    assert [r["batch"] for r in res["rows"]] == [1, 20]
+    assert all(r["asif_exact"] and r["fallback"] == 0 for r in res["rows"])
+    assert all(r["torch16_recall"] > 0.9 for r in res["rows"])
+    assert any("exact top-k" in line and line.startswith("PASS") for line in res["targets"])

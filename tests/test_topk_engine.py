@@ -4,7 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asif_index.errors import ConfigError, NonFiniteError, ShapeError, ZeroVectorError
-from asif_index.topk_engine import TopKEngine, cpu_has_fast_bf16, exact_topk_reference
+from asif_index.engine import TopKEngine, cpu_has_fast_bf16, exact_topk_reference
 from tests.conftest import unit_rows
 
 PRECISIONS = ["fp32"] + (["bf16"] if cpu_has_fast_bf16() else [])
@@ -36,15 +36,13 @@ def test_matches_dense_reference(precision, n, d, k, b):
     assert eng.stats.fallback_rows == 0 or precision == "bf16"
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_torch_path_matches_reference(precision):
-    """The dense-merge path used on CUDA, run on the CPU so CI checks its logic."""
+def test_torch_path_matches_reference():
+    """The exact fp32 torch kernel (any torch device; the fallback of the fused CUDA path),
+    run on the CPU so CI checks its logic, with small blocks to exercise the merges."""
     rng = np.random.default_rng(3)
     a, q = unit_rows(rng, 3000, 48), unit_rows(rng, 9, 48)
-    eng = TopKEngine(a, precision=precision, device="cpu", anchor_block=512)
-    v = np.empty((9, 200), np.float32)
-    i = np.empty((9, 200), np.int64)
-    eng._search_torch(q, 200, v, i)
+    eng = TopKEngine(a, device="cpu", kernel="torch", anchor_block=512)
+    v, i = eng.search(q, 200)
     rv, ri = exact_topk_reference(q, a, 200)
     assert_same_topk(v, i, rv, ri)
 
@@ -153,7 +151,7 @@ def test_bf16_certificate_falls_back_when_window_overflows():
 
 
 def test_auto_precision_follows_the_measured_crossover():
-    from asif_index.topk_engine import AUTO_BF16_MIN_N
+    from asif_index.engine import AUTO_BF16_MIN_N
 
     rng = np.random.default_rng(10)
     small = TopKEngine(unit_rows(rng, 2000, 16), device="cpu")
@@ -163,7 +161,7 @@ def test_auto_precision_follows_the_measured_crossover():
     q = unit_rows(rng, 3, 16)
     for k in (50, 2000):  # k/N above 1% runs the fp32 scan inside an auto bf16 engine
         v, i = big.search(q, k)
-        rv, ri = exact_topk_reference(q, big._a32_np, k)
+        rv, ri = exact_topk_reference(q, big._kernel._a32_np, k)
         assert_same_topk(v, i, rv, ri)
 
 
@@ -172,7 +170,7 @@ def test_ties_at_the_kth_value_go_to_the_lowest_anchor_id(precision):
     """Duplicate anchors (Flickr8k holds each image five times) tie exactly: the boundary of
     the top-k must follow one rule (the older, lower-id anchor wins), or an incremental update
     and a rebuild could keep different members."""
-    from asif_index.topk_engine import TopKEngine, exact_topk_reference
+    from asif_index.engine import TopKEngine, exact_topk_reference
 
     rng = np.random.default_rng(5)
     base = rng.standard_normal((300, 16)).astype(np.float32)

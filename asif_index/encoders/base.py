@@ -12,7 +12,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from asif_index.errors import InputError
-from asif_index.topk_engine import resolve_device
+from asif_index.engine import resolve_device
 
 Modality = Literal["image", "text"]
 
