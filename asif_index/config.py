@@ -26,7 +26,8 @@ class AsifSettings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     k: int = Field(800, ge=1, le=1_000_000)
     p: float = Field(8.0, gt=0, le=64, allow_inf_nan=False)
-    batch_size: int = Field(64, ge=1, le=65536)
+    # Encoder batch; None: 256 on a GPU (large batches keep it busy), 64 on a CPU.
+    batch_size: int | None = Field(None, ge=1, le=65536)
     cache_dir: Path = Path.home() / ".cache" / "asif-index"
     backend: Literal["qdrant", "milvus", "memory"] = "qdrant"
     url: str | None = None

@@ -201,12 +201,22 @@ class Index:
         return self.anchors.project(embeddings, modality, **self.engine_options)
 
     def records(self, embeddings: np.ndarray, modality: str, keys: Sequence[str],
-                payloads: Sequence[dict]) -> tuple[list[ItemRecord], list[InputError]]:
+                payloads: Sequence[dict], device_embeddings=None
+                ) -> tuple[list[ItemRecord], list[InputError]]:
         """Project embeddings [n, d] into item records; rows with an all-zero relative vector
-        (no anchor with positive similarity) are reported, not stored."""
-        sb = self.project(embeddings, modality)
+        (no anchor with positive similarity) are reported, not stored.
+
+        ``device_embeddings``: the same rows as a tensor on the GPU (an encoder's output),
+        projected there instead of uploading ``embeddings`` again."""
+        if modality not in ("image", "text"):
+            raise ModalityError(f"modality must be 'image' or 'text'; got '{modality}'")
+        # One snapshot of the anchor set: a writer thread may adopt a new version meanwhile,
+        # and the records must carry the version they were projected at.
+        anchors = self.anchors
+        x = device_embeddings if device_embeddings is not None else embeddings
+        sb = anchors.project(x, modality, **self.engine_options)
         recs = point_records(sb, [item_id(modality, k) for k in keys], modality, embeddings,
-                             payloads, self.version)
+                             payloads, anchors.manifest.version)
         errors, kept = [], []
         for key, r in zip(keys, recs):
             problem = item_payload_problem(r.payload)

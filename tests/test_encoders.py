@@ -141,3 +141,26 @@ def test_hf_vision_model_directory(tmp_path):
     assert e.shape == (2, 32)
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(e[0], e[1])
+
+
+def test_decoding_threads_change_nothing_but_speed(tmp_path):
+    """Images decoded in worker threads one batch ahead of the model: same embeddings, same
+    skipped inputs in the same order, same first error with on_error='raise'."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(11):
+        p = tmp_path / f"{i:02d}.png"
+        if i in (3, 8):
+            p.write_bytes(b"not an image")
+        else:
+            Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    serial = image_encoder_from_spec("default", device="cpu", batch_size=4, decode_workers=0)
+    threaded = image_encoder_from_spec("default", device="cpu", batch_size=4, decode_workers=3)
+    a, b = serial.encode_safe(paths), threaded.encode_safe(paths)
+    assert a.kept == b.kept == [i for i in range(11) if i not in (3, 8)]
+    assert [str(e) for e in a.errors] == [str(e) for e in b.errors]
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-6)
+    assert a.device_embeddings is None  # on the CPU nothing is kept on a device
+    with pytest.raises(ImageDecodeError, match="03.png"):
+        threaded.encode(paths)

@@ -101,7 +101,7 @@ def test_readers(dataset, tmp_path):
 def test_stages_alone(dataset, encoders):
     img, txt = encoders
     items = list(read_captions_table(dataset / "captions.tsv", dataset / "img"))
-    emb, kept, skipped = embed_stage(img, items, "image")
+    emb, kept, skipped, _ = embed_stage(img, items, "image")
     assert emb.shape == (48, 1280) and len(kept) == 48
     assert {k.split("|")[0] for k, _ in skipped} == {"corrupt.png", "missing.png"}
     assert any("cannot be decoded" in r for _, r in skipped)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 import numpy as np
+import torch
 
 from asif_index.errors import InputError
 from asif_index.engine import resolve_device
@@ -28,23 +31,32 @@ class EncodeResult:
     embeddings: np.ndarray
     kept: list[int]
     errors: list[InputError] = field(default_factory=list)
+    # The same rows on the encoder's GPU (None on the CPU): projection reads them there, so
+    # the only copy to the host is ``embeddings`` (stored with each item and cached).
+    device_embeddings: torch.Tensor | None = None
 
 
 class Encoder(ABC):
     """A frozen unimodal encoder.
 
     Subclasses implement ``_prepare`` (validate/decode one item; raise :class:`InputError`)
-    and ``_forward`` (a list of prepared items -> float32 [n, dim]). The base class adds
-    batching, normalisation, the on-disk cache and skip-and-report.
+    and ``_forward`` (a list of prepared items -> float [n, dim], a tensor on the encoder's
+    device or an array). The base class adds batching, normalisation, the on-disk cache,
+    skip-and-report, and decoding in ``decode_workers`` threads one batch ahead of the model
+    (PIL and tokenizers release the GIL), so the model never waits for the decoder.
     """
 
     modality: Modality
     name: str
     dim: int
 
-    def __init__(self, device: str | None = None, batch_size: int = 64, cache=None) -> None:
+    def __init__(self, device: str | None = None, batch_size: int | None = None, cache=None,
+                 decode_workers: int | None = None) -> None:
         self.device = resolve_device(device)
-        self.batch_size = batch_size
+        # Large batches keep a GPU busy; on a CPU larger batches only cost memory.
+        self.batch_size = batch_size or (256 if self.device.type == "cuda" else 64)
+        self.decode_workers = (min(8, os.cpu_count() or 1) if decode_workers is None
+                               else max(0, int(decode_workers)))
         self.cache = cache
         # Cumulative seconds spent decoding/validating inputs and running the model.
         self.timings = {"decode_s": 0.0, "encode_s": 0.0}
@@ -82,40 +94,65 @@ class Encoder(ABC):
         errors: list[InputError] = []
         bad = np.zeros(len(items), bool)
         t_prep = t_fwd = 0.0
+        on_gpu = self.device.type == "cuda"
+        dev_out = torch.from_numpy(out).to(self.device) if on_gpu else None
         todo = [i for i in range(len(items)) if not done[i]]
-        for s in range(0, len(todo), self.batch_size):
-            idx, prepared = [], []
-            t0 = time.perf_counter()
-            for i in todo[s : s + self.batch_size]:
-                try:
-                    prepared.append(self._prepare(items[i], _label(items[i], i)))
-                    idx.append(i)
-                except Exception as exc:  # one bad input never fails the batch
-                    if not isinstance(exc, InputError):
-                        exc = InputError(f"{self.modality} input {_label(items[i], i)} cannot be "
-                                         f"prepared ({type(exc).__name__}: {str(exc)[:200]})",
-                                         _label(items[i], i))
-                    if on_error == "raise":
-                        raise exc
-                    errors.append(exc)
-                    bad[i] = True
-            t1 = time.perf_counter()
-            t_prep += t1 - t0
-            if not idx:
-                continue
-            emb = self._forward(prepared).astype(np.float32)
-            t_fwd += time.perf_counter() - t1
-            norms = np.linalg.norm(emb, axis=1, keepdims=True)
-            emb = emb / np.maximum(norms, 1e-12)
-            out[idx] = emb
-            if self.cache is not None:
-                self.cache.put_many(
-                    self.name, [(keys[i], emb[j]) for j, i in enumerate(idx) if keys[i]]
-                )
+        batches = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
+
+        def prepare(i: int):
+            try:
+                return self._prepare(items[i], _label(items[i], i))
+            except Exception as exc:  # one bad input never fails the batch
+                if not isinstance(exc, InputError):
+                    exc = InputError(f"{self.modality} input {_label(items[i], i)} cannot be "
+                                     f"prepared ({type(exc).__name__}: {str(exc)[:200]})",
+                                     _label(items[i], i))
+                return exc
+
+        pool = ThreadPoolExecutor(self.decode_workers) if self.decode_workers > 1 and todo else None
+        submit = (lambda b: [pool.submit(prepare, i) for i in b]) if pool else (lambda b: b)
+        try:
+            ahead = submit(batches[0]) if batches else None
+            for n, batch in enumerate(batches):
+                t0 = time.perf_counter()
+                results = [f.result() for f in ahead] if pool else [prepare(i) for i in batch]
+                if n + 1 < len(batches):  # decode the next batch while this one runs
+                    ahead = submit(batches[n + 1])
+                idx, prepared = [], []
+                for i, r in zip(batch, results):
+                    if isinstance(r, InputError):
+                        if on_error == "raise":
+                            raise r
+                        errors.append(r)
+                        bad[i] = True
+                    else:
+                        prepared.append(r)
+                        idx.append(i)
+                t1 = time.perf_counter()
+                t_prep += t1 - t0
+                if not idx:
+                    continue
+                raw = self._forward(prepared)
+                emb_t = (raw if isinstance(raw, torch.Tensor) else torch.from_numpy(np.asarray(raw)))
+                emb_t = emb_t.float()
+                emb_t = emb_t / emb_t.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                emb = emb_t.cpu().numpy()
+                t_fwd += time.perf_counter() - t1
+                out[idx] = emb
+                if dev_out is not None:
+                    dev_out[torch.tensor(idx, device=self.device)] = emb_t.to(self.device)
+                if self.cache is not None:
+                    self.cache.put_many(
+                        self.name, [(keys[i], emb[j]) for j, i in enumerate(idx) if keys[i]]
+                    )
+        finally:
+            if pool:
+                pool.shutdown(cancel_futures=True)
         kept = [i for i in range(len(items)) if not bad[i]]
         self.timings["decode_s"] += t_prep
         self.timings["encode_s"] += t_fwd
-        return EncodeResult(out[kept], kept, errors)
+        dev = dev_out[torch.tensor(kept, dtype=torch.long, device=self.device)] if on_gpu else None
+        return EncodeResult(out[kept], kept, errors, dev)
 
     def _key(self, item: Any) -> str | None:
         try:

@@ -183,8 +183,8 @@ class TimmImageEncoder(_TorchImageEncoder):
         self.name = name or f"timm:{model_name}:{Path(str(weights)).name}"
 
     @torch.inference_mode()
-    def _forward(self, prepared: list[torch.Tensor]) -> np.ndarray:
-        return self.model(self._batch(prepared)).float().cpu().numpy()
+    def _forward(self, prepared: list[torch.Tensor]) -> torch.Tensor:
+        return self.model(self._batch(prepared)).float()
 
 
 class HFImageEncoder(_TorchImageEncoder):
@@ -213,12 +213,12 @@ class HFImageEncoder(_TorchImageEncoder):
         self.name = name or f"hf-image:{path.resolve().name}"
 
     @torch.inference_mode()
-    def _forward(self, prepared: list[torch.Tensor]) -> np.ndarray:
+    def _forward(self, prepared: list[torch.Tensor]) -> torch.Tensor:
         out = self.model(pixel_values=self._batch(prepared))
         pooled = getattr(out, "pooler_output", None)
         if pooled is None:
             pooled = out.last_hidden_state.mean(1)
-        return pooled.reshape(pooled.shape[0], -1).float().cpu().numpy()
+        return pooled.reshape(pooled.shape[0], -1).float()
 
 
 def _load_state_dict(path: Path) -> dict:

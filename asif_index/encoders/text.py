@@ -28,6 +28,7 @@ class HFTextEncoder(Encoder):
         max_length: int = 256,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("decode_workers", 0)  # checking a string needs no thread
         super().__init__(**kwargs)
         transformers = require("transformers", "the Hugging Face text encoder")
         transformers.utils.logging.disable_progress_bar()
@@ -56,7 +57,7 @@ class HFTextEncoder(Encoder):
         return item
 
     @torch.inference_mode()
-    def _forward(self, prepared: list[str]) -> np.ndarray:
+    def _forward(self, prepared: list[str]) -> torch.Tensor:
         tok = self.tokenizer(
             prepared, padding=True, truncation=True, max_length=self.max_length,
             return_tensors="pt",
@@ -64,7 +65,7 @@ class HFTextEncoder(Encoder):
         hidden = self.model(**tok).last_hidden_state.float()
         mask = tok["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return pooled.cpu().numpy()
+        return pooled
 
 
 def default_text_encoder(**kwargs: Any) -> HFTextEncoder:

@@ -14,7 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Iterable, Iterator, Literal, NamedTuple
 
 import numpy as np
 
@@ -106,10 +107,18 @@ def batched(it: Iterable, n: int) -> Iterator[list]:
 
 
 # ------------------------------------------------------------------------------ stages
-def embed_stage(encoder: Encoder, items: list[SourceItem], modality: str
-                ) -> tuple[np.ndarray, list[SourceItem], list[tuple[str, str]]]:
-    """-> (embeddings [n_ok, d], the items they belong to, skipped (key, reason)).
-    Items a reader flagged (``error``) are skipped with the reader's reason."""
+class Embedded(NamedTuple):
+    """What the embed stage hands on: embeddings float32 [n_ok, d], the items they belong to,
+    the skipped ones as (key, reason), and the embeddings as a GPU tensor (None on the CPU)."""
+
+    embeddings: np.ndarray
+    items: list[SourceItem]
+    skipped: list[tuple[str, str]]
+    device: Any = None
+
+
+def embed_stage(encoder: Encoder, items: list[SourceItem], modality: str) -> Embedded:
+    """Items a reader flagged (``error``) are skipped with the reader's reason."""
     skipped = [(it.key, it.error) for it in items if it.error]
     items = [it for it in items if not it.error]
     inputs = [it.image if modality == "image" else it.text for it in items]
@@ -118,7 +127,8 @@ def embed_stage(encoder: Encoder, items: list[SourceItem], modality: str
     present = [i for i, x in enumerate(inputs) if x is not None]
     res = encoder.encode_safe([inputs[i] for i in present], on_error="skip")
     skipped += [(items[present[i]].key, str(e)) for i, e in zip(_bad_positions(res, len(present)), res.errors)]
-    return res.embeddings, [items[present[i]] for i in res.kept], skipped
+    return Embedded(res.embeddings, [items[present[i]] for i in res.kept], skipped,
+                    res.device_embeddings)
 
 
 def _bad_positions(res, n: int) -> list[int]:
@@ -136,11 +146,12 @@ def item_key(encoder: Encoder, it: SourceItem, modality: str) -> str:
         return it.key
 
 
-def project_stage(index: Index, emb: np.ndarray, items: list[SourceItem], modality: str
-                  ) -> tuple[list[ItemRecord], list[tuple[str, str]]]:
+def project_stage(index: Index, emb: np.ndarray, items: list[SourceItem], modality: str,
+                  device_emb=None) -> tuple[list[ItemRecord], list[tuple[str, str]]]:
+    """-> (records, skipped (key, reason)); ``device_emb``: ``emb`` on the GPU, projected there."""
     enc = index.encoders[modality]
     recs, errs = index.records(emb, modality, [item_key(enc, it, modality) for it in items],
-                               [it.payload for it in items])
+                               [it.payload for it in items], device_emb)
     return recs, [(e.item or "?", str(e)) for e in errs]
 
 
@@ -163,7 +174,12 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
                  modality: Literal["image", "text", "both"] = "image",
                  batch_size: int | None = None, checkpoint: str | Path | None = None,
                  source_name: str = "", progress: bool = True) -> IngestSummary:
-    """Embed, project and write items; resumable through ``checkpoint``."""
+    """Embed, project and write items; resumable through ``checkpoint``.
+
+    The database write of a batch runs in a writer thread while the next batch is decoded,
+    encoded and projected (one write in flight, so batches land in order); a batch counts
+    as done, and enters the checkpoint, only once its write returned. A failed write raises
+    here after the earlier batches were checkpointed, so a re-run resumes at that batch."""
     mods = ["image", "text"] if modality == "both" else [modality]
     bs = batch_size or PREFERRED_BATCH.get(index.store.backend, 256)
     ck = Checkpoint(checkpoint, _fingerprint(source_name, index.store.backend,
@@ -172,23 +188,53 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
     it = islice(opened(source), ck.done, None)
     bar = _bar(progress, ck.done)
     t_start = time.perf_counter() - s.seconds
-    for batch in batched(it, bs):
-        for mod in mods:
-            enc = index.encoders[mod]
-            before = dict(getattr(enc, "timings", {}))
-            emb, kept, skipped = embed_stage(enc, batch, mod)
-            for k in ("decode_s", "encode_s"):
-                s.timings[k] += getattr(enc, "timings", {}).get(k, 0.0) - before.get(k, 0.0)
-            t0 = time.perf_counter()
-            recs, bad = project_stage(index, emb, kept, mod)
-            t1 = time.perf_counter()
-            new, upd = write_stage(index, recs)
-            s.timings["project_s"] += t1 - t0
-            s.timings["write_s"] += time.perf_counter() - t1
-            s.ingested += new
-            s.updated += upd
-            s.skipped += skipped + bad
+    pending: tuple[Future, list, list] | None = None
+
+    def write_all(records: list[list[ItemRecord]]) -> tuple[int, int, float]:
+        t0 = time.perf_counter()
+        new = upd = 0
+        for recs in records:
+            n, u = write_stage(index, recs)
+            new, upd = new + n, upd + u
+        return new, upd, time.perf_counter() - t0
+
+    def finish(job: tuple[Future, list, list]) -> None:
+        fut, batch, skipped = job
+        new, upd, secs = fut.result()
+        s.timings["write_s"] += secs
+        s.ingested += new
+        s.updated += upd
+        s.skipped += skipped
         _batch_done(ck, batch, t_start, bar)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="asif-writer") as writer:
+        try:
+            for batch in batched(it, bs):
+                records, skipped = [], []
+                for mod in mods:
+                    enc = index.encoders[mod]
+                    before = dict(getattr(enc, "timings", {}))
+                    emb = embed_stage(enc, batch, mod)
+                    for k in ("decode_s", "encode_s"):
+                        s.timings[k] += getattr(enc, "timings", {}).get(k, 0.0) - before.get(k, 0.0)
+                    t0 = time.perf_counter()
+                    recs, bad = project_stage(index, emb.embeddings, emb.items, mod, emb.device)
+                    s.timings["project_s"] += time.perf_counter() - t0
+                    records.append(recs)
+                    skipped += emb.skipped + bad
+                if pending is not None:
+                    job, pending = pending, None
+                    finish(job)
+                pending = (writer.submit(write_all, records), batch, skipped)
+            if pending is not None:
+                job, pending = pending, None
+                finish(job)
+        finally:
+            if pending is not None:  # an error upstream: let the write in flight land first
+                try:
+                    finish(pending)
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    pass
     if bar is not None:
         bar.close()
     s.seconds = time.perf_counter() - t_start
@@ -225,8 +271,8 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
             known.add(key)
             fresh.append(it)
             keys.append(key)
-        emb_i, kept_i, skip_i = embed_stage(index.encoders["image"], fresh, "image")
-        emb_t, kept_t, skip_t = embed_stage(index.encoders["text"], kept_i, "text")
+        emb_i, kept_i, skip_i, _ = embed_stage(index.encoders["image"], fresh, "image")
+        emb_t, kept_t, skip_t, _ = embed_stage(index.encoders["text"], kept_i, "text")
         pos = {id(x): n for n, x in enumerate(kept_i)}
         rows = [pos[id(x)] for x in kept_t]
         key_of = {id(x): k for x, k in zip(fresh, keys)}

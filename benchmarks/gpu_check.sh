@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The GPU check of issue 8 as one command, for a lent H100/H200 (its python3 has torch, Triton,
+# numba, pytest and hypothesis; nothing to install). About 5 minutes:
+#   bash benchmarks/gpu_check.sh                 # results in $OUT (device tool) or runs/bench
+# 1. the CUDA tests (the fused kernel against the float64 reference on the GPU);
+# 2. python -m benchmarks.topk --device cuda: the engine against torch fp32 / fp16 and the fp16
+#    GEMM bound, N = 1e5, 1e6, 1e7 (where memory allows), d = 384, 768, batch 1..8192, with the
+#    issue's targets printed as PASS / MISS lines.
+# Then copy topk_gpu.json into docs/results/ and run python -m benchmarks.report.
+set -o pipefail
+OUT=${OUT:-runs/bench}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
+timeout 180 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_engine_kernels.py \
+    tests/test_topk_engine.py 2>&1 | tee "$OUT/cuda_tests.log"
+timeout "${TOPK_TIMEOUT:-330}" "$PY" -m benchmarks.topk --device cuda \
+    --out "$OUT/topk_gpu.json" ${TOPK_ARGS:-} 2>&1 | tee "$OUT/topk_gpu.log"
