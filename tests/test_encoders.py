@@ -164,3 +164,21 @@ def test_decoding_threads_change_nothing_but_speed(tmp_path):
     assert a.device_embeddings is None  # on the CPU nothing is kept on a device
     with pytest.raises(ImageDecodeError, match="03.png"):
         threaded.encode(paths)
+
+
+def test_same_content_in_one_call_is_encoded_once(tmp_path):
+    """An image listed once per caption (Flickr8k: five) costs one forward pass; a bad one is
+    reported once per listing, each naming its own position."""
+    calls = []
+    enc = image_encoder_from_spec("default", device="cpu", decode_workers=0)
+    real = enc._forward
+    enc._forward = lambda prepared: calls.append(len(prepared)) or real(prepared)
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((30, 30, 3), 90, np.uint8)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"junk")
+    res = enc.encode_safe([good, bad, good, good, bad])
+    assert sum(calls) == 1
+    assert res.kept == [0, 2, 3]
+    np.testing.assert_array_equal(res.embeddings[0], res.embeddings[2])
+    assert len(res.errors) == 2 and all("bad.png" in str(e) for e in res.errors)

@@ -92,11 +92,24 @@ class Encoder(ABC):
                     out[i] = hits[k]
                     done[i] = True
         errors: list[InputError] = []
+        err_of: dict[int, InputError] = {}
         bad = np.zeros(len(items), bool)
         t_prep = t_fwd = 0.0
         on_gpu = self.device.type == "cuda"
         dev_out = torch.from_numpy(out).to(self.device) if on_gpu else None
-        todo = [i for i in range(len(items)) if not done[i]]
+        # The same content twice in one call (an image with five captions) is encoded once.
+        first: dict[str, int] = {}
+        copies: list[tuple[int, int]] = []
+        todo = []
+        for i in range(len(items)):
+            if done[i]:
+                continue
+            if keys[i] is not None and keys[i] in first:
+                copies.append((i, first[keys[i]]))
+                continue
+            if keys[i] is not None:
+                first[keys[i]] = i
+            todo.append(i)
         batches = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
 
         def prepare(i: int):
@@ -124,6 +137,7 @@ class Encoder(ABC):
                         if on_error == "raise":
                             raise r
                         errors.append(r)
+                        err_of[i] = r
                         bad[i] = True
                     else:
                         prepared.append(r)
@@ -148,6 +162,16 @@ class Encoder(ABC):
         finally:
             if pool:
                 pool.shutdown(cancel_futures=True)
+        for i, j in copies:
+            if bad[j]:
+                bad[i] = True
+                err = err_of[j]
+                errors.append(type(err)(str(err).replace(_label(items[j], j), _label(items[i], i)),
+                                        _label(items[i], i)))
+            else:
+                out[i] = out[j]
+                if dev_out is not None:
+                    dev_out[i] = dev_out[j]
         kept = [i for i in range(len(items)) if not bad[i]]
         self.timings["decode_s"] += t_prep
         self.timings["encode_s"] += t_fwd

@@ -271,8 +271,13 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
             known.add(key)
             fresh.append(it)
             keys.append(key)
-        emb_i, kept_i, skip_i, _ = embed_stage(index.encoders["image"], fresh, "image")
-        emb_t, kept_t, skip_t, _ = embed_stage(index.encoders["text"], kept_i, "text")
+        encs = (index.encoders["image"], index.encoders["text"])
+        before = [dict(getattr(e, "timings", {})) for e in encs]
+        emb_i, kept_i, skip_i, _ = embed_stage(encs[0], fresh, "image")
+        emb_t, kept_t, skip_t, _ = embed_stage(encs[1], kept_i, "text")
+        for e, b in zip(encs, before):
+            for k in ("decode_s", "encode_s"):
+                s.timings[k] += getattr(e, "timings", {}).get(k, 0.0) - b.get(k, 0.0)
         pos = {id(x): n for n, x in enumerate(kept_i)}
         rows = [pos[id(x)] for x in kept_t]
         key_of = {id(x): k for x, k in zip(fresh, keys)}
