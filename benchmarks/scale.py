@@ -39,10 +39,11 @@ def open_store(engine: str, root: Path, name: str = "scale"):
         from connectors.qdrant import QdrantStore
 
         return QdrantStore(name, path=str(root / "local"))
-    if engine == "qdrant-edge":
+    if engine.startswith("qdrant-edge"):  # "qdrant-edge/float16": a sparse storage datatype
         from connectors.qdrant_edge import QdrantEdgeStore
 
-        return QdrantEdgeStore(name, path=str(root / "edge"))
+        dtype = engine.partition("/")[2] or "float32"
+        return QdrantEdgeStore(name, path=str(root / "edge"), sparse_datatype=dtype)
     from connectors.milvus import MilvusStore
 
     return MilvusStore(name, uri=str(root / "scale.db"), timeout=120)
@@ -114,7 +115,7 @@ def run_engine(engine, n_items, a, anchors_emb, items_emb, queries, ids, root) -
     from connectors.base import point_records
     from connectors.index import Index
 
-    d = root / f"{engine}-{n_items}"
+    d = root / f"{engine.replace('/', '-')}-{n_items}"
     d.mkdir()
     store = open_store(engine, d)
     idx = Index.create(store, Enc("image", a.dim), Enc("text", a.dim), k=a.k, p=8.0)
@@ -221,7 +222,8 @@ def main(argv=None):
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--batch", type=int, default=2048)
-    ap.add_argument("--engines", default="qdrant-edge,milvus-lite")
+    ap.add_argument("--engines", default="qdrant-edge,milvus-lite",
+                    help="qdrant-edge[/float16|/uint8] (sparse storage datatype), milvus-lite")
     ap.add_argument("--topics", type=int, default=20,
                     help="topics of the synthetic data; the anchors cover all but the last "
                          "tenth, the items all of them, and the incremental update adds 1%% "
