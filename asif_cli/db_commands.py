@@ -39,6 +39,28 @@ def _open(args, create: bool = False):
     return idx
 
 
+def cmd_serve(args) -> int:
+    from asif_index._optional import require
+    from asif_index.errors import ConfigError
+
+    uvicorn = require("uvicorn", "asif-index serve")
+    from connectors.service import ServiceSettings, create_app
+
+    extra = {}
+    if args.image_root:
+        extra["image_roots"] = args.image_root
+    if args.anonymous:
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError("--anonymous serves without keys: only on 127.0.0.1 (drop --host "
+                              "or set ASIF_SERVE_READ_KEYS)")
+        extra["allow_anonymous"] = True
+    settings = ServiceSettings(**extra)
+    app = create_app(_open(args), settings)
+    print(f"serving {args.name} on http://{args.host}:{args.port} (API docs: /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _source(args):
     from connectors.pipeline import (
         read_captions_table,
@@ -317,6 +339,24 @@ def register(sub, common) -> None:
     g.add_argument("--from-milvus", help="Milvus Lite .db file or Milvus server URI")
     p.add_argument("--from-name", help="index name in the source (default: --name)")
     p.set_defaults(func=cmd_index_migrate)
+
+    p = sub.add_parser("serve", help="serve the index over HTTP (search, classify, explain; "
+                       "API docs at /docs)",
+                       epilog="API keys come from the environment, never from flags (a flag is "
+                       "visible to every user of the machine): ASIF_SERVE_READ_KEYS and "
+                       "ASIF_SERVE_ADMIN_KEYS, comma-separated. example: "
+                       "ASIF_SERVE_READ_KEYS=$(openssl rand -hex 16) asif-index serve --path "
+                       "./db --image-root ./photos")
+    db(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    p.add_argument("--image-root", action="append", type=Path, default=None,
+                   help="folder whose images the service may read and thumbnail (repeatable; "
+                        "default: none)")
+    p.add_argument("--anonymous", action="store_true",
+                   help="serve without API keys (only for a demo on 127.0.0.1)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("servers", help="start the official Qdrant/Milvus containers (Docker)")
     p.add_argument("which", choices=["qdrant", "milvus", "both"], nargs="?", default="both")

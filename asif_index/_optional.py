@@ -17,6 +17,8 @@ _HINTS = {
     "pyarrow": "asif-index[parquet]",
     "docker": "asif-index[docker]",
     "matplotlib": "asif-index[bench]",
+    "fastapi": "asif-index[serve]",
+    "uvicorn": "asif-index[serve]",
     "skimage": "asif-index[sample]",
 }
 

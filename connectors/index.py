@@ -308,13 +308,23 @@ class Index:
         q, _ = self._query_vector(text, image)
         return self.search_vectors(q, limit, filter)[0]
 
-    def search_vectors(self, q: SparseBatch, limit: int, flt: Filter | None = None) -> list[list[Hit]]:
+    def search_vectors(self, q: SparseBatch, limit: int, flt: Filter | None = None,
+                       query_keep: int | Literal["all"] | None = None) -> list[list[Hit]]:
+        """Ranked hits per query row. ``query_keep``: largest query entries sent to the
+        database for this call (``"all"``: every entry; None: the index's ``query_keep``)."""
         self._pin()
-        return [self.store.search(*self._pruned(*q.row(r)), limit, flt, self.version)
+        keep = self.query_keep if query_keep is None else (None if query_keep == "all" else query_keep)
+        return [self.store.search(*self._pruned(*q.row(r), keep), limit, flt, self.version)
                 for r in range(len(q))]
 
-    def _pruned(self, idx: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        m = self.query_keep
+    def item_vector(self, item: str) -> SparseBatch:
+        """The stored relative vector of an item, as a one-row query ("more like this")."""
+        rec = self.item(item)
+        return SparseBatch(rec.sparse_indices[None].astype(np.int64),
+                           rec.sparse_values[None].astype(np.float32), np.zeros(1, np.float32))
+
+    def _pruned(self, idx: np.ndarray, val: np.ndarray, m: int | None
+                ) -> tuple[np.ndarray, np.ndarray]:
         if not m or len(val) <= m:
             return idx, val
         top = np.argpartition(-val, m - 1)[:m]

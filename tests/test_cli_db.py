@@ -109,3 +109,60 @@ def test_migrate_a_local_mode_index_into_qdrant_edge(tmp_path, capsys):
     assert main(["index", "migrate", "--from-qdrant-local", old_dir, "--backend", "qdrant",
                  "--path", str(tmp_path / "edge"), "--name", name]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_serve_command_answers_http_with_keys(pairs, tmp_path, capsys):
+    """`asif-index serve` as a real process (uvicorn on a loopback port): health without a
+    key, 401 without one on search, results with one; Ctrl-C (SIGINT) stops it cleanly."""
+    pytest.importorskip("fastapi")
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    path = tmp_path / "q"
+    a = ["--backend", "qdrant", "--path", str(path), "--name", "svc",
+         "--cache-dir", str(tmp_path / "cache")]
+    assert main(["init", "--k", "6"] + a) == 0
+    assert main(["anchors", "add", "--captions", str(pairs / "pairs.tsv"), "--images",
+                 str(pairs / "img")] + a) == 0
+    assert main(["ingest", "--captions", str(pairs / "pairs.tsv"), "--images",
+                 str(pairs / "img")] + a) == 0
+    capsys.readouterr()
+    from connectors import _close_local_clients
+
+    _close_local_clients()  # this process lets go of the shard, as the CLI's exit would
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "ASIF_SERVE_READ_KEYS": "k-read"}
+    proc = subprocess.Popen([sys.executable, "-m", "asif_cli.main", "serve", "--port", str(port),
+                             "--image-root", str(pairs)] + a, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.5)
+        assert httpx.post(base + "/search", json={"text": "a red square"}).status_code == 401
+        r = httpx.post(base + "/search", json={"text": "a red square", "limit": 3,
+                                                "modality": "image"},
+                       headers={"X-API-Key": "k-read"}, timeout=60)
+        assert r.status_code == 200, r.text
+        hits = r.json()["hits"]
+        assert len(hits) == 3 and all("red" in h["payload"].get("caption", "red") for h in hits[:1])
+        t = httpx.get(base + hits[0]["thumbnail_url"], headers={"X-API-Key": "k-read"})
+        assert t.status_code == 200 and t.headers["content-type"] == "image/jpeg"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert "Traceback" not in out, out

@@ -1,0 +1,297 @@
+"""The HTTP service: search, classify, explain and stats over an :class:`Index`.
+
+    asif-index serve --path ./db --image-root ./photos       # or create_app(index, settings)
+
+Built on ``Index`` only (never on a store). Every error is JSON ``{"error", "detail"}``: input
+problems 422, refused paths 403, unknown items 404, a busy or unreachable database 409 / 503.
+"""
+
+# no "from __future__ import annotations": FastAPI reads the route annotations at runtime,
+# and they name classes imported inside create_app
+
+import threading
+import time
+from typing import Any
+
+from asif_index._optional import require
+from asif_index.errors import (
+    AsifError,
+    BackendUnavailableError,
+    CollectionError,
+    ConfigError,
+    ConsistencyError,
+    InputError,
+    ModalityError,
+)
+from connectors.service.auth import KeyRing
+from connectors.service.images import ImageMissing, PathRefused, resolve_under, thumbnail
+from connectors.service.metrics import Metrics
+from connectors.service.models import (
+    AnchorContribution,
+    ClassifyResponse,
+    ErrorResponse,
+    ExplainRequest,
+    ExplainResponse,
+    Health,
+    Hit,
+    Prediction,
+    SearchRequest,
+    SearchResponse,
+)
+from connectors.service.settings import ServiceSettings
+
+STATUS = [(PathRefused, 403), (ImageMissing, 404), (InputError, 422), (ModalityError, 422),
+          (CollectionError, 404), (BackendUnavailableError, 503), (ConsistencyError, 409),
+          (ConfigError, 400), (AsifError, 400)]
+
+
+def create_app(index, settings: ServiceSettings | None = None):
+    """A FastAPI app serving ``index`` (a :class:`connectors.index.Index`)."""
+    fastapi = require("fastapi", "the HTTP service")
+    from fastapi import Depends, File, Form, HTTPException, Request, Security, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+    s = settings or ServiceSettings()
+    keys = KeyRing(s.read_keys, s.admin_keys)
+    if keys.empty and not s.allow_anonymous:
+        raise ConfigError("no API key configured: set ASIF_SERVE_READ_KEYS / ASIF_SERVE_ADMIN_KEYS "
+                          "(comma-separated), or allow_anonymous for a loopback demo")
+    metrics = Metrics()
+    lock = threading.Lock()
+    last_refresh = [0.0]
+    app = fastapi.FastAPI(
+        title="asif-index", version="0.1.0",
+        description="Training-free multimodal search (ASIF relative vectors) on Qdrant or "
+                    "Milvus. Send an API key as `X-API-Key` (or `Authorization: Bearer`); read "
+                    "keys search, admin keys also change the index.",
+        responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+                   422: {"model": ErrorResponse}})
+    if s.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=s.cors_origins,
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"])
+
+    header_key = APIKeyHeader(name="X-API-Key", auto_error=False)
+    bearer = HTTPBearer(auto_error=False)
+
+    def role(need: str):
+        def check(key: str | None = Security(header_key),
+                  cred: HTTPAuthorizationCredentials | None = Security(bearer)) -> str:
+            if keys.empty and s.allow_anonymous:
+                return "admin"
+            got = keys.role(key or (cred.credentials if cred else None))
+            if got is None:
+                raise HTTPException(401, "missing or wrong API key: send it as X-API-Key",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            if need == "admin" and got != "admin":
+                raise HTTPException(403, "this route needs an admin key; the key given is a "
+                                         "read key")
+            return got
+        return check
+
+    reader = Depends(role("read"))
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.observe(request.method, getattr(route, "path", "unmatched"),
+                        response.status_code, time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_, exc: HTTPException):
+        return JSONResponse({"error": "HTTPError", "detail": exc.detail}, exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def starlette_error(_, exc):
+        return JSONResponse({"error": "HTTPError", "detail": exc.detail}, exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_, exc: RequestValidationError):
+        parts = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+            parts.append(f"{where}: {e.get('msg')}")
+        return JSONResponse({"error": "ValidationError", "detail": "; ".join(parts)}, 422)
+
+    for cls, code in STATUS:
+        def handler(_, exc, code=code):
+            return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, code)
+        app.add_exception_handler(cls, handler)
+
+    # -- helpers --------------------------------------------------------------------------
+    def fresh():
+        """Follow anchor updates made by other processes, at most every ``refresh_s``."""
+        now = time.monotonic()
+        if now - last_refresh[0] >= s.refresh_s:
+            with lock:
+                if now - last_refresh[0] >= s.refresh_s:
+                    index.refresh()
+                    last_refresh[0] = now
+        return index
+
+    def item_thumb(payload: dict, item_id: str) -> str | None:
+        if not s.image_roots or not payload.get("path"):
+            return None
+        return f"/items/{item_id}/thumbnail"
+
+    def read_upload(f: UploadFile) -> bytes:
+        data = f.file.read(s.max_upload_bytes + 1)
+        if len(data) > s.max_upload_bytes:
+            raise HTTPException(413, f"upload '{f.filename}' is over the {s.max_upload_bytes} "
+                                     "byte limit (ASIF_SERVE_MAX_UPLOAD_BYTES)")
+        if not data:
+            raise HTTPException(422, f"upload '{f.filename}' is empty")
+        return data
+
+    def hits_out(hits) -> list[Hit]:
+        return [Hit(id=h.id, score=h.score, modality=h.modality, payload=h.payload,
+                    thumbnail_url=item_thumb(h.payload, h.id)) for h in hits]
+
+    def query_filter(req_filter: dict, modality: str | None) -> dict | None:
+        flt = dict(req_filter)
+        if modality:
+            flt["modality"] = modality
+        return flt or None
+
+    def check_text(text: str | None) -> None:
+        if text is not None and len(text) > s.max_text_chars:
+            raise HTTPException(422, f"text is over {s.max_text_chars} characters")
+
+    # -- routes ---------------------------------------------------------------------------
+    @app.get("/healthz", response_model=Health, tags=["service"])
+    def healthz(response: Response) -> Health:
+        """Database reachable and anchors loaded (no key needed: for load balancers)."""
+        try:
+            fresh().store.read_manifest()
+            ok, detail = True, ""
+        except AsifError as exc:
+            ok, detail = False, str(exc)
+        if not ok:
+            response.status_code = 503
+        return Health(status="ok" if ok else "unavailable", database=ok,
+                      anchors=len(index.anchors), anchor_version=index.version, detail=detail)
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["service"],
+             dependencies=[reader])
+    def prometheus() -> str:
+        """Prometheus text: request counts and latency histograms by route."""
+        metrics.gauges["asif_anchors"] = len(index.anchors)
+        metrics.gauges["asif_anchor_version"] = index.version
+        return metrics.render()
+
+    @app.post("/search", response_model=SearchResponse, tags=["search"], dependencies=[reader])
+    def search(req: SearchRequest) -> SearchResponse:
+        """Items ranked for a text, an image path under the roots, or a stored item."""
+        idx = fresh()
+        check_text(req.text)
+        if req.limit > s.max_limit:
+            raise HTTPException(422, f"limit is over {s.max_limit}")
+        if req.item_id is not None:
+            q, kind = idx.item_vector(req.item_id), "item"
+        elif req.text is not None:
+            q, kind = idx.project(idx.encoders["text"].encode([req.text]), "text"), "text"
+        else:
+            path = resolve_under(req.image_path, s.image_roots)
+            q, kind = idx.project(idx.encoders["image"].encode([path]), "image"), "image"
+        hits = idx.search_vectors(q, req.limit, query_filter(req.filter, req.modality),
+                                  req.query_keep)[0]
+        return SearchResponse(query=kind, anchor_version=idx.version, hits=hits_out(hits))
+
+    @app.post("/search/image", response_model=SearchResponse, tags=["search"],
+              dependencies=[reader])
+    def search_image(file: UploadFile = File(..., description="an image file"),
+                     limit: int = Form(10, ge=1, le=1000),
+                     modality: str | None = Form(None, pattern="^(image|text)$")) -> SearchResponse:
+        """Items ranked for an uploaded image."""
+        idx = fresh()
+        data = read_upload(file)
+        emb = idx.encoders["image"].encode([data])
+        hits = idx.search_vectors(idx.project(emb, "image"), min(limit, s.max_limit),
+                                  query_filter({}, modality))[0]
+        return SearchResponse(query="image", anchor_version=idx.version, hits=hits_out(hits))
+
+    @app.post("/classify", response_model=ClassifyResponse, tags=["search"],
+              dependencies=[reader])
+    def classify(files: list[UploadFile] = File(..., description="image files"),
+                 labels: str = Form(..., description="comma-separated labels",
+                                    examples=["cat,dog,car"])) -> ClassifyResponse:
+        """Zero-shot labels of uploaded images, with every label's score."""
+        names = [x.strip() for x in labels.split(",") if x.strip()]
+        if len(names) < 2:
+            raise HTTPException(422, "give at least two comma-separated labels")
+        if len(names) > s.max_batch or len(files) > s.max_batch:
+            raise HTTPException(422, f"at most {s.max_batch} labels and files per request")
+        data = [read_upload(f) for f in files]
+        pred, scores = fresh().classify(data, names)
+        return ClassifyResponse(predictions=[
+            Prediction(file=f.filename or f"#{i}", label=p,
+                       scores={n: float(v) for n, v in zip(names, scores[i])})
+            for i, (f, p) in enumerate(zip(files, pred))])
+
+    @app.post("/explain", response_model=ExplainResponse, tags=["search"], dependencies=[reader])
+    def explain(req: ExplainRequest) -> ExplainResponse:
+        """The anchor pairs behind an (item, query) score, largest contribution first."""
+        idx = fresh()
+        check_text(req.text)
+        image = resolve_under(req.image_path, s.image_roots) if req.image_path else None
+        ex = idx.explain(req.item_id, text=req.text, image=image, top=req.top)
+        return ExplainResponse(score=ex.score, anchors=[
+            AnchorContribution(**a, thumbnail_url=(f"/anchors/{a['anchor_id']}/thumbnail"
+                                                   if s.image_roots and a["image_ref"] else None))
+            for a in ex.anchors])
+
+    @app.get("/stats", tags=["index"], dependencies=[reader])
+    def stats() -> dict[str, Any]:
+        """Counts, anchor version, encoders, k and p."""
+        return fresh().stats()
+
+    @app.get("/anchors/status", tags=["anchors"], dependencies=[reader])
+    def anchors_status() -> dict[str, Any]:
+        """Live anchor version and any pending or interrupted update."""
+        from connectors.updates import status
+
+        return status(fresh().store)
+
+    def jpeg(path) -> Response:
+        try:
+            return Response(thumbnail(path), media_type="image/jpeg",
+                            headers={"Cache-Control": "max-age=3600"})
+        except InputError as exc:
+            raise HTTPException(422, str(exc)) from exc
+
+    @app.get("/items/{item_id}/thumbnail", tags=["images"], dependencies=[reader],
+             response_class=Response)
+    def item_thumbnail(item_id: str) -> Response:
+        """A thumbnail of a stored image item (its recorded path, under the roots only)."""
+        rec = fresh().item(item_id)
+        ref = rec.payload.get("path")
+        if not ref:
+            raise HTTPException(404, f"item '{item_id}' has no image path")
+        return jpeg(resolve_under(str(ref), s.image_roots))
+
+    @app.get("/anchors/{anchor_id}/thumbnail", tags=["images"], dependencies=[reader],
+             response_class=Response)
+    def anchor_thumbnail(anchor_id: int) -> Response:
+        """A thumbnail of an anchor's image (its image reference, under the roots only)."""
+        import numpy as np
+
+        idx = fresh()
+        rows = np.flatnonzero(idx.anchors.ids == anchor_id)
+        if not rows.size:
+            raise HTTPException(404, f"no anchor {anchor_id} at version {idx.version}")
+        ref = idx.anchors.payloads[int(rows[0])].image_ref
+        if not ref:
+            raise HTTPException(404, f"anchor {anchor_id} has no image reference")
+        return jpeg(resolve_under(ref, s.image_roots))
+
+    app.state.metrics, app.state.settings = metrics, s
+    return app
