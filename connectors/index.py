@@ -293,35 +293,52 @@ class Index:
         return len(records) - len(heads), len(heads)
 
     # -- queries ------------------------------------------------------------------------
-    def _query_vector(self, text: str | None, image: Any) -> tuple[SparseBatch, str]:
+    def query_vector(self, text: str | None = None, image: Any = None
+                     ) -> tuple[SparseBatch, str, int]:
+        """The relative vector of one text or image query -> (vector, modality, the anchor
+        version it was projected at). Pass that version to :meth:`search_vectors`: with an
+        anchor update landing in another thread, query and items then stay on one version."""
+        # one snapshot: an update adopts a new anchor set object, never mutates this one
+        anchors = self.anchors
+        q, modality = self._query_on(anchors, text, image)
+        return q, modality, anchors.manifest.version
+
+    def _query_on(self, anchors: AnchorSet, text: str | None, image: Any
+                  ) -> tuple[SparseBatch, str]:
         if (text is None) == (image is None):
             raise ModalityError("give exactly one of text=... or image=...")
         modality = "text" if text is not None else "image"
         if modality == "text" and not isinstance(text, str):
             raise ModalityError(f"text= takes a string; got {type(text).__name__} (use image=)")
         emb = self.encoders[modality].encode([text if text is not None else image])
-        return self.project(emb, modality), modality
+        return anchors.project(emb, modality, **self.engine_options), modality
 
     def search(self, text: str | None = None, image: Any = None, limit: int = 10,
                filter: Filter | None = None) -> list[Hit]:
         """Items (either modality, narrowed by ``filter``) ranked for a text or image query."""
-        q, _ = self._query_vector(text, image)
-        return self.search_vectors(q, limit, filter)[0]
+        q, _, version = self.query_vector(text, image)
+        return self.search_vectors(q, limit, filter, version=version)[0]
 
     def search_vectors(self, q: SparseBatch, limit: int, flt: Filter | None = None,
-                       query_keep: int | Literal["all"] | None = None) -> list[list[Hit]]:
+                       query_keep: int | Literal["all"] | None = None,
+                       version: int | None = None) -> list[list[Hit]]:
         """Ranked hits per query row. ``query_keep``: largest query entries sent to the
-        database for this call (``"all"``: every entry; None: the index's ``query_keep``)."""
+        database for this call (``"all"``: every entry; None: the index's ``query_keep``).
+        ``version``: the anchor version ``q`` was projected at (default: the index's)."""
         self._pin()
         keep = self.query_keep if query_keep is None else (None if query_keep == "all" else query_keep)
-        return [self.store.search(*self._pruned(*q.row(r), keep), limit, flt, self.version)
+        v = self.version if version is None else version
+        return [self.store.search(*self._pruned(*q.row(r), keep), limit, flt, v)
                 for r in range(len(q))]
 
-    def item_vector(self, item: str) -> SparseBatch:
-        """The stored relative vector of an item, as a one-row query ("more like this")."""
-        rec = self.item(item)
+    def item_vector(self, item: str) -> tuple[SparseBatch, int]:
+        """The stored relative vector of an item as a one-row query ("more like this"), and
+        the anchor version it was read at."""
+        version = self.version
+        rec = self.item(item, version)
         return SparseBatch(rec.sparse_indices[None].astype(np.int64),
-                           rec.sparse_values[None].astype(np.float32), np.zeros(1, np.float32))
+                           rec.sparse_values[None].astype(np.float32),
+                           np.zeros(1, np.float32)), version
 
     def _pruned(self, idx: np.ndarray, val: np.ndarray, m: int | None
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -345,24 +362,26 @@ class Index:
     def explain(self, item: str, text: str | None = None, image: Any = None,
                 top: int = 10) -> Explanation:
         """The shared anchors behind a query-item score, with their captions."""
-        q, _ = self._query_vector(text, image)
-        rec = self.item(item)
+        anchors = self.anchors  # query, item and captions from one anchor version
+        q, _ = self._query_on(anchors, text, image)
+        rec = self.item(item, anchors.manifest.version)
         qi, qv = q.row(0)
         common, a, b = np.intersect1d(qi, rec.sparse_indices, return_indices=True)
         contrib = qv[a] * rec.sparse_values[b]
         order = np.argsort(-contrib)[:top]
-        rows = self.anchors.rows_of(common[order]) if len(order) else []
+        rows = anchors.rows_of(common[order]) if len(order) else []
         out = [{"anchor_id": int(common[o]), "contribution": float(contrib[o]),
-                "caption": self.anchors.payloads[r].caption,
-                "image_ref": self.anchors.payloads[r].image_ref} for o, r in zip(order, rows)]
+                "caption": anchors.payloads[r].caption,
+                "image_ref": anchors.payloads[r].image_ref} for o, r in zip(order, rows)]
         return Explanation(float(contrib.sum()), out)
 
-    def item(self, item: str) -> ItemRecord:
-        """The point of a logical item visible at this index's version."""
+    def item(self, item: str, version: int | None = None) -> ItemRecord:
+        """The point of a logical item visible at ``version`` (default: this index's)."""
         self._pin()
+        version = self.version if version is None else version
         h = self.store.heads([item]).get(item)
-        if h is None or not h.visible(self.version):
-            for batch in self.store.scroll_items(version=self.version):
+        if h is None or not h.visible(version):
+            for batch in self.store.scroll_items(version=version):
                 for r in batch:
                     if r.item == item:
                         return r

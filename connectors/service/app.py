@@ -196,15 +196,14 @@ def create_app(index, settings: ServiceSettings | None = None):
         if req.limit > s.max_limit:
             raise HTTPException(422, f"limit is over {s.max_limit}")
         if req.item_id is not None:
-            q, kind = idx.item_vector(req.item_id), "item"
-        elif req.text is not None:
-            q, kind = idx.project(idx.encoders["text"].encode([req.text]), "text"), "text"
+            (q, version), kind = idx.item_vector(req.item_id), "item"
         else:
-            path = resolve_under(req.image_path, s.image_roots)
-            q, kind = idx.project(idx.encoders["image"].encode([path]), "image"), "image"
+            image = resolve_under(req.image_path, s.image_roots) if req.image_path else None
+            q, kind, version = idx.query_vector(text=req.text, image=image)
+        # query and items on one anchor version, even while an update job lands
         hits = idx.search_vectors(q, req.limit, query_filter(req.filter, req.modality),
-                                  req.query_keep)[0]
-        return SearchResponse(query=kind, anchor_version=idx.version, hits=hits_out(hits))
+                                  req.query_keep, version=version)[0]
+        return SearchResponse(query=kind, anchor_version=version, hits=hits_out(hits))
 
     @app.post("/search/image", response_model=SearchResponse, tags=["search"],
               dependencies=[reader])
@@ -214,10 +213,10 @@ def create_app(index, settings: ServiceSettings | None = None):
         """Items ranked for an uploaded image."""
         idx = fresh()
         data = read_upload(file)
-        emb = idx.encoders["image"].encode([data])
-        hits = idx.search_vectors(idx.project(emb, "image"), min(limit, s.max_limit),
-                                  query_filter({}, modality))[0]
-        return SearchResponse(query="image", anchor_version=idx.version, hits=hits_out(hits))
+        q, _, version = idx.query_vector(image=data)
+        hits = idx.search_vectors(q, min(limit, s.max_limit), query_filter({}, modality),
+                                  version=version)[0]
+        return SearchResponse(query="image", anchor_version=version, hits=hits_out(hits))
 
     @app.post("/classify", response_model=ClassifyResponse, tags=["search"],
               dependencies=[reader])
