@@ -163,15 +163,17 @@ class Index:
         return update_anchors(self, add=(image_emb, text_emb, payloads),
                               timing=self.timing).added_ids
 
-    def remove_anchors(self, ids) -> UpdateResult:
-        """Remove anchors by id (one update per 4,096 ids); stored items stay exact."""
+    def remove_anchors(self, ids, progress=None) -> UpdateResult:
+        """Remove anchors by id (one update per 4,096 ids); stored items stay exact.
+        ``progress(items scanned)`` is called during each update's item pass."""
         ids = np.unique(np.asarray(ids, np.int64))
         if not len(ids):
             raise AnchorError("no anchor ids to remove")
         self.anchors.rows_of(ids)  # all known, or AnchorError before anything changes
         res = None
         for s in range(0, len(ids), MAX_REMOVE_PER_UPDATE):
-            r = update_anchors(self, remove=ids[s:s + MAX_REMOVE_PER_UPDATE], timing=self.timing)
+            r = update_anchors(self, remove=ids[s:s + MAX_REMOVE_PER_UPDATE], timing=self.timing,
+                               progress=progress)
             if res is None:
                 res = r
             else:

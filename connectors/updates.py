@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,10 +78,12 @@ class UpdateResult:
 
 def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = None,
                    batch: int = 512, timing: Coordination = DEFAULT,
-                   _fail_after_batches: int | None = None) -> UpdateResult:
+                   _fail_after_batches: int | None = None,
+                   progress: Callable[[int], None] | None = None) -> UpdateResult:
     """Apply one anchor update (add and/or remove) exactly; resumes an interrupted one.
 
     add: (image embeddings [n, d_i], text embeddings [n, d_t], payloads); remove: anchor ids.
+    progress: called with the items scanned so far after each batch of the item pass.
     Raises :class:`UpdateInProgressError` while another process's update is alive.
     """
     store = index.store
@@ -103,7 +106,7 @@ def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = 
                 f"an anchor update to version {journal.get('target')} is running on {where} "
                 f"({describe(journal)}); wait for it to finish, then re-run")
         result = _update(index, store, where, owner, journal, add, remove, batch, timing,
-                         _fail_after_batches)
+                         _fail_after_batches, progress)
         journal = None
         return result
     except BaseException:
@@ -126,7 +129,8 @@ def _try(fn, *args):
 
 
 def _update(index, store: VectorStore, where: str, owner: str, journal: dict | None, add,
-            remove, batch: int, timing: Coordination, fail_after: int | None) -> UpdateResult:
+            remove, batch: int, timing: Coordination, fail_after: int | None,
+            progress: Callable[[int], None] | None = None) -> UpdateResult:
     t0 = time.perf_counter()
     live = store.read_manifest()
     if journal and journal["target"] == live.version:  # flipped, journal not yet cleared
@@ -220,6 +224,8 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
             raise KeyboardInterrupt("simulated crash during the item pass")
         heartbeat()
         scanned += len(recs)
+        if progress is not None:
+            progress(scanned)
         for mod in ("image", "text"):
             group = [r for r in recs if r.modality == mod]
             if not group:

@@ -197,3 +197,130 @@ def test_settings_from_environment(monkeypatch, tmp_path):
     s = ServiceSettings()
     assert s.read_keys == ["a", "b"] and s.image_roots[0] == tmp_path.resolve()
     assert json.loads(s.model_dump_json())["cors_origins"] == []
+
+
+# ------------------------------------------------------------------------------------- jobs
+@pytest.fixture()
+def jobbed(encoders, tmp_path):
+    """A fresh index (10 anchors) served with jobs; a captions table of 12 more pairs (one
+    corrupt image, one row pointing outside the roots) under the roots."""
+    from asif_index.sample_data import sample_pairs
+
+    from connectors.rebuild import rebuild
+
+    root = tmp_path / "root"
+    (root / "img").mkdir(parents=True)
+    arrays, captions, _ = sample_pairs()
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(root / "img" / f"{i}.png")
+    (root / "img" / "broken.png").write_bytes(b"not a png")
+    rows = ["image\tcaption"] + [f"{i}.png\t{captions[i]}" for i in range(10, 20)]
+    rows += ["broken.png\ta broken file", f"{tmp_path}/outside.png\tan escape"]
+    (root / "pairs.tsv").write_text("\n".join(rows) + "\n")
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    idx = Index.create(MemoryStore("jobs"), *encoders, k=8)
+    idx.add_anchors([root / "img" / f"{i}.png" for i in range(10)], captions[:10])
+
+    def rebuild_to_memory(index, k, p):
+        return rebuild(index, MemoryStore("rebuilt"), k=k, p=p)
+
+    app = create_app(idx, ServiceSettings(read_keys=[READ], admin_keys=[ADMIN],
+                                          image_roots=[root]),
+                     jobs_dir=tmp_path / "jobs", rebuild=rebuild_to_memory)
+    client = TestClient(app)
+    yield client, idx, root, app
+    app.state.jobs.stop()
+
+
+def wait_job(client, job_id, timeout=120):
+    import time
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        j = client.get(f"/jobs/{job_id}", headers=h()).json()
+        if j["state"] in ("done", "failed", "cancelled"):
+            return j
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {j}")
+
+
+def test_ingest_and_anchor_jobs_report_progress_and_skips(jobbed):
+    client, idx, root, app = jobbed
+    r = client.post("/jobs/ingest", json={"captions": "pairs.tsv", "images": "img"},
+                    headers=h(ADMIN))
+    assert r.status_code == 202 and r.json()["state"] in ("queued", "running")
+    j = wait_job(client, r.json()["id"])
+    assert j["state"] == "done", j
+    assert j["total"] == 12 and j["done"] == 12 and j["result"]["new"] == 10
+    reasons = {s["input"].split("|")[0]: s["reason"] for s in j["skipped"]}
+    assert "cannot be decoded" in reasons["broken.png"] or "broken" in str(reasons)
+    assert any("outside the image roots" in s["reason"] for s in j["skipped"])
+    hits = client.post("/search", json={"text": "a photo", "modality": "image", "limit": 20},
+                       headers=h()).json()["hits"]
+    assert len(hits) == 10
+    # anchors from an uploaded table, while searches keep answering on one version or the other
+    up = client.post("/uploads", files={"file": ("more.tsv", (root / "pairs.tsv").read_bytes())},
+                     headers=h(ADMIN)).json()
+    v0 = idx.version
+    job = client.post("/jobs/anchors/add", json={"captions": up["path"], "images": "img",
+                                                 "batch": 4}, headers=h(ADMIN)).json()
+    seen = set()
+    while client.get(f"/jobs/{job['id']}", headers=h()).json()["state"] in ("queued", "running"):
+        r = client.post("/search", json={"text": "a photo", "limit": 5}, headers=h())
+        assert r.status_code == 200
+        seen.add(r.json()["anchor_version"])
+    j = wait_job(client, job["id"])
+    assert j["state"] == "done" and j["result"]["new"] == 10, j
+    assert j["result"]["anchors"] == 20 and j["result"]["anchor_version"] == v0 + 3
+    assert seen <= set(range(v0, v0 + 4))
+    st = client.get("/stats", headers=h()).json()
+    assert st["anchors"] == 20 and st["items"] == 10
+    # remove two anchors; stored items stay exact (checked against a fresh projection)
+    j = wait_job(client, client.post("/jobs/anchors/remove", json={"ids": [0, 1]},
+                                     headers=h(ADMIN)).json()["id"])
+    assert j["state"] == "done" and j["result"]["removed"] == 2 and j["result"]["anchors"] == 18
+    rec = next(iter(next(idx.store.scroll_items(version=idx.version))))
+    fresh = idx.project(rec.embedding[None], rec.modality)
+    np.testing.assert_array_equal(np.sort(fresh.indices[0]), np.sort(rec.sparse_indices))
+    assert client.post("/jobs/anchors/remove", json={"ids": [999]},
+                       headers=h(ADMIN)).status_code == 422
+
+
+def test_rebuild_job_switches_the_service_to_the_new_index(jobbed):
+    client, idx, root, app = jobbed
+    wait_job(client, client.post("/jobs/ingest", json={"captions": "pairs.tsv", "images": "img"},
+                                 headers=h(ADMIN)).json()["id"])
+    j = wait_job(client, client.post("/jobs/anchors/rebuild", json={"k": 4},
+                                     headers=h(ADMIN)).json()["id"])
+    assert j["state"] == "done" and j["result"]["items"] == 10 and j["result"]["k"] == 4
+    assert client.get("/stats", headers=h()).json()["k"] == 4
+    hits = client.post("/search", json={"text": "a photo", "limit": 3}, headers=h()).json()["hits"]
+    assert len(hits) == 3
+
+
+def test_jobs_refuse_bad_sources_up_front(jobbed):
+    client = jobbed[0]
+    for body, code in [({"captions": "../../etc/passwd"}, 403), ({"folder": "nope"}, 404),
+                       ({"captions": "pairs.tsv", "folder": "img"}, 422), ({}, 422)]:
+        r = client.post("/jobs/ingest", json=body, headers=h(ADMIN))
+        assert r.status_code == code, (body, r.text)
+    bad = client.post("/uploads", files={"file": ("x.exe", b"MZ")}, headers=h(ADMIN))
+    assert bad.status_code == 422
+    assert client.get("/jobs/nope", headers=h()).status_code == 404
+
+
+ADMIN_ROUTES = [("post", "/jobs/ingest", {"json": {"texts": "t.txt"}}),
+                ("post", "/jobs/anchors/add", {"json": {"captions": "pairs.tsv"}}),
+                ("post", "/jobs/anchors/remove", {"json": {"ids": [1]}}),
+                ("post", "/jobs/anchors/rebuild", {"json": {}}),
+                ("post", "/uploads", {"files": {"file": ("a.tsv", b"image\tcaption\n")}}),
+                ("delete", "/jobs/abc", {})]
+
+
+@pytest.mark.parametrize("method,path,kw", ADMIN_ROUTES)
+def test_admin_routes_refuse_read_keys_and_no_key(jobbed, method, path, kw):
+    client = jobbed[0]
+    assert getattr(client, method)(path, **kw).status_code == 401
+    r = getattr(client, method)(path, headers=h(READ), **kw)
+    assert r.status_code == 403 and "admin key" in r.json()["detail"]
+    assert not client.get("/jobs", headers=h()).json(), "nothing was started"

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable, Iterator, Literal, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, Literal, NamedTuple
 
 import numpy as np
 
@@ -173,7 +173,8 @@ def _fingerprint(*parts: object) -> str:
 def ingest_items(index: Index, source: Iterable[SourceItem],
                  modality: Literal["image", "text", "both"] = "image",
                  batch_size: int | None = None, checkpoint: str | Path | None = None,
-                 source_name: str = "", progress: bool = True) -> IngestSummary:
+                 source_name: str = "", progress: bool = True,
+                 on_batch: Callable[[IngestSummary], None] | None = None) -> IngestSummary:
     """Embed, project and write items; resumable through ``checkpoint``.
 
     The database write of a batch runs in a writer thread while the next batch is decoded,
@@ -205,7 +206,7 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
         s.ingested += new
         s.updated += upd
         s.skipped += skipped
-        _batch_done(ck, batch, t_start, bar)
+        _batch_done(ck, batch, t_start, bar, on_batch)
 
     with ThreadPoolExecutor(1, thread_name_prefix="asif-writer") as writer:
         try:
@@ -244,7 +245,8 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
 
 def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int = 4096,
                    checkpoint: str | Path | None = None, source_name: str = "",
-                   progress: bool = True) -> IngestSummary:
+                   progress: bool = True,
+                   on_batch: Callable[[IngestSummary], None] | None = None) -> IngestSummary:
     """Add image-caption pairs as anchors. A pair already in the set (same image bytes and
     caption) is skipped as a duplicate, so re-runs and resumes never duplicate anchors."""
     ck = Checkpoint(checkpoint, _fingerprint(source_name, "anchors", index.store.backend,
@@ -288,7 +290,7 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
         s.timings["write_s"] += time.perf_counter() - t0
         s.ingested += len(payloads)
         s.skipped += skip_i + skip_t
-        _batch_done(ck, batch, t_start, bar)
+        _batch_done(ck, batch, t_start, bar, on_batch)
     if bar is not None:
         bar.close()
     return s
@@ -299,8 +301,9 @@ def _anchor_payload(it: SourceItem, source_name: str, key: str) -> AnchorPayload
                          key)
 
 
-def _batch_done(ck: Checkpoint, batch: list, t_start: float, bar) -> None:
-    """A batch is fully written: count it, checkpoint it, show it."""
+def _batch_done(ck: Checkpoint, batch: list, t_start: float, bar, on_batch=None) -> None:
+    """A batch is fully written: count it, checkpoint it, show it (and tell ``on_batch``, which
+    may raise to stop the run: the checkpoint already holds this batch)."""
     s = ck.summary
     s.source_items += len(batch)
     s.seconds = time.perf_counter() - t_start
@@ -309,6 +312,8 @@ def _batch_done(ck: Checkpoint, batch: list, t_start: float, bar) -> None:
     if bar is not None:
         bar.update(len(batch))
         bar.set_postfix(items_s=f"{s.items_per_s:.1f}", skipped=len(s.skipped))
+    if on_batch is not None:
+        on_batch(s)
 
 
 def _pair_key(encoder: Encoder, it: SourceItem) -> str:

@@ -9,12 +9,19 @@ problems 422, refused paths 403, unknown items 404, a busy or unreachable databa
 # no "from __future__ import annotations": FastAPI reads the route annotations at runtime,
 # and they name classes imported inside create_app
 
+import re
+import tempfile
 import threading
 import time
-from typing import Any
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
 
 from asif_index._optional import require
 from asif_index.errors import (
+    AnchorError,
     AsifError,
     BackendUnavailableError,
     CollectionError,
@@ -25,28 +32,43 @@ from asif_index.errors import (
 )
 from connectors.service.auth import KeyRing
 from connectors.service.images import ImageMissing, PathRefused, resolve_under, thumbnail
+from connectors.service.jobs import Job, JobManager
 from connectors.service.metrics import Metrics
 from connectors.service.models import (
+    AnchorAddRequest,
     AnchorContribution,
+    AnchorRemoveRequest,
     ClassifyResponse,
     ErrorResponse,
     ExplainRequest,
     ExplainResponse,
     Health,
     Hit,
+    IngestJobRequest,
     Prediction,
+    RebuildRequest,
     SearchRequest,
     SearchResponse,
+    SourceRequest,
+    Upload,
 )
+from connectors.service.operations import make_runner, source_items
 from connectors.service.settings import ServiceSettings
 
 STATUS = [(PathRefused, 403), (ImageMissing, 404), (InputError, 422), (ModalityError, 422),
+          (AnchorError, 422),
           (CollectionError, 404), (BackendUnavailableError, 503), (ConsistencyError, 409),
           (ConfigError, 400), (AsifError, 400)]
 
 
-def create_app(index, settings: ServiceSettings | None = None):
-    """A FastAPI app serving ``index`` (a :class:`connectors.index.Index`)."""
+def create_app(index, settings: ServiceSettings | None = None, *,
+               jobs_dir: str | Path | None = None, rebuild: Callable | None = None):
+    """A FastAPI app serving ``index`` (a :class:`connectors.index.Index`).
+
+    jobs_dir: where jobs and their checkpoints persist (jobs left unfinished there are resumed
+        at start); default a temporary folder, so nothing resumes.
+    rebuild: ``rebuild(index, k, p) -> (new index, items)`` for the rebuild job (the caller
+        knows where a new physical index goes and how the alias switches); None: refused."""
     fastapi = require("fastapi", "the HTTP service")
     from fastapi import Depends, File, Form, HTTPException, Request, Security, UploadFile
     from fastapi.exceptions import RequestValidationError
@@ -61,6 +83,13 @@ def create_app(index, settings: ServiceSettings | None = None):
     metrics = Metrics()
     lock = threading.Lock()
     last_refresh = [0.0]
+    holder = {"index": index}  # a rebuild job swaps in the new index
+    manager_ref: list[JobManager] = []
+    jobs = JobManager(jobs_dir or tempfile.mkdtemp(prefix="asif-jobs-"),
+                      make_runner(holder, s.image_roots, manager_ref, rebuild))
+    manager_ref.append(jobs)
+    uploads = jobs.dir / "uploads"
+    uploads.mkdir(exist_ok=True)
     app = fastapi.FastAPI(
         title="asif-index", version="0.1.0",
         description="Training-free multimodal search (ASIF relative vectors) on Qdrant or "
@@ -93,6 +122,7 @@ def create_app(index, settings: ServiceSettings | None = None):
         return check
 
     reader = Depends(role("read"))
+    admin = Depends(role("admin"))
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
@@ -130,13 +160,14 @@ def create_app(index, settings: ServiceSettings | None = None):
     # -- helpers --------------------------------------------------------------------------
     def fresh():
         """Follow anchor updates made by other processes, at most every ``refresh_s``."""
+        idx = holder["index"]
         now = time.monotonic()
         if now - last_refresh[0] >= s.refresh_s:
             with lock:
                 if now - last_refresh[0] >= s.refresh_s:
-                    index.refresh()
+                    idx.refresh()
                     last_refresh[0] = now
-        return index
+        return idx
 
     def item_thumb(payload: dict, item_id: str) -> str | None:
         if not s.image_roots or not payload.get("path"):
@@ -177,15 +208,18 @@ def create_app(index, settings: ServiceSettings | None = None):
             ok, detail = False, str(exc)
         if not ok:
             response.status_code = 503
+        idx = holder["index"]
         return Health(status="ok" if ok else "unavailable", database=ok,
-                      anchors=len(index.anchors), anchor_version=index.version, detail=detail)
+                      anchors=len(idx.anchors), anchor_version=idx.version, detail=detail)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"],
              dependencies=[reader])
     def prometheus() -> str:
         """Prometheus text: request counts and latency histograms by route."""
-        metrics.gauges["asif_anchors"] = len(index.anchors)
-        metrics.gauges["asif_anchor_version"] = index.version
+        idx = holder["index"]
+        metrics.gauges["asif_anchors"] = len(idx.anchors)
+        metrics.gauges["asif_anchor_version"] = idx.version
+        metrics.gauges["asif_jobs_active"] = jobs.active
         return metrics.render()
 
     @app.post("/search", response_model=SearchResponse, tags=["search"], dependencies=[reader])
@@ -281,8 +315,6 @@ def create_app(index, settings: ServiceSettings | None = None):
              response_class=Response)
     def anchor_thumbnail(anchor_id: int) -> Response:
         """A thumbnail of an anchor's image (its image reference, under the roots only)."""
-        import numpy as np
-
         idx = fresh()
         rows = np.flatnonzero(idx.anchors.ids == anchor_id)
         if not rows.size:
@@ -292,5 +324,74 @@ def create_app(index, settings: ServiceSettings | None = None):
             raise HTTPException(404, f"anchor {anchor_id} has no image reference")
         return jpeg(resolve_under(ref, s.image_roots))
 
-    app.state.metrics, app.state.settings = metrics, s
+    # -- jobs (admin) -------------------------------------------------------------------
+    def checked_source(req: SourceRequest) -> dict:
+        params = req.model_dump(exclude_none=True)
+        source_items(params, s.image_roots, uploads)  # bad paths: 403/404 now, not in the job
+        return params
+
+    @app.post("/uploads", response_model=Upload, tags=["jobs"], dependencies=[admin])
+    def upload(file: UploadFile = File(..., description="a captions table or texts file")
+               ) -> Upload:
+        """Store a table for a later job; returns the path to give the job."""
+        data = read_upload(file)
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(file.filename or "table").name)[-80:]
+        if not safe.lower().endswith((".csv", ".tsv", ".jsonl", ".txt", ".parquet")):
+            raise HTTPException(422, f"'{file.filename}': upload a .csv, .tsv, .jsonl, .txt or "
+                                     ".parquet table")
+        name = f"{uuid.uuid4().hex[:8]}-{safe}"
+        (uploads / name).write_bytes(data)
+        return Upload(path=str(uploads / name), bytes=len(data))
+
+    @app.post("/jobs/ingest", response_model=Job, status_code=202, tags=["jobs"],
+              dependencies=[admin])
+    def ingest_job(req: IngestJobRequest) -> Job:
+        """Embed, project and store items from a source; poll ``GET /jobs/{id}``."""
+        return jobs.submit("ingest", {**checked_source(req), "modality": req.modality})
+
+    @app.post("/jobs/anchors/add", response_model=Job, status_code=202, tags=["jobs"],
+              dependencies=[admin])
+    def anchors_add_job(req: AnchorAddRequest) -> Job:
+        """Add image-caption pairs as anchors (stored items re-projected exactly, live)."""
+        return jobs.submit("anchors_add", {**checked_source(req), "batch": req.batch})
+
+    @app.post("/jobs/anchors/remove", response_model=Job, status_code=202, tags=["jobs"],
+              dependencies=[admin])
+    def anchors_remove_job(req: AnchorRemoveRequest) -> Job:
+        """Remove anchors by id (stored items re-projected exactly, live)."""
+        holder["index"].anchors.rows_of(np.asarray(req.ids))  # unknown ids: 422 now
+        return jobs.submit("anchors_remove", {"ids": sorted(set(req.ids))})
+
+    @app.post("/jobs/anchors/rebuild", response_model=Job, status_code=202, tags=["jobs"],
+              dependencies=[admin])
+    def rebuild_job(req: RebuildRequest) -> Job:
+        """Re-project everything into a new index (new k, p) and switch to it."""
+        if rebuild is None:
+            raise HTTPException(501, "this service was started without a rebuild target; "
+                                     "run 'asif-index anchors rebuild' instead")
+        return jobs.submit("anchors_rebuild", req.model_dump())
+
+    @app.get("/jobs", response_model=list[Job], tags=["jobs"], dependencies=[reader])
+    def list_jobs() -> list[Job]:
+        """Every job, newest first."""
+        return jobs.list()
+
+    @app.get("/jobs/{job_id}", response_model=Job, tags=["jobs"], dependencies=[reader])
+    def get_job(job_id: str) -> Job:
+        """State, progress (done / total), skipped inputs with reasons, final figures."""
+        j = jobs.get(job_id)
+        if j is None:
+            raise HTTPException(404, f"no job '{job_id}'")
+        return j
+
+    @app.delete("/jobs/{job_id}", response_model=Job, tags=["jobs"], dependencies=[admin])
+    def cancel_job(job_id: str) -> Job:
+        """Cancel a queued job, or stop a running one at its next batch (resumable state)."""
+        j = jobs.cancel(job_id)
+        if j is None:
+            raise HTTPException(404, f"no job '{job_id}'")
+        return j
+
+    app.state.metrics, app.state.settings, app.state.jobs = metrics, s, jobs
+    app.state.resumed_jobs = jobs.start()
     return app

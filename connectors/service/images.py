@@ -17,9 +17,10 @@ class ImageMissing(Exception):
     """A path inside the roots that is not a file: answered 404."""
 
 
-def resolve_under(ref: str, roots: list[Path]) -> Path:
-    """The real file ``ref`` names (absolute, or relative to one of ``roots``), refused unless
-    it lies under a root after every symlink and '..' is resolved."""
+def resolve_under(ref: str, roots: list[Path], kind: str = "file") -> Path:
+    """The real file (or folder, ``kind="dir"``) ``ref`` names (absolute, or relative to one
+    of ``roots``), refused unless it lies under a root after every symlink and '..' is
+    resolved."""
     if not roots:
         raise PathRefused("this service reads no image paths: start it with --image-root DIR "
                           "(ASIF_SERVE_IMAGE_ROOTS) to allow a folder")
@@ -32,11 +33,17 @@ def resolve_under(ref: str, roots: list[Path]) -> Path:
         real = c.resolve(strict=False)
         if any(real == r or real.is_relative_to(r) for r in roots):
             inside = True
-            if real.is_file():
+            if real.is_file() if kind == "file" else real.is_dir():
                 return real
     if not inside:
         raise PathRefused(f"'{ref}' is outside the image roots this service may read")
-    raise ImageMissing(f"no image file '{ref}' under the image roots")
+    raise ImageMissing(f"no {'file' if kind == 'file' else 'folder'} '{ref}' under the image "
+                       "roots")
+
+
+def inside(path: Path, roots: list[Path]) -> bool:
+    real = Path(path).resolve(strict=False)
+    return any(real == r or real.is_relative_to(r) for r in roots)
 
 
 @lru_cache(maxsize=2048)

@@ -96,3 +96,45 @@ class Health(BaseModel):
 class ErrorResponse(BaseModel):
     error: str = Field(description="the error class, e.g. InputError")
     detail: str
+
+
+class SourceRequest(BaseModel):
+    """Where a job reads from: a captions table (a path under the image roots, or the path
+    ``POST /uploads`` returned) with the folder its image paths are relative to; or an image
+    folder; or a texts file."""
+
+    model_config = ConfigDict(extra="forbid")
+    captions: str | None = Field(None, examples=["uploads/3f2a-captions.tsv"])
+    images: str | None = Field(None, description="folder the table's image paths are relative to")
+    folder: str | None = Field(None, description="an image folder (sub-folders = labels)")
+    texts: str | None = Field(None, description="a text file, one item per line, or a table")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if sum(x is not None for x in (self.captions, self.folder, self.texts)) != 1:
+            raise ValueError("give exactly one of captions, folder or texts")
+        return self
+
+
+class IngestJobRequest(SourceRequest):
+    modality: Literal["image", "text", "both"] = "image"
+
+
+class AnchorAddRequest(SourceRequest):
+    batch: int = Field(4096, ge=1, le=100_000, description="pairs per anchor update")
+
+
+class AnchorRemoveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[int] = Field(min_length=1, max_length=100_000)
+
+
+class RebuildRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k: int | None = Field(None, ge=1, le=1_000_000)
+    p: float | None = Field(None, gt=0, le=64)
+
+
+class Upload(BaseModel):
+    path: str = Field(description="pass it as a job's 'captions' or 'texts'")
+    bytes: int

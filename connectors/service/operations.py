@@ -1,0 +1,88 @@
+"""What each job does, on the service's current :class:`Index` (never on a store)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from connectors.service.images import inside, resolve_under
+from connectors.service.jobs import Job, JobManager
+
+
+def source_items(params: dict[str, Any], roots: list[Path], uploads: Path) -> list:
+    """The SourceItems a job reads: a captions table (uploaded, or a path under the roots)
+    with its image folder, an image folder, or a texts file. Image rows pointing outside the
+    roots are kept as skipped items with that reason, never read."""
+    from connectors.pipeline import read_captions_table, read_image_folder, read_texts
+
+    table_roots = [*roots, uploads.resolve()]
+    if params.get("captions"):
+        table = resolve_under(params["captions"], table_roots)
+        images = resolve_under(params["images"], roots, "dir") if params.get("images") else None
+        items = list(read_captions_table(table, images))
+    elif params.get("folder"):
+        items = list(read_image_folder(resolve_under(params["folder"], roots, "dir")))
+    else:
+        items = list(read_texts(resolve_under(params["texts"], table_roots)))
+    out = []
+    for it in items:
+        if it.image is not None and not it.error and not inside(Path(it.image), roots):
+            it = dataclasses.replace(it, image=None, error=f"image '{it.image}' is outside the "
+                                     "image roots this service may read")
+        out.append(it)
+    return out
+
+
+def make_runner(holder: dict, roots: list[Path], manager_ref: list[JobManager],
+                rebuild: Callable | None) -> Callable[[Job, Callable[..., None]], dict]:
+    """``holder["index"]`` is the service's current index (a rebuild replaces it)."""
+    from connectors.pipeline import ingest_anchors, ingest_items
+
+    def run(job: Job, report: Callable[..., None]) -> dict:
+        idx = holder["index"]
+        p = job.params
+        manager = manager_ref[0]
+        if job.kind in ("ingest", "anchors_add"):
+            items = source_items(p, roots, manager.dir / "uploads")
+            report(total=len(items))
+            name = p.get("captions") or p.get("folder") or p.get("texts") or ""
+
+            def on_batch(summary) -> None:
+                report(done=summary.source_items, skipped=summary.skipped)
+
+            if job.kind == "ingest":
+                s = ingest_items(idx, items, p.get("modality", "image"),
+                                 checkpoint=manager.checkpoint(job), source_name=name,
+                                 progress=False, on_batch=on_batch)
+            else:
+                s = ingest_anchors(idx, items, batch_size=int(p.get("batch", 4096)),
+                                   checkpoint=manager.checkpoint(job), source_name=name,
+                                   progress=False, on_batch=on_batch)
+            report(done=s.source_items, skipped=s.skipped)
+            return {"new": s.ingested, "updated": s.updated, "skipped": len(s.skipped),
+                    "source_items": s.source_items, "seconds": round(s.seconds, 3),
+                    "anchors": len(idx.anchors), "anchor_version": idx.version}
+        if job.kind == "anchors_remove":
+            import numpy as np
+
+            from connectors.updates import status, update_anchors
+
+            if status(idx.store).get("pending_update"):
+                update_anchors(idx)  # a removal interrupted with the server: finish it first
+            known = set(idx.anchors.ids.tolist())
+            ids = [int(i) for i in p["ids"] if int(i) in known]
+            report(total=idx.store.count_items(version=idx.version))
+            if not ids:  # every id already removed (by an earlier run of this job)
+                return {"removed": 0, "anchors": len(idx.anchors), "anchor_version": idx.version}
+            r = idx.remove_anchors(np.asarray(ids), progress=lambda n: report(done=n))
+            return {"removed": len(ids), "items_touched": r.items_touched,
+                    "items_scanned": r.items_scanned, "seconds": round(r.seconds, 3),
+                    "anchors": len(idx.anchors), "anchor_version": idx.version}
+        if job.kind == "anchors_rebuild":
+            new, n = rebuild(idx, p.get("k"), p.get("p"))
+            holder["index"] = new
+            return {"items": n, "k": new.k, "p": new.p, "anchor_version": new.version}
+        raise ValueError(f"unknown job kind '{job.kind}'")
+
+    return run
