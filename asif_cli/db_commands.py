@@ -55,7 +55,26 @@ def cmd_serve(args) -> int:
                               "or set ASIF_SERVE_READ_KEYS)")
         extra["allow_anonymous"] = True
     settings = ServiceSettings(**extra)
-    app = create_app(_open(args), settings)
+    s = _settings(args)
+
+    def rebuild_into(index, k, p):
+        # the CLI's own rebuild: a new physical index, then the alias switched in one write
+        from connectors import open_store, registry_of
+        from connectors.rebuild import rebuild, set_alias
+
+        physical = f"{s.collection}_v{int(__import__('time').time())}"
+        new, n = rebuild(index, open_store(s, physical, resolve=False), k=k, p=p)
+        set_alias(registry_of(s), s.collection, physical)
+        return new, n
+
+    import hashlib
+
+    where = hashlib.sha1(str(s.url or (s.path and s.path.resolve())).encode()).hexdigest()[:8]
+    jobs_dir = s.cache_dir / "jobs" / f"{s.backend}-{s.collection}-{where}"
+    app = create_app(_open(args), settings, jobs_dir=jobs_dir, rebuild=rebuild_into)
+    if app.state.resumed_jobs:
+        print(f"resuming {len(app.state.resumed_jobs)} unfinished job(s) from {jobs_dir}",
+              flush=True)
     print(f"serving {args.name} on http://{args.host}:{args.port} (API docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -166,3 +166,79 @@ def test_serve_command_answers_http_with_keys(pairs, tmp_path, capsys):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert "Traceback" not in out, out
+
+
+def test_serve_resumes_a_job_killed_with_the_server(pairs, tmp_path, capsys):
+    """An ingest job runs in `asif-index serve`; the server is SIGKILLed mid-job and started
+    again: the job resumes from its checkpoint and ends with every item stored once."""
+    pytest.importorskip("fastapi")
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from connectors import _close_local_clients
+
+    a = ["--backend", "qdrant", "--path", str(tmp_path / "q"), "--name", "jobs",
+         "--cache-dir", str(tmp_path / "cache")]
+    assert main(["init", "--k", "6"] + a) == 0
+    assert main(["anchors", "add", "--captions", str(pairs / "pairs.tsv"), "--images",
+                 str(pairs / "img")] + a) == 0
+    _close_local_clients()
+    capsys.readouterr()
+    texts = pairs / "texts.txt"
+    texts.write_text("\n".join(f"a {c} shape number {i}" for i in range(1500)
+                               for c in ["red"]) + "\n")
+    env = {**os.environ, "ASIF_SERVE_ADMIN_KEYS": "adm"}
+    key = {"X-API-Key": "adm"}
+
+    def start():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "asif_cli.main", "serve", "--port",
+                                 str(port), "--image-root", str(pairs)] + a, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    return proc, base
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.5)
+        raise AssertionError("server did not start")
+
+    proc, base = start()
+    try:
+        job = httpx.post(base + "/jobs/ingest", json={"texts": "texts.txt", "modality": "text"},
+                         headers=key).json()
+        for _ in range(600):
+            j = httpx.get(f"{base}/jobs/{job['id']}", headers=key).json()
+            if j["done"] > 0:
+                break
+            time.sleep(0.1)
+        assert 0 < j["done"] < 1500, j
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    proc, base = start()
+    try:
+        for _ in range(1200):
+            j = httpx.get(f"{base}/jobs/{job['id']}", headers=key).json()
+            if j["state"] not in ("queued", "running"):
+                break
+            time.sleep(0.1)
+        assert j["state"] == "done" and j["runs"] == 2, j
+        assert j["done"] == 1500
+        stats = httpx.get(base + "/stats", headers=key).json()
+        assert stats["text_items"] == 1500 and stats["stored_points"] == 1500
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert "resuming 1 unfinished job" in out
