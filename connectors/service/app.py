@@ -72,7 +72,7 @@ def create_app(index, settings: ServiceSettings | None = None, *,
     fastapi = require("fastapi", "the HTTP service")
     from fastapi import Depends, File, Form, HTTPException, Request, Security, UploadFile
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
     from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
     s = settings or ServiceSettings()
@@ -323,6 +323,13 @@ def create_app(index, settings: ServiceSettings | None = None, *,
         if not ref:
             raise HTTPException(404, f"anchor {anchor_id} has no image reference")
         return jpeg(resolve_under(ref, s.image_roots))
+
+    page = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def ui() -> str:
+        """The web page (no key needed to load it; every call it makes sends the key)."""
+        return page
 
     # -- jobs (admin) -------------------------------------------------------------------
     def checked_source(req: SourceRequest) -> dict:

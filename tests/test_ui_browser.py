@@ -1,0 +1,125 @@
+"""The web page in a real headless browser (Debian's chromium + chromium-driver, selenium):
+type a query and see result images, open an explanation, add anchors from an uploaded table
+and watch the job finish."""
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="no chromium + chromedriver (Debian: apt-get install chromium chromium-driver)")
+
+KEY = "ui-admin-key"
+QUERY = "green grass seen from above"
+
+
+@pytest.fixture()
+def server(encoders, tmp_path):
+    import uvicorn
+
+    from asif_index.sample_data import sample_pairs
+    from connectors.index import Index
+    from connectors.memory import MemoryStore
+    from connectors.service import ServiceSettings, create_app
+
+    root = tmp_path / "root"
+    (root / "img").mkdir(parents=True)
+    arrays, captions, _ = sample_pairs()
+    paths = []
+    for i, a in enumerate(arrays):
+        p = root / "img" / f"{i}.png"
+        Image.fromarray(a).resize((160, 160)).save(p)
+        paths.append(p)
+    idx = Index.create(MemoryStore("ui"), *encoders, k=10)
+    idx.add_anchors(paths[:24], captions[:24], [str(p) for p in paths[:24]])
+    idx.add_items(paths[24:], "image", [{"path": str(p), "caption": captions[24 + i]}
+                                        for i, p in enumerate(paths[24:])])
+    (root / "more.tsv").write_text("image\tcaption\n" + "".join(
+        f"{i}.png\t{captions[i]}\n" for i in range(24, 32)))
+    app = create_app(idx, ServiceSettings(admin_keys=[KEY], image_roots=[root]),
+                     jobs_dir=tmp_path / "jobs")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    while not srv.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", root, idx
+    srv.should_exit = True
+    th.join(10)
+    app.state.jobs.stop()
+
+
+@pytest.fixture()
+def browser():
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,900"):
+        opts.add_argument(arg)
+    drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    yield drv
+    drv.quit()
+
+
+def wait(drv, cond, timeout=60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(drv, timeout, poll_frequency=0.1).until(lambda d: cond(d))
+
+
+def test_search_explain_and_anchor_job_in_a_browser(server, browser):
+    from selenium.webdriver.common.by import By
+
+    base, root, idx = server
+    d = browser
+    d.get(base + "/")
+    d.find_element(By.ID, "key").send_keys(KEY)
+    d.find_element(By.ID, "save-key").click()
+    wait(d, lambda d: "key accepted" in d.find_element(By.ID, "status").text)
+    q = d.find_element(By.ID, "query")
+    q.send_keys(QUERY)
+    d.find_element(By.ID, "search-btn").click()
+    results = wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .result"))
+    assert len(results) == 18  # every stored item (42 - 24 anchors), up to the limit of 24
+    # thumbnails arrive as images the browser decoded
+    wait(d, lambda d: all(d.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+        for img in d.find_elements(By.CSS_SELECTOR, "#results .result img")))
+    want = [h.id for h in idx.search(text=QUERY, limit=3)]
+    assert [r.get_attribute("data-id") for r in results[:3]] == want
+    results[0].click()
+    rows = wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#explain .anchor"))
+    assert 0 < len(rows) <= 10
+    assert "Why it matches" in d.find_element(By.ID, "explain").text
+    if os.environ.get("ASIF_UI_SCREENSHOT"):
+        time.sleep(0.5)
+        d.save_screenshot(os.environ["ASIF_UI_SCREENSHOT"])
+    # anchors: upload a table, start the job, watch it finish
+    d.find_element(By.ID, "tab-anchors").click()
+    wait(d, lambda d: d.find_element(By.ID, "anchor-count").text == "24")
+    d.find_element(By.ID, "table-file").send_keys(str(root / "more.tsv"))
+    d.find_element(By.ID, "images-dir").send_keys("img")
+    d.find_element(By.ID, "add-anchors").click()
+    wait(d, lambda d: d.find_element(By.ID, "job-state").get_attribute("data-state") == "done",
+         timeout=120)
+    assert "8 / 8" in d.find_element(By.ID, "job-state").text
+    wait(d, lambda d: d.find_element(By.ID, "anchor-count").text == "32")
+    assert len(idx.anchors) == 32
