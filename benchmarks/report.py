@@ -56,6 +56,12 @@ SECTIONS = [
      "dev images and 5,000 captions as items; recall@10 against the exact in-memory top-10 of "
      "the full query, ties not counted as misses; p50 of the database search alone)."),
 ]
+SECTIONS.append(
+    ("service.json", "9. The HTTP service under load",
+     "`python -m benchmarks.service` (loopback; uvicorn in one process, httpx client threads in "
+     "another; each request a full text search: MiniLM encode, projection against 30,000 "
+     "anchors, database search; 10 s per phase; the last row runs while 1% new anchors are "
+     "added live, `versions_seen` the anchor versions the answers came from)."))
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"  # JSON kept with the docs
 
 

@@ -59,3 +59,19 @@ def test_gpu_topk_benchmark_runs_and_checks_exactness(tmp_path):
     assert all(r["asif_exact"] and r["fallback"] == 0 for r in res["rows"])
     assert all(r["torch16_recall"] > 0.9 for r in res["rows"])
     assert any("exact top-k" in line and line.startswith("PASS") for line in res["targets"])
+
+
+def test_service_load_benchmark_has_no_errors_and_no_mixed_versions(tmp_path):
+    """benchmarks.service at tiny sizes: every request answered, including while an anchor
+    update lands, each on the old or the new version."""
+    import pytest
+
+    pytest.importorskip("fastapi")
+    from benchmarks.service import main
+
+    rows = main(["--items", "800", "--anchors", "600", "--k", "40", "--seconds", "1.5",
+                 "--clients", "1,4", "--engines", "qdrant-edge", "--out",
+                 str(tmp_path / "s.json")])
+    assert [r["phase"] for r in rows] == ["idle", "idle", "during update"]
+    assert all(r["errors"] == 0 and r["requests"] > 0 for r in rows)
+    assert not rows[-1]["mixed"] and rows[-1]["update_s"] > 0
