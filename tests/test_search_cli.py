@@ -57,10 +57,19 @@ def test_cross_modal_search_and_zero_shot_on_real_embeddings(sample_embeddings, 
 
 
 def test_cli_demo_runs_on_bundled_sample(tmp_path, capsys):
-    rc = main(["demo", "--cache-dir", str(tmp_path), "--k", "20", "--save", str(tmp_path / "a")])
+    rc = main(["demo", "--cache-dir", str(tmp_path), "--k", "20", "--save", str(tmp_path / "a"),
+               "--out", str(tmp_path / "demo")])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "42 anchor pairs" in out and "zero-shot classification" in out
+    # anchors and searched images never overlap: 28 anchors, 14 held out
+    assert "28 anchor pairs from 28 images" in out and "14 other images held out" in out
+    import re
+
+    acc = float(re.search(r"accuracy ([0-9.]+) \(chance 0.077\)", out).group(1))
+    r1 = float(re.search(r"R@1 ([0-9.]+) for 14 captions \(chance 0.071\)", out).group(1))
+    assert acc > 0.5 and r1 > 0.5, out  # far above chance on images the anchors never saw
+    page = (tmp_path / "demo" / "index.html").read_text()
+    assert page.count("<img") == 12 and "a photo of cat" in page
     assert (tmp_path / "a" / "manifest.json").is_file()
 
 
@@ -78,9 +87,11 @@ def test_cli_demo_on_a_captions_table_skips_corrupt(tmp_path, capsys):
     rows.append("bad.png\tbroken file")
     (tmp_path / "caps.tsv").write_text("\n".join(rows) + "\n")
     rc = main(["demo", "--captions", str(tmp_path / "caps.tsv"), "--images", str(tmp_path / "img"),
-               "--cache-dir", str(tmp_path / "c"), "--k", "3", "--query", "red"])
+               "--cache-dir", str(tmp_path / "c"), "--k", "3", "--query", "red",
+               "--out", str(tmp_path / "demo")])
     cap = capsys.readouterr()
-    assert rc == 0 and "3 anchor pairs" in cap.out
+    assert rc == 0 and "2 anchor pairs from 2 images" in cap.out
+    assert "accuracy not measured: the images have no classes" in cap.out
     assert "bad.png" in cap.err and "cannot be decoded" in cap.err
 
 
