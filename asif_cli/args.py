@@ -58,3 +58,10 @@ def kp_options(p: argparse.ArgumentParser, what: str = "") -> None:
                    help=f"anchors kept per relative vector{what} (default 800)")
     p.add_argument("--p", type=positive_float,
                    help=f"power applied to the kept similarities{what} (default 8)")
+
+
+def query_keep(text: str) -> str:
+    """--query-keep: a number >= 1, or 'all'."""
+    if text == "all":
+        return text
+    return str(positive_int(text))

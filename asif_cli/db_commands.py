@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-from asif_cli.args import anchor_ids, kp_options, positive_float, positive_int
+from asif_cli.args import anchor_ids, kp_options, positive_float, positive_int, query_keep
 
 
 def _settings(args):
@@ -114,7 +115,9 @@ def cmd_anchors_add(args) -> int:
 
     idx = _open(args)
     src, name = _source(args)
-    s = ingest_anchors(idx, src, checkpoint=args.checkpoint, source_name=name)
+    _restart(args)
+    s = ingest_anchors(idx, src, checkpoint=args.checkpoint, source_name=name,
+                       index_key=_settings(args).collection)
     print(s.report())
     print(f"anchors: {len(idx.anchors)} (version {idx.anchors.version})")
     return 0
@@ -161,9 +164,16 @@ def cmd_ingest(args) -> int:
 
     idx = _open(args)
     src, name = _source(args)
-    s = ingest_items(idx, src, args.modality, args.batch_size, args.checkpoint, name)
+    _restart(args)
+    s = ingest_items(idx, src, args.modality, args.batch_size, args.checkpoint, name,
+                     index_key=_settings(args).collection)
     print(s.report())
     return 0
+
+
+def _restart(args) -> None:
+    if getattr(args, "restart", False) and args.checkpoint and Path(args.checkpoint).exists():
+        Path(args.checkpoint).unlink()
 
 
 def _filter(pairs):
@@ -177,30 +187,150 @@ def _filter(pairs):
     return out
 
 
-def cmd_search(args) -> int:
-    idx = _open(args)
-    hits = idx.search(text=args.text, image=args.image, limit=args.limit, filter=_filter(args.filter))
+def _hit_dict(h) -> dict:
+    return {"id": h.id, "score": round(float(h.score), 6), "modality": h.modality,
+            "payload": h.payload}
+
+
+def _print_hits(hits, as_json: bool, query: str) -> None:
+    if as_json:
+        print(json.dumps({"query": query, "hits": [_hit_dict(h) for h in hits]}))
+        return
+    if not hits:
+        print(f"no results for {query}: the index has no items matching the filter, or none "
+              "with a positive similarity (add items, or anchors closer to the query)")
     for h in hits:
         print(f"{h.score:.4f}  {h.modality:5s}  {h.id}  {json.dumps(h.payload)}")
+
+
+def cmd_search(args) -> int:
+    idx = _open(args)
+    keep = None if args.query_keep is None else ("all" if args.query_keep == "all"
+                                                 else int(args.query_keep))
+    flt = _filter(args.filter) or None
+    if args.queries:
+        # one process, many queries: one JSON line per query
+        path = Path(args.queries)
+        if not path.is_file():
+            from asif_index.errors import ConfigError
+
+            raise ConfigError(f"queries file '{path}' (--queries) does not exist")
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                q, _, v = idx.query_vector(text=line.strip())
+                hits = idx.search_vectors(q, args.limit, flt, keep, version=v)[0]
+                print(json.dumps({"query": line.strip(), "hits": [_hit_dict(h) for h in hits]}))
+        return 0
+    if args.item:
+        q, v = idx.item_vector(args.item)
+        what = f"item {args.item}"
+    else:
+        q, _, v = idx.query_vector(text=args.text, image=args.image)
+        what = repr(args.text) if args.text else f"image {args.image}"
+    _print_hits(idx.search_vectors(q, args.limit, flt, keep, version=v)[0], args.json, what)
     return 0
+
+
+def _folder_images(folder: str) -> list[Path]:
+    from asif_index.errors import ConfigError
+    from connectors.pipeline.readers import IMAGE_EXTS
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"image folder '{root}' (--folder) does not exist")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise ConfigError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under '{root}'")
+    return files
 
 
 def cmd_classify(args) -> int:
     idx = _open(args)
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+    if len(labels) < 2:
+        from asif_index.errors import ConfigError
+
+        raise ConfigError("give at least two comma-separated labels (--labels cat,dog)")
+    images = [Path(x) for x in args.images] if args.images else _folder_images(args.folder)
     kw = {"templates": args.template} if args.template else {}
-    pred, _ = idx.classify(args.images, labels, reduce=args.reduce, **kw)
-    for img, lbl in zip(args.images, pred):
-        print(f"{img}\t{lbl}")
-    return 0
+    res = idx.encoders["image"].encode_safe(images)  # unreadable images: reported, not fatal
+    for e in res.errors:
+        print(f"skipped: {e}", file=sys.stderr)
+    kept = [images[i] for i in res.kept]
+    pred, scores = idx.classify(kept, labels, reduce=args.reduce, **kw) if kept else ([], [])
+    for img, lbl, sc in zip(kept, pred, scores):
+        if args.json:
+            print(json.dumps({"image": str(img), "label": lbl,
+                              "scores": {n: round(float(v), 6) for n, v in zip(labels, sc)}}))
+        else:
+            best = ", ".join(f"{n} {v:.3f}" for n, v in sorted(zip(labels, sc),
+                                                                 key=lambda t: -t[1])[:3])
+            print(f"{img}\t{lbl}\t({best})")
+    return 0 if kept else 2
 
 
 def cmd_explain(args) -> int:
     idx = _open(args)
     ex = idx.explain(args.item, text=args.text, image=args.image, top=args.top)
+    if args.json:
+        print(json.dumps({"item": args.item, "score": round(ex.score, 6), "anchors": ex.anchors}))
+        return 0
+    if not ex.anchors:
+        print(f"score 0: item {args.item} and the query share no anchor")
+        return 0
     print(f"score {ex.score:.4f}, from the shared anchors:")
     for a in ex.anchors:
         print(f"  {a['contribution']:.4f}  anchor {a['anchor_id']}: {a['caption']}  ({a['image_ref']})")
+    return 0
+
+
+def cmd_anchors_list(args) -> int:
+    """Anchor ids with captions and sources (the ids 'anchors remove' takes)."""
+    idx = _open(args)
+    a = idx.anchors
+    shown = 0
+    for r, (aid, pl) in enumerate(zip(a.ids.tolist(), a.payloads)):
+        if args.grep and args.grep.lower() not in pl.caption.lower():
+            continue
+        if args.source and pl.source != args.source:
+            continue
+        if args.json:
+            print(json.dumps({"id": aid, "caption": pl.caption, "image_ref": pl.image_ref,
+                              "source": pl.source}))
+        else:
+            print(f"{aid}\t{pl.caption}\t{pl.image_ref}\t{pl.source}")
+        shown += 1
+        if shown >= args.limit:
+            break
+    if not args.json:
+        print(f"{shown} of {len(a)} anchors shown (version {a.version})", file=sys.stderr)
+    return 0
+
+
+def cmd_indexes_list(args) -> int:
+    from connectors import list_indexes
+
+    rows = list_indexes(_settings(args))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print("no asif indexes in this database ('asif-index init' creates one)")
+    for r in ([] if args.json else rows):
+        alias = f"  (alias: {', '.join(r['aliases'])})" if r["aliases"] else ""
+        print(f"{r['name']}\tversion {r['anchor_version']}\tk={r['k']}\t{r['items']} items{alias}")
+    return 0
+
+
+def cmd_index_drop(args) -> int:
+    from connectors import drop_index
+
+    if not args.yes:
+        from asif_index.errors import ConfigError
+
+        raise ConfigError(f"dropping '{args.index}' deletes its anchors and items for good: "
+                          "add --yes to confirm")
+    drop_index(_settings(args), args.index, force=args.force)
+    print(f"dropped index '{args.index}'")
     return 0
 
 
@@ -275,6 +405,8 @@ def register(sub, common) -> None:
         p.add_argument("--text-column", default="text", help="text column (default text)")
         p.add_argument("--webdataset", nargs="+", help="WebDataset .tar shards")
         p.add_argument("--checkpoint", help="checkpoint file: a killed run resumes from it")
+        p.add_argument("--restart", action="store_true",
+                       help="ignore (delete) the --checkpoint and start from the first item")
 
     p = sub.add_parser("init", help="create an index in the database")
     db(p)
@@ -296,6 +428,16 @@ def register(sub, common) -> None:
     db(p)
     p.add_argument("--resume", action="store_true", help="finish an interrupted update")
     p.set_defaults(func=cmd_anchors_status)
+    p = a.add_parser("list", help="anchor ids with captions, image references and sources "
+                     "(the ids 'anchors remove' takes)",
+                     epilog="example: asif-index anchors list --grep dog --limit 20")
+    db(p)
+    p.add_argument("--grep", help="only captions containing this text (case-insensitive)")
+    p.add_argument("--source", help="only anchors added from this source")
+    p.add_argument("--limit", type=positive_int, default=100, help="at most this many "
+                   "(default 100)")
+    p.add_argument("--json", action="store_true", help="one JSON line per anchor")
+    p.set_defaults(func=cmd_anchors_list)
     p = a.add_parser("rebuild", help="re-project everything into a new index (new --k/--p) "
                      "and switch the alias to it")
     db(p)
@@ -311,21 +453,37 @@ def register(sub, common) -> None:
                    help="items per database write (default: 128 Qdrant, 512 Milvus)")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("search", help="search items with a text or an image")
+    p = sub.add_parser("search", help="search items with a text, an image or a stored item",
+                       epilog="examples: asif-index search --text 'a dog on grass' --filter "
+                       "modality=image --limit 5  |  asif-index search --queries q.txt --json")
     db(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", help="query text")
     g.add_argument("--image", help="query image file")
+    g.add_argument("--item", help="a stored item's id (the third column search prints): "
+                   "items like it")
+    g.add_argument("--queries", help="text file, one query per line: results as JSON lines, "
+                   "in one process")
     p.add_argument("--limit", type=positive_int, default=10,
-                   help="results to print (default 10)")
-    p.add_argument("--filter", action="append", help="payload field=value (repeatable; modality=image)")
+                   help="results per query (default 10)")
+    p.add_argument("--filter", action="append", help="payload field=value, ANDed (repeatable), "
+                   "e.g. --filter modality=image --filter label=cat")
+    p.add_argument("--query-keep", type=query_keep, help="largest query entries sent to the database: a number, "
+                   "or 'all' (default: ASIF_QUERY_KEEP, else all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("classify", help="zero-shot classify images")
+    p = sub.add_parser("classify", help="zero-shot classify images (scores of every label)",
+                       epilog="example: asif-index classify --folder photos/ --labels cat,dog,car")
     db(p)
-    p.add_argument("--images", nargs="+", required=True, help="image files to classify")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--images", nargs="+", help="image files to classify")
+    g.add_argument("--folder", help="classify every image under this folder")
     p.add_argument("--labels", required=True, help="comma-separated class names")
-    p.add_argument("--template", action="append", help="prompt template with {} (repeatable)")
+    p.add_argument("--json", action="store_true", help="one JSON line per image with all scores")
+    p.add_argument("--template", action="append",
+                   help="prompt template with {} for the label, e.g. 'a photo of a {}' "
+                        "(repeatable; default: three built-in templates)")
     p.add_argument("--reduce", choices=["mean", "max"], default="mean",
                    help="how a label's templates combine (default mean)")
     p.set_defaults(func=cmd_classify)
@@ -338,14 +496,27 @@ def register(sub, common) -> None:
     g.add_argument("--image", help="query image file")
     p.add_argument("--top", type=positive_int, default=10,
                    help="anchors to show (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("stats", help="counts and manifest of an index")
     db(p)
     p.set_defaults(func=cmd_stats)
 
-    ix = sub.add_parser("index", help="move indexes between stores").add_subparsers(
-        dest="index_cmd", required=True)
+    p = sub.add_parser("indexes", help="list the asif indexes of a database")
+    db(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_indexes_list)
+
+    ix = sub.add_parser("index", help="drop an index, or move indexes between stores"
+                        ).add_subparsers(dest="index_cmd", required=True)
+    p = ix.add_parser("drop", help="delete an index (its anchors and items) for good",
+                      epilog="example: asif-index index drop photos_v1700000000 --yes")
+    db(p)
+    p.add_argument("index", help="index name, as 'asif-index indexes' lists it")
+    p.add_argument("--yes", action="store_true", help="confirm the deletion")
+    p.add_argument("--force", action="store_true", help="drop even while an alias points at it")
+    p.set_defaults(func=cmd_index_drop)
     p = ix.add_parser("migrate", help="copy an index, every version of it, into the store named "
                       "by --backend/--path/--url (e.g. from an asif-index 0.1 Qdrant local-mode "
                       "folder into the Qdrant engine)",
@@ -378,5 +549,6 @@ def register(sub, common) -> None:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("servers", help="start the official Qdrant/Milvus containers (Docker)")
-    p.add_argument("which", choices=["qdrant", "milvus", "both"], nargs="?", default="both")
+    p.add_argument("which", choices=["qdrant", "milvus", "both"], nargs="?", default="both",
+                   help="which server to start (default both)")
     p.set_defaults(func=cmd_servers)

@@ -96,6 +96,42 @@ def _resolve(registry: VectorStore, name: str, resolve: bool) -> str:
     return resolve_alias(registry, name) if resolve else name
 
 
+def list_indexes(settings) -> list[dict]:
+    """Every asif index in the database settings name: name, anchor version, counts, and the
+    aliases pointing at it."""
+    reg = open_store(settings, REGISTRY, resolve=False)
+    names = sorted({c[:-len("_meta")] for c in reg.collection_names()
+                    if c.endswith("_meta") and c != f"{REGISTRY}_meta"})
+    aliases: dict[str, list[str]] = {}
+    if reg.exists():
+        for key, doc in reg.list_docs("alias").items():
+            aliases.setdefault(doc.get("physical", ""), []).append(key.split(":", 1)[1])
+    out = []
+    for n in names:
+        store = open_store(settings, n, resolve=False)
+        man = store.read_manifest()
+        out.append({"name": n, "anchor_version": man.version if man else None,
+                    "k": man.k if man else None,
+                    "items": store.count_items(version=man.version) if man else 0,
+                    "aliases": sorted(aliases.get(n, []))})
+    return out
+
+
+def drop_index(settings, name: str, force: bool = False) -> None:
+    """Drop a physical index; refused while an alias points at it unless ``force``."""
+    from asif_index.errors import CollectionError
+
+    listed = {d["name"]: d for d in list_indexes(settings)}
+    if name not in listed:
+        raise CollectionError(f"no index '{name}' here ('asif-index indexes list' shows them)")
+    if listed[name]["aliases"] and not force:
+        raise ConfigError(f"index '{name}' is what alias {listed[name]['aliases']} points at; "
+                          "readers use it. Rebuild elsewhere first, or pass --force")
+    store = open_store(settings, name, resolve=False)
+    store.drop()
+    forget_store(store)
+
+
 def registry_of(settings) -> VectorStore:
     from asif_index.anchors import AnchorManifest
 
@@ -105,4 +141,5 @@ def registry_of(settings) -> VectorStore:
     return store
 
 
-__all__ = ["AnchorRecord", "Hit", "Index", "ItemRecord", "VectorStore", "open_store"]
+__all__ = ["AnchorRecord", "Hit", "Index", "ItemRecord", "VectorStore", "drop_index",
+           "list_indexes", "open_store"]

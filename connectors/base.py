@@ -206,6 +206,10 @@ class VectorStore(ABC):
     def put_doc(self, key: str, doc: dict | None) -> None:
         """Write (or with None delete) one meta document: a single-row, atomic write."""
 
+    def collection_names(self) -> list[str]:
+        """Every collection of this database (all indexes, not only this one)."""
+        raise NotImplementedError(f"{self.backend} cannot list its collections")
+
     @abstractmethod
     def list_docs(self, kind: str) -> dict[str, dict]:
         """Every meta document whose key is ``kind:...`` (leases), by key."""

@@ -198,6 +198,9 @@ class MilvusStore(VectorStore):
         self._call("create_collection", self.client.create_collection, name, schema=schema,
                    index_params=ip, consistency_level="Strong")
 
+    def collection_names(self) -> list[str]:
+        return sorted(self._call("list", self.client.list_collections))
+
     def drop(self) -> None:
         for c in (self.items, self.anchors, self.meta):
             if self._has(c):

@@ -95,6 +95,9 @@ class QdrantStore(VectorStore):
         return bool(self._call("collection_exists", self.client.collection_exists, coll))
 
     # collections -----------------------------------------------------------------
+    def collection_names(self) -> list[str]:
+        return sorted(c.name for c in self.client.get_collections().collections)
+
     def exists(self) -> bool:
         return self._has(self.meta)
 

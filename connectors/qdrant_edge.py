@@ -90,6 +90,9 @@ class QdrantEdgeStore(VectorStore):
                 f"{(MIN_FREE_BYTES + need) / 2**20:.0f} MB for this write (it would crash on a "
                 "full disk): free some space or choose another --path; nothing was written")
 
+    def collection_names(self) -> list[str]:
+        return sorted(d.name for d in self.root.iterdir() if d.is_dir()) if self.root.is_dir() else []
+
     def _dir(self, coll: str) -> Path:
         return self.root / coll
 

@@ -36,6 +36,7 @@ class IngestSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
     source_items: int = 0
     seconds: float = 0.0
+    resumed_at: int = 0  # source items a checkpoint said were done when this run started
     timings: dict[str, float] = field(default_factory=lambda: {
         "decode_s": 0.0, "encode_s": 0.0, "project_s": 0.0, "write_s": 0.0})
 
@@ -44,9 +45,13 @@ class IngestSummary:
         return (self.ingested + self.updated) / self.seconds if self.seconds else 0.0
 
     def report(self) -> str:
-        lines = [f"ingested {self.ingested} new, updated {self.updated}, skipped "
-                 f"{len(self.skipped)} of {self.source_items} source items in "
-                 f"{self.seconds:.1f}s ({self.items_per_s:.1f} items/s)"]
+        lines = []
+        if self.resumed_at:
+            lines.append(f"resumed from the checkpoint: the first {self.resumed_at} source items "
+                         "were done by an earlier run (counted below; --restart starts over)")
+        lines += [f"ingested {self.ingested} new, updated {self.updated}, skipped "
+                  f"{len(self.skipped)} of {self.source_items} source items in "
+                  f"{self.seconds:.1f}s ({self.items_per_s:.1f} items/s)"]
         total = sum(self.timings.values()) or 1.0
         lines.append("time: " + ", ".join(
             f"{k[:-2]} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in self.timings.items()))
@@ -174,7 +179,8 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
                  modality: Literal["image", "text", "both"] = "image",
                  batch_size: int | None = None, checkpoint: str | Path | None = None,
                  source_name: str = "", progress: bool = True,
-                 on_batch: Callable[[IngestSummary], None] | None = None) -> IngestSummary:
+                 on_batch: Callable[[IngestSummary], None] | None = None,
+                 index_key: str | None = None) -> IngestSummary:
     """Embed, project and write items; resumable through ``checkpoint``.
 
     The database write of a batch runs in a writer thread while the next batch is decoded,
@@ -183,9 +189,12 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
     here after the earlier batches were checkpointed, so a re-run resumes at that batch."""
     mods = ["image", "text"] if modality == "both" else [modality]
     bs = batch_size or PREFERRED_BATCH.get(index.store.backend, 256)
+    # index_key: the name the user gave (an alias survives a rebuild; the physical name not)
     ck = Checkpoint(checkpoint, _fingerprint(source_name, index.store.backend,
-                                             getattr(index.store, "name", ""), modality))
+                                             index_key or getattr(index.store, "name", ""),
+                                             modality))
     s = ck.summary
+    s.resumed_at = ck.done
     it = islice(opened(source), ck.done, None)
     bar = _bar(progress, ck.done)
     t_start = time.perf_counter() - s.seconds
@@ -246,12 +255,14 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
 def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int = 4096,
                    checkpoint: str | Path | None = None, source_name: str = "",
                    progress: bool = True,
-                   on_batch: Callable[[IngestSummary], None] | None = None) -> IngestSummary:
+                   on_batch: Callable[[IngestSummary], None] | None = None,
+                   index_key: str | None = None) -> IngestSummary:
     """Add image-caption pairs as anchors. A pair already in the set (same image bytes and
     caption) is skipped as a duplicate, so re-runs and resumes never duplicate anchors."""
     ck = Checkpoint(checkpoint, _fingerprint(source_name, "anchors", index.store.backend,
-                                             getattr(index.store, "name", "")))
+                                             index_key or getattr(index.store, "name", "")))
     s = ck.summary
+    s.resumed_at = ck.done
     known = {p.key for p in index.anchors.payloads if p.key}
     source = opened(source)
     bar = _bar(progress, ck.done)

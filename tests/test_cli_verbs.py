@@ -1,0 +1,120 @@
+"""The command line's verbs, help and errors, driven as a user would."""
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from asif_cli.main import build_parser, main
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verbs")
+    (root / "img" / "red").mkdir(parents=True)
+    (root / "img" / "blue").mkdir(parents=True)
+    rows = ["image\tcaption"]
+    for n, (name, rgb) in enumerate([("red", (220, 30, 30)), ("blue", (30, 60, 220))] * 4):
+        a = np.full((48, 48, 3), 20, np.uint8)
+        a[4 + n:44 - n, 4 + n:44 - n] = rgb
+        Image.fromarray(a).save(root / "img" / name / f"{n}.png")
+        rows.append(f"{name}/{n}.png\ta {name} square number {n}")
+    (root / "pairs.tsv").write_text("\n".join(rows) + "\n")
+    (root / "queries.txt").write_text("a red square\n\na blue square\n")
+    return root
+
+
+def test_verbs_end_to_end(data, tmp_path, capsys):
+    pytest.importorskip("qdrant_edge")
+    a = ["--backend", "qdrant", "--path", str(tmp_path / "q"), "--name", "v",
+         "--cache-dir", str(tmp_path / "cache")]
+
+    def run(*args, rc=0):
+        got = main(list(args) + a)
+        out = capsys.readouterr()
+        assert got == rc, out.err
+        return out.out, out.err
+
+    run("init", "--k", "4")
+    run("anchors", "add", "--captions", str(data / "pairs.tsv"), "--images", str(data / "img"))
+    out, err = run("anchors", "list", "--grep", "RED")
+    assert len(out.splitlines()) == 4 and "4 of 8 anchors shown" in err
+    listed = [json.loads(x) for x in run("anchors", "list", "--json")[0].splitlines()]
+    assert [x["id"] for x in listed] == list(range(8)) and listed[0]["caption"].startswith("a red")
+    ck = tmp_path / "ck.json"
+    out, _ = run("ingest", "--folder", str(data / "img"), "--checkpoint", str(ck))
+    assert "ingested 8 new" in out
+    out, _ = run("ingest", "--folder", str(data / "img"), "--checkpoint", str(ck))
+    assert "resumed from the checkpoint: the first 8 source items" in out
+    out, _ = run("ingest", "--folder", str(data / "img"), "--checkpoint", str(ck), "--restart")
+    assert "resumed" not in out and "updated 8" in out
+    # search: lines, JSON, more-like-this, many queries in one process, empty results
+    hit = json.loads(run("search", "--text", "a red square", "--json", "--limit", "3")[0])
+    assert len(hit["hits"]) == 3 and hit["hits"][0]["payload"]["label"] == "red"
+    first = hit["hits"][0]["id"]
+    like = json.loads(run("search", "--item", first, "--json", "--limit", "2")[0])
+    assert like["hits"][0]["id"] == first
+    lines = run("search", "--queries", str(data / "queries.txt"), "--query-keep", "all")[0]
+    assert [json.loads(x)["query"] for x in lines.splitlines()] == ["a red square", "a blue square"]
+    out, _ = run("search", "--text", "a red square", "--filter", "label=green")
+    assert out.startswith("no results for 'a red square'")
+    _, err = run("search", "--text", "x", "--query-keep", "zero", rc=2)
+    assert "--query-keep" in err
+    # classify a folder, with scores; explain as JSON
+    out, _ = run("classify", "--folder", str(data / "img"), "--labels", "red,blue")
+    assert len(out.splitlines()) == 8 and "red 0." in out and "blue 0." in out
+    rows = [json.loads(x) for x in run("classify", "--folder", str(data / "img" / "red"),
+                                       "--labels", "red,blue", "--json")[0].splitlines()]
+    assert {r["label"] for r in rows} == {"red"} and set(rows[0]["scores"]) == {"red", "blue"}
+    ex = json.loads(run("explain", "--item", first, "--text", "a red square", "--json")[0])
+    assert ex["score"] == pytest.approx(hit["hits"][0]["score"], abs=1e-4) and ex["anchors"]
+    # indexes: list, rebuild behind the alias, drop the old physical index
+    assert json.loads(run("indexes", "--json")[0])[0]["name"] == "v"
+    run("anchors", "rebuild", "--k", "3")
+    listed = json.loads(run("indexes", "--json")[0])
+    new = [x for x in listed if x["aliases"] == ["v"]]
+    assert len(listed) == 2 and len(new) == 1 and new[0]["k"] == 3
+    out, _ = run("ingest", "--folder", str(data / "img"), "--checkpoint", str(ck))
+    assert "resumed from the checkpoint" in out  # the checkpoint follows the alias
+    _, err = run("index", "drop", new[0]["name"], rc=2)
+    assert "--yes" in err
+    _, err = run("index", "drop", new[0]["name"], "--yes", rc=2)
+    assert "alias" in err
+    run("index", "drop", "v", "--yes")
+    assert [x["name"] for x in json.loads(run("indexes", "--json")[0])] == [new[0]["name"]]
+    assert json.loads(run("stats")[0])["k"] == 3  # the alias still answers
+
+
+def _options(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {n}", a) for n, a in _options(sub))
+        else:
+            yield "", action
+
+
+def test_every_option_of_every_command_is_described():
+    missing = [f"{cmd.strip() or 'asif-index'}: {'/'.join(a.option_strings) or a.dest}"
+               for cmd, a in _options(build_parser())
+               if a.help in (None, "") and not isinstance(a, argparse._HelpAction)]
+    assert not missing, missing
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    cases = [["search", "--path", str(tmp_path / "nope"), "--text", "x"],
+             ["stats", "--backend", "milvus", "--path", str(tmp_path / "x.db")],
+             ["classify", "--path", str(tmp_path), "--folder", str(tmp_path / "none"),
+              "--labels", "a,b"],
+             ["anchors", "remove", "--ids", "x"],
+             ["search", "--text", "x", "--url", "http://h:1", "--path", str(tmp_path)]]
+    for args in cases:
+        r = subprocess.run([sys.executable, "-m", "asif_cli.main", *args], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert r.stderr.startswith("asif-index")
