@@ -119,3 +119,23 @@ def test_milvus_lite_keeps_what_it_stored_when_the_disk_fills(small_disk):
     assert {r.item for r in recs} <= got
     again.close()
     shutil.rmtree(small_disk / "m.db", ignore_errors=True)
+
+
+def test_qdrant_edge_optimizes_as_it_goes_and_stays_exact(tmp_path, monkeypatch):
+    """Edge has no background optimizer: the store optimizes every ``optimize_every`` items
+    written (bounding the RAM of the appendable segment), and what it serves stays exact."""
+    pytest.importorskip("qdrant_edge")
+    from connectors.qdrant_edge import QdrantEdgeStore
+    from tests.test_updates import assert_equals_rebuild
+
+    monkeypatch.setattr(QdrantEdgeStore, "OPTIMIZE_EVERY", 100)
+    calls = []
+    real = QdrantEdgeStore.optimize
+    monkeypatch.setattr(QdrantEdgeStore, "optimize",
+                        lambda self: calls.append(self._written) or real(self))
+    idx = build("qdrant-edge", tmp_path)  # 300 items in two writes of 150
+    assert len(calls) == 2, calls
+    assert_equals_rebuild(idx)
+    q = idx.project(data(5, 1)[1], "text")
+    hits = idx.search_vectors(q, 5)[0]
+    assert len(hits) == 5 and hits[0].score >= hits[-1].score
