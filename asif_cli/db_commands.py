@@ -89,13 +89,15 @@ def _source(args):
         read_webdataset,
     )
 
+    # Tables, folders and text files are read up front (paths and captions, not pixels), so
+    # progress bars know their total; WebDataset shards stream.
     if getattr(args, "captions", None):
-        return read_captions_table(args.captions, args.images, args.image_column,
-                                   args.caption_column, args.split), args.captions
+        return list(read_captions_table(args.captions, args.images, args.image_column,
+                                        args.caption_column, args.split)), args.captions
     if getattr(args, "folder", None):
-        return read_image_folder(args.folder), args.folder
+        return list(read_image_folder(args.folder)), args.folder
     if getattr(args, "texts", None):
-        return read_texts(args.texts, args.text_column), args.texts
+        return list(read_texts(args.texts, args.text_column)), args.texts
     if getattr(args, "webdataset", None):
         return read_webdataset(args.webdataset), ",".join(args.webdataset)
     from asif_index.errors import ConfigError
@@ -116,16 +118,20 @@ def cmd_anchors_add(args) -> int:
     idx = _open(args)
     src, name = _source(args)
     _restart(args)
-    s = ingest_anchors(idx, src, checkpoint=args.checkpoint, source_name=name,
-                       index_key=_settings(args).collection)
+    s = ingest_anchors(idx, src, batch_size=args.batch_size, checkpoint=args.checkpoint,
+                       source_name=name, index_key=_settings(args).collection)
     print(s.report())
     print(f"anchors: {len(idx.anchors)} (version {idx.anchors.version})")
     return 0
 
 
 def cmd_anchors_remove(args) -> int:
+    from tqdm import tqdm
+
     idx = _open(args)
-    r = idx.remove_anchors(args.ids)
+    with tqdm(total=idx.store.count_items(version=idx.version), unit="item",
+              desc="re-project", dynamic_ncols=True) as bar:
+        r = idx.remove_anchors(args.ids, progress=lambda n: bar.update(n - bar.n))
     print(f"removed {len(r.removed_ids)} anchors: version {r.version}, re-projected "
           f"{r.items_touched} of {r.items_scanned} items in {r.seconds:.2f}s")
     return 0
@@ -415,9 +421,15 @@ def register(sub, common) -> None:
     p.set_defaults(func=cmd_init)
 
     a = sub.add_parser("anchors", help="manage anchor pairs").add_subparsers(dest="anchors_cmd", required=True)
-    p = a.add_parser("add", help="add image-caption pairs as anchors")
+    p = a.add_parser("add", help="add image-caption pairs as anchors (live: stored items are "
+                     "re-projected exactly)",
+                     epilog="example: asif-index anchors add --captions pairs.tsv --images "
+                     "pairs/ --checkpoint anchors.ckpt")
     db(p)
     source(p)
+    p.add_argument("--batch-size", type=positive_int, default=4096,
+                   help="pairs per anchor update (default 4096): each update re-projects the "
+                        "stored items it touches once, so fewer, larger batches cost less")
     p.set_defaults(func=cmd_anchors_add)
     p = a.add_parser("remove", help="remove anchors by id (stored items re-projected exactly)")
     db(p)

@@ -195,8 +195,9 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
                                              modality))
     s = ck.summary
     s.resumed_at = ck.done
+    total = len(source) if hasattr(source, "__len__") else None
     it = islice(opened(source), ck.done, None)
-    bar = _bar(progress, ck.done)
+    bar = _bar(progress, ck.done, total)
     t_start = time.perf_counter() - s.seconds
     pending: tuple[Future, list, list] | None = None
 
@@ -264,8 +265,9 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
     s = ck.summary
     s.resumed_at = ck.done
     known = {p.key for p in index.anchors.payloads if p.key}
+    total = len(source) if hasattr(source, "__len__") else None
     source = opened(source)
-    bar = _bar(progress, ck.done)
+    bar = _bar(progress, ck.done, total)
     t_start = time.perf_counter() - s.seconds
     for batch in batched(islice(source, ck.done, None), batch_size):
         fresh, keys = [], []
@@ -335,9 +337,10 @@ def _pair_key(encoder: Encoder, it: SourceItem) -> str:
     return hashlib.sha1(f"{img}|{it.text}".encode()).hexdigest()
 
 
-def _bar(progress: bool, initial: int):
+def _bar(progress: bool, initial: int, total: int | None = None):
     if not progress:
         return None
     from tqdm import tqdm
 
-    return tqdm(initial=initial, unit="item", desc="ingest", dynamic_ncols=True)
+    # with a total, tqdm shows the percentage and the ETA
+    return tqdm(initial=initial, total=total, unit="item", desc="ingest", dynamic_ncols=True)
