@@ -313,6 +313,20 @@ def cmd_anchors_list(args) -> int:
     return 0
 
 
+def cmd_items_delete(args) -> int:
+    if not (args.ids or args.filter):
+        from asif_index.errors import ConfigError
+
+        raise ConfigError("say which items: --ids ID,ID (as 'search' prints them) or --filter "
+                          "field=value")
+    idx = _open(args)
+    ids = [x.strip() for x in (args.ids or "").split(",") if x.strip()]
+    n = idx.delete_items(ids, _filter(args.filter) or None)
+    print(f"deleted {n} items (anchor version {idx.version}); "
+          f"{idx.store.count_items(version=idx.version)} remain")
+    return 0
+
+
 def cmd_indexes_list(args) -> int:
     from connectors import list_indexes
 
@@ -514,6 +528,17 @@ def register(sub, common) -> None:
     p = sub.add_parser("stats", help="counts and manifest of an index")
     db(p)
     p.set_defaults(func=cmd_stats)
+
+    it = sub.add_parser("items", help="delete stored items").add_subparsers(
+        dest="items_cmd", required=True)
+    p = it.add_parser("delete", help="delete items by id or payload filter (readers pinned at an "
+                      "older anchor version keep their snapshot)",
+                      epilog="examples: asif-index items delete --ids 3f2a...,9b1c...  |  "
+                      "asif-index items delete --filter source=old-crawl")
+    db(p)
+    p.add_argument("--ids", help="comma-separated item ids, as 'search' prints them")
+    p.add_argument("--filter", action="append", help="payload field=value, ANDed (repeatable)")
+    p.set_defaults(func=cmd_items_delete)
 
     p = sub.add_parser("indexes", help="list the asif indexes of a database")
     db(p)

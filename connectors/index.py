@@ -276,6 +276,36 @@ class Index:
         raise UpdateInProgressError(f"{self.where}: anchor updates kept moving the version under "
                                     "this write; pause the updates and re-run")
 
+    def delete_items(self, items: Sequence[str] = (), flt: Filter | None = None) -> int:
+        """Delete items by logical id and/or every item whose payload matches ``flt``;
+        -> how many were visible. MVCC: each item's point ends at the live version (readers
+        pinned at an older version keep their snapshot until it is retired). Fenced like a
+        write: if an anchor update is running, it waits for it, so the update cannot bring a
+        deleted item back in its re-projected copy."""
+        targets = set(items)
+        if flt:
+            for batch in self.store.scroll_items(version=self.version):
+                targets |= {r.item for r in batch
+                            if all(r.payload.get(k) == v for k, v in flt.items())}
+        if not targets:
+            return 0
+        found: int | None = None
+        for _ in range(100):
+            with WriterLease(self.store, self.owner, self.timing.writer_ttl):
+                state = live_state(self.store)
+                if state.journal is None:
+                    heads = self.store.heads(sorted(targets))
+                    found = len(heads) if found is None else found
+                    self.store.set_valid_to([h.id for h in heads.values()], state.version)
+                    after = live_state(self.store)
+                    if after.journal is None and after.version == state.version:
+                        if state.version != self.version:
+                            self.refresh()
+                        return found
+            wait_for_update(self.store, self.where, self.timing)
+        raise UpdateInProgressError(f"{self.where}: anchor updates kept moving the version under "
+                                    "this delete; pause the updates and re-run")
+
     def _reprojected(self, records: list[ItemRecord], version: int
                      ) -> tuple[list[ItemRecord], int]:
         if version != self.version:

@@ -72,6 +72,17 @@ def test_verbs_end_to_end(data, tmp_path, capsys):
     assert {r["label"] for r in rows} == {"red"} and set(rows[0]["scores"]) == {"red", "blue"}
     ex = json.loads(run("explain", "--item", first, "--text", "a red square", "--json")[0])
     assert ex["score"] == pytest.approx(hit["hits"][0]["score"], abs=1e-4) and ex["anchors"]
+    # items delete: by id and by filter; gone from search and from the counts
+    out, _ = run("items", "delete", "--ids", first)
+    assert out.startswith("deleted 1 items") and "7 remain" in out
+    again = json.loads(run("search", "--text", "a red square", "--json", "--limit", "10")[0])
+    assert first not in {h["id"] for h in again["hits"]}
+    assert len(again["hits"]) == 3  # the other red squares (blue ones share no anchor)
+    out, _ = run("items", "delete", "--filter", "label=blue")
+    assert out.startswith("deleted 4 items") and "3 remain" in out
+    _, err = run("items", "delete", rc=2)
+    assert "--ids" in err
+    run("ingest", "--folder", str(data / "img"), "--restart", "--checkpoint", str(ck))
     # indexes: list, rebuild behind the alias, drop the old physical index
     assert json.loads(run("indexes", "--json")[0])[0]["name"] == "v"
     run("anchors", "rebuild", "--k", "3")

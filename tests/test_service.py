@@ -296,6 +296,12 @@ def test_rebuild_job_switches_the_service_to_the_new_index(jobbed):
     assert client.get("/stats", headers=h()).json()["k"] == 4
     hits = client.post("/search", json={"text": "a photo", "limit": 3}, headers=h()).json()["hits"]
     assert len(hits) == 3
+    # an admin deletes an item: it leaves searches and counts; a second delete is a 404
+    assert client.delete(f"/items/{hits[0]['id']}", headers=h(ADMIN)).json() == {"deleted": 1}
+    assert client.get("/stats", headers=h()).json()["items"] == 9
+    after = client.post("/search", json={"text": "a photo", "limit": 20}, headers=h()).json()
+    assert hits[0]["id"] not in {x["id"] for x in after["hits"]}
+    assert client.delete(f"/items/{hits[0]['id']}", headers=h(ADMIN)).status_code == 404
 
 
 def test_jobs_refuse_bad_sources_up_front(jobbed):
@@ -314,7 +320,7 @@ ADMIN_ROUTES = [("post", "/jobs/ingest", {"json": {"texts": "t.txt"}}),
                 ("post", "/jobs/anchors/remove", {"json": {"ids": [1]}}),
                 ("post", "/jobs/anchors/rebuild", {"json": {}}),
                 ("post", "/uploads", {"files": {"file": ("a.tsv", b"image\tcaption\n")}}),
-                ("delete", "/jobs/abc", {})]
+                ("delete", "/jobs/abc", {}), ("delete", "/items/abc", {})]
 
 
 @pytest.mark.parametrize("method,path,kw", ADMIN_ROUTES)

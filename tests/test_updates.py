@@ -185,3 +185,25 @@ def test_reopen_reads_anchors_from_the_local_copy_and_never_a_stale_one(kind, tm
         (d / "anchors.npz").write_bytes(b"junk")
     assert len(Index.open(idx.store, *enc, cache_dir=str(cache)).anchors) == 132
     assert_equals_rebuild(after)
+
+
+@pytest.mark.parametrize("kind", ["memory", "qdrant-edge", "milvus-lite"])
+def test_deleted_items_leave_the_live_version_but_not_a_pinned_reader(kind, tmp_path):
+    """Deletion is MVCC: gone at the live version (search, counts, scroll), still there for a
+    reader pinned at an older version; an anchor update afterwards does not bring it back."""
+    pytest.importorskip({"memory": "numpy", "qdrant-edge": "qdrant_edge",
+                         "milvus-lite": "milvus_lite"}[kind])
+    idx = build(kind, tmp_path)
+    ni, nt = data(4, 10)
+    update_anchors(idx, add=(ni, nt, [AnchorPayload("x")] * 10))
+    old_reader = Index.open(idx.store, FakeEncoder("image", DI), FakeEncoder("text", DT))
+    q = idx.project(data(9, 1)[1], "text")
+    victim = idx.search_vectors(q, 1)[0][0].id
+    update_anchors(idx, add=(*data(6, 5), [AnchorPayload("y")] * 5))  # live moves on
+    assert idx.delete_items([victim]) == 1
+    assert victim not in {h.id for h in idx.search_vectors(q, 300)[0]}
+    assert idx.store.count_items(version=idx.version) == 299
+    assert victim in {h.id for h in old_reader.search_vectors(q, 300)[0]}, "pinned snapshot"
+    update_anchors(idx, remove=np.asarray([0, 1]))
+    assert victim not in {r.item for b in idx.store.scroll_items(version=idx.version) for r in b}
+    assert idx.delete_items([victim]) == 0

@@ -378,6 +378,14 @@ def create_app(index, settings: ServiceSettings | None = None, *,
                                      "run 'asif-index anchors rebuild' instead")
         return jobs.submit("anchors_rebuild", req.model_dump())
 
+    @app.delete("/items/{item_id}", tags=["index"], dependencies=[admin])
+    def delete_item(item_id: str) -> dict[str, Any]:
+        """Delete a stored item (readers pinned at an older anchor version keep their view)."""
+        n = fresh().delete_items([item_id])
+        if not n:
+            raise HTTPException(404, f"no item '{item_id}' in the index")
+        return {"deleted": n}
+
     @app.get("/jobs", response_model=list[Job], tags=["jobs"], dependencies=[reader])
     def list_jobs() -> list[Job]:
         """Every job, newest first."""
