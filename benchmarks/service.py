@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -130,32 +129,18 @@ def build(engine: str, root: Path, a, img_dim: int):
     return idx, (new_img, new, [AnchorPayload("new") for _ in range(len(new))])
 
 
-def serve(idx):
-    import uvicorn
-
-    from connectors.service import ServiceSettings, create_app
-
-    app = create_app(idx, ServiceSettings(read_keys=[KEY], refresh_s=5.0))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", server, th, app
-
-
 def run_engine(engine: str, a, root: Path) -> list[dict]:
     from connectors.updates import update_anchors
 
     d = root / engine
     d.mkdir()
     idx, new = build(engine, d, a, img_dim=1280)
-    base, server, th, app = serve(idx)
+    from connectors.service import ServiceSettings, create_app
+    from connectors.service.background import serving
+
+    app = create_app(idx, ServiceSettings(read_keys=[KEY], refresh_s=5.0))
     rows = []
-    try:
+    with serving(app, log_level="error") as base:
         load(base, 1, 2.0)  # warm: encoder, engine, caches
         for c in a.clients:
             r = load(base, c, a.seconds)
@@ -192,11 +177,7 @@ def run_engine(engine: str, a, root: Path) -> list[dict]:
                      "versions_seen": ",".join(map(str, r["versions"])),
                      "mixed": not set(r["versions"]) <= {v0, v0 + 1}})
         print(table([rows[-1]], COLS), flush=True)
-    finally:
-        server.should_exit = True
-        th.join(10)
-        app.state.jobs.stop()
-        idx.store.close()
+    idx.store.close()
     for r in rows:
         r.pop("versions", None)
         r.pop("_windows", None)

@@ -8,10 +8,7 @@ bundled sample, query it from Python, then over HTTP through the service.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,30 +46,17 @@ def main(argv=None) -> dict:
 
     # over HTTP: the service on a loopback port, queried with a read key
     import httpx
-    import uvicorn
 
     from connectors.service import ServiceSettings, create_app
+    from connectors.service.background import serving
 
     app = create_app(idx, ServiceSettings(read_keys=["demo-read-key"],
                                           image_roots=[a.images.resolve()]))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        r = httpx.post(f"http://127.0.0.1:{port}/search", json={"text": "a photo of a cat",
-                                                                "limit": 3},
+    with serving(app) as base:
+        r = httpx.post(f"{base}/search", json={"text": "a photo of a cat", "limit": 3},
                        headers={"X-API-Key": "demo-read-key"}, timeout=60)
         http_hits = [h["payload"]["label"] for h in r.json()["hits"]]
         print(f"HTTP POST /search 'a photo of a cat': {http_hits}")
-    finally:
-        server.should_exit = True
-        th.join(10)
-        app.state.jobs.stop()
     same = http_hits == [h.payload["label"] for h in idx.search(text="a photo of a cat", limit=3)]
     idx.close()
     return {"found": found, "http_hits": http_hits, "http_equals_python": same}

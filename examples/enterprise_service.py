@@ -7,9 +7,7 @@ through a job (polling its progress) and searches with filters, all over HTTP.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -45,12 +43,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--images", type=Path, default=Path("asif-demo-images"))
     a = ap.parse_args(argv)
 
-    import uvicorn
-
     from asif_index.config import AsifSettings
     from connectors.index import Index
     from connectors.memory import MemoryStore
     from connectors.service import ServiceSettings, create_app
+    from connectors.service.background import serving
 
     a_paths, a_caps, _, i_paths, i_labels = sample_split(a.images / "anchors")
     library = a.images / "library"  # the folder to ingest: one sub-folder per class
@@ -62,16 +59,7 @@ def main(argv=None) -> dict:
     idx.add_anchors(a_paths, a_caps, [str(p) for p in a_paths])
     app = create_app(idx, ServiceSettings(read_keys=[READ_KEY], admin_keys=[ADMIN_KEY],
                                           image_roots=[a.images.resolve()]))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with serving(app) as base:
         admin, reader = Client(base, ADMIN_KEY), Client(base, READ_KEY)
         refused = reader.http.post("/jobs/ingest", json={"folder": "library"}).status_code
         print(f"a read key may not ingest: HTTP {refused}")
@@ -81,10 +69,6 @@ def main(argv=None) -> dict:
         print("'a photo of a cat':", [h["payload"].get("label") for h in hits])
         only = reader.search("something round", limit=5, filter={"label": "coins"})
         print("'something round' among label=coins:", [h["payload"].get("label") for h in only])
-    finally:
-        server.should_exit = True
-        th.join(10)
-        app.state.jobs.stop()
     return {"refused": refused, "job": job, "hits": hits, "filtered": only}
 
 

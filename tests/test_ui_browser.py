@@ -4,8 +4,6 @@ and watch the job finish."""
 
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -27,8 +25,6 @@ QUERY = "green grass seen from above"
 
 @pytest.fixture()
 def server(encoders, tmp_path):
-    import uvicorn
-
     from asif_index.sample_data import sample_pairs
     from connectors.index import Index
     from connectors.memory import MemoryStore
@@ -50,18 +46,10 @@ def server(encoders, tmp_path):
         f"{i}.png\t{captions[i]}\n" for i in range(24, 32)))
     app = create_app(idx, ServiceSettings(admin_keys=[KEY], image_roots=[root]),
                      jobs_dir=tmp_path / "jobs")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    while not srv.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", root, idx
-    srv.should_exit = True
-    th.join(10)
-    app.state.jobs.stop()
+    from connectors.service.background import serving
+
+    with serving(app) as base:
+        yield base, root, idx
 
 
 @pytest.fixture()
