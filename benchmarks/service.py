@@ -146,7 +146,7 @@ def run_engine(engine: str, a, root: Path) -> list[dict]:
             r = load(base, c, a.seconds)
             rows.append({"engine": engine, "items": a.items, "phase": "idle", "clients": c, **r})
             print(table([rows[-1]], COLS), flush=True)
-        # the same load while 1% new anchors are added live
+        # the same load while 1% new anchors are added live (at most --update-seconds)
         v0 = idx.version
         done: dict = {}
 
@@ -168,12 +168,13 @@ def run_engine(engine: str, a, root: Path) -> list[dict]:
                 up.start()
             windows.append(q.get())
             p.join()
-            if not up.is_alive():
-                break
+            if not up.is_alive() or len(windows) * a.seconds >= a.update_seconds:
+                break  # bounded in time: the update finishes unloaded if it runs longer
         up.join()
         r = summary(windows)
         rows.append({"engine": engine, "items": a.items, "phase": "during update",
                      "clients": max(a.clients), **r, "update_s": done.get("seconds"),
+                     "update_done_under_load": len(windows) * a.seconds < a.update_seconds,
                      "versions_seen": ",".join(map(str, r["versions"])),
                      "mixed": not set(r["versions"]) <= {v0, v0 + 1}})
         print(table([rows[-1]], COLS), flush=True)
@@ -195,6 +196,9 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=800)
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--seconds", type=float, default=10.0, help="per load phase")
+    ap.add_argument("--update-seconds", type=float, default=60.0,
+                    help="longest load during the anchor update; a longer update then finishes "
+                         "without load (its update_s counts both)")
     ap.add_argument("--engines", default="qdrant-edge,milvus-lite")
     ap.add_argument("--out", default="runs/bench/service.json")
     a = ap.parse_args(argv)
