@@ -60,8 +60,9 @@ SECTIONS.append(
     ("service.json", "9. The HTTP service under load",
      "`python -m benchmarks.service` (loopback; uvicorn in one process, httpx client threads in "
      "another; each request a full text search: MiniLM encode, projection against 30,000 "
-     "anchors, database search; 10 s per phase; the last row runs while 1% new anchors are "
-     "added live, `versions_seen` the anchor versions the answers came from)."))
+     "anchors, database search; 10 s per phase; the last row is up to 60 s of load while 1% "
+     "new anchors are added live through the same index, `update_s` the whole update, "
+     "`versions_seen` the anchor versions the answers came from)."))
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"  # JSON kept with the docs
 
 

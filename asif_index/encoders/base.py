@@ -122,7 +122,9 @@ class Encoder(ABC):
                                      _label(items[i], i))
                 return exc
 
-        pool = ThreadPoolExecutor(self.decode_workers) if self.decode_workers > 1 and todo else None
+        # threads only pay off with several items to decode (a single query decodes inline)
+        pool = (ThreadPoolExecutor(self.decode_workers) if self.decode_workers > 1 and len(todo) > 1
+                else None)
         submit = (lambda b: [pool.submit(prepare, i) for i in b]) if pool else (lambda b: b)
         try:
             ahead = submit(batches[0]) if batches else None
