@@ -128,7 +128,10 @@ def cmd_anchors_add(args) -> int:
 def cmd_anchors_remove(args) -> int:
     from tqdm import tqdm
 
+    import numpy as np
+
     idx = _open(args)
+    idx.anchors.rows_of(np.unique(np.asarray(args.ids, np.int64)))  # unknown ids: error first
     with tqdm(total=idx.store.count_items(version=idx.version), unit="item",
               desc="re-project", dynamic_ncols=True) as bar:
         r = idx.remove_anchors(args.ids, progress=lambda n: bar.update(n - bar.n))
