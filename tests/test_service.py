@@ -200,24 +200,32 @@ def test_settings_from_environment(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- jobs
-@pytest.fixture()
-def jobbed(encoders, tmp_path):
-    """A fresh index (10 anchors) served with jobs; a captions table of 12 more pairs (one
-    corrupt image, one row pointing outside the roots) under the roots."""
+@pytest.fixture(scope="module")
+def job_root(tmp_path_factory):
+    """Image roots for the job tests (written once): 42 sample images, one corrupt file, and a
+    captions table of 12 pairs, one corrupt and one pointing outside the roots."""
     from asif_index.sample_data import sample_pairs
 
-    from connectors.rebuild import rebuild
-
-    root = tmp_path / "root"
+    base = tmp_path_factory.mktemp("jobs")
+    root = base / "root"
     (root / "img").mkdir(parents=True)
     arrays, captions, _ = sample_pairs()
     for i, a in enumerate(arrays):
         Image.fromarray(a).save(root / "img" / f"{i}.png")
     (root / "img" / "broken.png").write_bytes(b"not a png")
     rows = ["image\tcaption"] + [f"{i}.png\t{captions[i]}" for i in range(10, 20)]
-    rows += ["broken.png\ta broken file", f"{tmp_path}/outside.png\tan escape"]
+    rows += ["broken.png\ta broken file", f"{base}/outside.png\tan escape"]
     (root / "pairs.tsv").write_text("\n".join(rows) + "\n")
-    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    Image.new("RGB", (8, 8)).save(base / "outside.png")
+    return root, captions
+
+
+@pytest.fixture()
+def jobbed(encoders, job_root, tmp_path):
+    """A fresh index (10 anchors) served with jobs over ``job_root``."""
+    from connectors.rebuild import rebuild
+
+    root, captions = job_root
     idx = Index.create(MemoryStore("jobs"), *encoders, k=8)
     idx.add_anchors([root / "img" / f"{i}.png" for i in range(10)], captions[:10])
 
@@ -324,8 +332,8 @@ ADMIN_ROUTES = [("post", "/jobs/ingest", {"json": {"texts": "t.txt"}}),
 
 
 @pytest.mark.parametrize("method,path,kw", ADMIN_ROUTES)
-def test_admin_routes_refuse_read_keys_and_no_key(jobbed, method, path, kw):
-    client = jobbed[0]
+def test_admin_routes_refuse_read_keys_and_no_key(served, method, path, kw):
+    client = served[0]
     assert getattr(client, method)(path, **kw).status_code == 401
     r = getattr(client, method)(path, headers=h(READ), **kw)
     assert r.status_code == 403 and "admin key" in r.json()["detail"]
