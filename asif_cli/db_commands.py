@@ -266,7 +266,8 @@ def cmd_classify(args) -> int:
     for e in res.errors:
         print(f"skipped: {e}", file=sys.stderr)
     kept = [images[i] for i in res.kept]
-    pred, scores = idx.classify(kept, labels, reduce=args.reduce, **kw) if kept else ([], [])
+    pred, scores = (idx.classify_embeddings(res.embeddings, labels, reduce=args.reduce, **kw)
+                    if kept else ([], []))
     for img, lbl, sc in zip(kept, pred, scores):
         if args.json:
             print(json.dumps({"image": str(img), "label": lbl,

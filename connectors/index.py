@@ -257,24 +257,33 @@ class Index:
         if len(projected) != 1:
             raise InputError(f"records of one write must share their anchor version; got "
                              f"{sorted(projected)}")
-        at = projected.pop()
+        batch = {"records": records, "at": projected.pop()}
+
+        def upsert(version: int, lease) -> tuple[int, int]:
+            if version != batch["at"]:
+                batch["records"], batch["at"] = self._reprojected(batch["records"], version)
+            if lease.expiring():
+                lease.renew()
+            return self._upsert(batch["records"])
+
+        return self._fenced(upsert, "write")
+
+    def _fenced(self, act, what: str):
+        """Run ``act(live version, writer lease)`` under a writer lease while no anchor
+        update runs, and return its result once the live version did not move around it. An
+        update that started (or finished) meanwhile may have scanned the items before ``act``
+        touched them: wait for it, then act again at its version."""
         for _ in range(100):  # each round follows one anchor update; 100 is "never"
             with WriterLease(self.store, self.owner, self.timing.writer_ttl) as lease:
                 state = live_state(self.store)
                 if state.journal is None:
-                    if state.version != at:
-                        records, at = self._reprojected(records, state.version)
-                    if lease.expiring():
-                        lease.renew()
-                    counts = self._upsert(records)
+                    result = act(state.version, lease)
                     after = live_state(self.store)
-                    if after.journal is None and after.version == at:
-                        return counts
-            # An update started (or finished) around this batch: it may have scanned the items
-            # before they were written. Wait for it, then rewrite them at its version.
+                    if after.journal is None and after.version == state.version:
+                        return result
             wait_for_update(self.store, self.where, self.timing)
         raise UpdateInProgressError(f"{self.where}: anchor updates kept moving the version under "
-                                    "this write; pause the updates and re-run")
+                                    f"this {what}; pause the updates and re-run")
 
     def delete_items(self, items: Sequence[str] = (), flt: Filter | None = None) -> int:
         """Delete items by logical id and/or every item whose payload matches ``flt``;
@@ -289,22 +298,18 @@ class Index:
                             if all(r.payload.get(k) == v for k, v in flt.items())}
         if not targets:
             return 0
-        found: int | None = None
-        for _ in range(100):
-            with WriterLease(self.store, self.owner, self.timing.writer_ttl):
-                state = live_state(self.store)
-                if state.journal is None:
-                    heads = self.store.heads(sorted(targets))
-                    found = len(heads) if found is None else found
-                    self.store.set_valid_to([h.id for h in heads.values()], state.version)
-                    after = live_state(self.store)
-                    if after.journal is None and after.version == state.version:
-                        if state.version != self.version:
-                            self.refresh()
-                        return found
-            wait_for_update(self.store, self.where, self.timing)
-        raise UpdateInProgressError(f"{self.where}: anchor updates kept moving the version under "
-                                    "this delete; pause the updates and re-run")
+        found: list[int] = []  # visible at the first round (a repeat finds fewer)
+
+        def end(version: int, _lease) -> int:
+            heads = self.store.heads(sorted(targets))
+            found.append(len(heads))
+            self.store.set_valid_to([h.id for h in heads.values()], version)
+            return version
+
+        version = self._fenced(end, "delete")
+        if version != self.version:
+            self.refresh()
+        return found[0]
 
     def _reprojected(self, records: list[ItemRecord], version: int
                      ) -> tuple[list[ItemRecord], int]:
@@ -383,9 +388,16 @@ class Index:
                  templates: Sequence[str] = DEFAULT_TEMPLATES,
                  reduce: Literal["max", "mean"] = "mean") -> tuple[list[str], np.ndarray]:
         """Zero-shot labels for images (computed against the stored anchors)."""
+        return self.classify_embeddings(self.encoders["image"].encode(images), labels,
+                                        templates, reduce)
+
+    def classify_embeddings(self, img: np.ndarray, labels: Sequence[str],
+                            templates: Sequence[str] = DEFAULT_TEMPLATES,
+                            reduce: Literal["max", "mean"] = "mean"
+                            ) -> tuple[list[str], np.ndarray]:
+        """:meth:`classify` for images already embedded (float32 [n, d_image])."""
         from asif_index.search import zero_shot_classify
 
-        img = self.encoders["image"].encode(images)
         txt = self.encoders["text"].encode(prompts(labels, templates))
         pred, scores = zero_shot_classify(self.anchors, img, txt, len(labels), len(templates),
                                           reduce, self.k, self.p)
