@@ -172,8 +172,26 @@ def cmd_evaluate(args) -> int:
         return 0
     s = _settings(args)
     img_enc, txt_enc = s.encoders()
-    data = load_eval_data(data_dir, img_enc, txt_enc, args.limit_anchor_images,
-                          args.limit_cifar, args.limit_dev_images)
+    bars: list = []
+
+    def stage(name: str):
+        from tqdm import tqdm
+
+        for b in bars:
+            b.close()
+        bars[:] = [tqdm(desc=name, unit="item", dynamic_ncols=True)]
+
+        def cb(done: int, total: int) -> None:
+            bars[0].total = total
+            bars[0].update(done - bars[0].n)
+        return cb
+
+    try:
+        data = load_eval_data(data_dir, img_enc, txt_enc, args.limit_anchor_images,
+                              args.limit_cifar, args.limit_dev_images, progress=stage)
+    finally:
+        for b in bars:
+            b.close()
     ks = [int(x) for x in args.ks.split(",")]
     ps = [float(x) for x in args.ps.split(",")]
     result = run_evaluation(data, txt_enc, ks, ps)

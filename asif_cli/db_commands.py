@@ -26,18 +26,25 @@ def _open(args, create: bool = False):
     s = _settings(args)
     store = open_store(s, must_exist=not create)
     if not create:
-        man = store.read_manifest()  # before loading encoders: a missing index fails fast
-        if man is None:
-            from asif_index.errors import CollectionError
+        from connectors.readonly import live_manifest
 
-            raise CollectionError(f"no asif index '{store.name}' in {store.location.split(' at ')[-1]}"
-                                  "; create it with 'asif-index init' (or check --name)")
+        live_manifest(store)  # before loading encoders: a missing index fails fast
     img, txt = s.encoders()
     if create:
         return Index.create(store, img, txt, k=s.k, p=s.p, recreate=args.recreate)
     idx = Index.open(store, img, txt, cache_dir=str(s.cache_dir))
     idx.query_keep = s.query_keep
     return idx
+
+
+def _open_readonly(args):
+    """(store, live anchor set) without encoders: the fast path of stats and anchors list."""
+    from connectors import open_store
+    from connectors.readonly import live_anchors
+
+    s = _settings(args)
+    store = open_store(s, must_exist=True)
+    return store, live_anchors(store, s.cache_dir)
 
 
 def cmd_serve(args) -> int:
@@ -143,11 +150,15 @@ def cmd_anchors_remove(args) -> int:
 def cmd_anchors_status(args) -> int:
     from connectors.updates import status, update_anchors
 
-    idx = _open(args)
     if args.resume:
+        idx = _open(args)
         r = update_anchors(idx)
         print(f"resumed: version {r.version}, re-projected {r.items_touched} items")
-    print(json.dumps({**status(idx.store), "anchors": len(idx.anchors)}, indent=1))
+        store, n = idx.store, len(idx.anchors)
+    else:
+        store, anchors = _open_readonly(args)
+        n = len(anchors)
+    print(json.dumps({**status(store), "anchors": n}, indent=1))
     return 0
 
 
@@ -160,7 +171,12 @@ def cmd_anchors_rebuild(args) -> int:
     reg = registry_of(s)
     alias = s.collection
     physical = f"{alias}_v{int(__import__('time').time())}"
-    new, n = rebuild(idx, open_store(s, physical, resolve=False), k=args.k, p=args.p)
+    from tqdm import tqdm
+
+    with tqdm(total=idx.store.count_items(version=idx.version), unit="item", desc="rebuild",
+              dynamic_ncols=True) as bar:
+        new, n = rebuild(idx, open_store(s, physical, resolve=False), k=args.k, p=args.p,
+                         progress=lambda done: bar.update(done - bar.n))
     old = resolve_alias(reg, alias)
     set_alias(reg, alias, physical)
     print(f"rebuilt {n} items into '{physical}' (k={new.k}, p={new.p}); alias '{alias}' now "
@@ -213,6 +229,10 @@ def _print_hits(hits, as_json: bool, query: str) -> None:
 
 
 def cmd_search(args) -> int:
+    from asif_cli import remote
+
+    if remote.service_url(args):
+        return remote.search(args, _print_hits, _hit_dict)
     idx = _open(args)
     keep = None if args.query_keep is None else ("all" if args.query_keep == "all"
                                                  else int(args.query_keep))
@@ -254,13 +274,17 @@ def _folder_images(folder: str) -> list[Path]:
 
 
 def cmd_classify(args) -> int:
-    idx = _open(args)
+    from asif_cli import remote
+
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     if len(labels) < 2:
         from asif_index.errors import ConfigError
 
         raise ConfigError("give at least two comma-separated labels (--labels cat,dog)")
     images = [Path(x) for x in args.images] if args.images else _folder_images(args.folder)
+    if remote.service_url(args):
+        return remote.classify(args, images, labels)
+    idx = _open(args)
     kw = {"templates": args.template} if args.template else {}
     res = idx.encoders["image"].encode_safe(images)  # unreadable images: reported, not fatal
     for e in res.errors:
@@ -280,6 +304,10 @@ def cmd_classify(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from asif_cli import remote
+
+    if remote.service_url(args):
+        return remote.explain(args)
     idx = _open(args)
     ex = idx.explain(args.item, text=args.text, image=args.image, top=args.top)
     if args.json:
@@ -296,8 +324,7 @@ def cmd_explain(args) -> int:
 
 def cmd_anchors_list(args) -> int:
     """Anchor ids with captions and sources (the ids 'anchors remove' takes)."""
-    idx = _open(args)
-    a = idx.anchors
+    _, a = _open_readonly(args)
     shown = 0
     for r, (aid, pl) in enumerate(zip(a.ids.tolist(), a.payloads)):
         if args.grep and args.grep.lower() not in pl.caption.lower():
@@ -359,7 +386,9 @@ def cmd_index_drop(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    print(json.dumps(_open(args).stats(), indent=1))
+    from connectors.readonly import index_stats
+
+    print(json.dumps(index_stats(*_open_readonly(args)), indent=1))
     return 0
 
 
@@ -416,6 +445,12 @@ def register(sub, common) -> None:
                        "NAME_anchors, NAME_meta)")
         p.add_argument("--timeout", type=positive_float, help="seconds one database request "
                        "may take (default 30; ASIF_REQUEST_TIMEOUT)")
+
+    def service(p):
+        p.add_argument("--service", metavar="URL",
+                       help="ask a running 'asif-index serve' at URL instead of opening the "
+                            "database and encoders here (default: ASIF_SERVICE_URL; its key "
+                            "from ASIF_SERVICE_KEY)")
 
     def source(p):
         p.add_argument("--captions", help="captions table (csv/tsv/jsonl/parquet)")
@@ -487,6 +522,7 @@ def register(sub, common) -> None:
                        epilog="examples: asif-index search --text 'a dog on grass' --filter "
                        "modality=image --limit 5  |  asif-index search --queries q.txt --json")
     db(p)
+    service(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", help="query text")
     g.add_argument("--image", help="query image file")
@@ -506,6 +542,7 @@ def register(sub, common) -> None:
     p = sub.add_parser("classify", help="zero-shot classify images (scores of every label)",
                        epilog="example: asif-index classify --folder photos/ --labels cat,dog,car")
     db(p)
+    service(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--images", nargs="+", help="image files to classify")
     g.add_argument("--folder", help="classify every image under this folder")
@@ -520,6 +557,7 @@ def register(sub, common) -> None:
 
     p = sub.add_parser("explain", help="which anchors make an item match a query")
     db(p)
+    service(p)
     p.add_argument("--item", required=True, help="item id, as 'search' prints it")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", help="query text")
@@ -544,8 +582,11 @@ def register(sub, common) -> None:
     p.add_argument("--filter", action="append", help="payload field=value, ANDed (repeatable)")
     p.set_defaults(func=cmd_items_delete)
 
-    p = sub.add_parser("indexes", help="list the asif indexes of a database")
+    p = sub.add_parser("indexes", help="list the asif indexes of a database",
+                       epilog="example: asif-index indexes list --path ./asif-qdrant --json")
     db(p)
+    p.add_argument("action", nargs="?", choices=["list"], default="list",
+                   help="'list' (the default, and the only action)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_indexes_list)
 

@@ -6,14 +6,15 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from asif_index.errors import AnchorError, EncoderMismatchError, ShapeError
-from asif_index.projection import check_kp, project
 from asif_index.sparse import SparseBatch
-from asif_index.engine import TopKEngine, l2_normalize, validate_rows
+
+if TYPE_CHECKING:  # torch (via the engine) is imported only by what projects: 'stats' stays fast
+    from asif_index.engine import TopKEngine
 
 Modality = Literal["image", "text"]
 MANIFEST = "manifest.json"
@@ -73,7 +74,7 @@ class AnchorSet:
         self.payloads: list[AnchorPayload] = []
         self.added_at = np.zeros(0, np.float64)
         self.next_id = 0
-        self._engines: dict[tuple, TopKEngine] = {}
+        self._engines: dict[tuple, "TopKEngine"] = {}
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -115,6 +116,8 @@ class AnchorSet:
         image_embeddings: float [n, d_i]; text_embeddings: float [n, d_t] (row i of each is
         pair i). ``ids`` may be given when restoring from a database; fresh ids otherwise.
         """
+        from asif_index.engine.inputs import l2_normalize, validate_rows
+
         img = l2_normalize(
             validate_rows(image_embeddings, "anchor image embeddings", self.manifest.image_dim),
             "anchor image embeddings",
@@ -169,6 +172,8 @@ class AnchorSet:
             raise AnchorError("the anchor set is empty; add anchor pairs first")
         key = (modality, tuple(sorted(options.items())))
         if key not in self._engines:
+            from asif_index.engine import TopKEngine
+
             self._engines[key] = TopKEngine(self.matrix(modality), **options)
         return self._engines[key]
 
@@ -181,6 +186,8 @@ class AnchorSet:
         **engine_options,
     ) -> SparseBatch:
         """Relative vectors of ``embeddings`` [B, d] of ``modality`` against these anchors."""
+        from asif_index.projection import check_kp, project
+
         k = self.manifest.k if k is None else k
         p = self.manifest.p if p is None else p
         check_kp(k, p)

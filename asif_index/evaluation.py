@@ -10,6 +10,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -56,8 +57,12 @@ def load_eval_data(
     limit_cifar: int | None = None,
     limit_dev_images: int | None = None,
     log=print,
+    progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
 ) -> EvalData:
-    """Embed (through the encoders' cache) everything the evaluation needs."""
+    """Embed (through the encoders' cache) everything the evaluation needs.
+    progress: given a stage's name ("anchor images", ...), returns the (done, total) callback
+    that stage's encoder reports to (the command line shows a bar with an ETA per stage)."""
+    stage = progress or (lambda name: None)
     fl = data_dir / "flickr8k"
     cf = data_dir / "cifar10-test"
     if not fl.is_dir() or not cf.is_dir():
@@ -75,14 +80,14 @@ def load_eval_data(
     tr_imgs = _take(sorted(tr), limit_anchor_images)
     t0 = time.perf_counter()
     log(f"embedding {len(tr_imgs)} anchor images ...")
-    a_img = image_encoder.encode(tr_imgs)
+    a_img = image_encoder.encode(tr_imgs, stage("anchor images"))
     caps, cap_img = [], []
     for i, im in enumerate(tr_imgs):
         for c in tr[im]:
             caps.append(c)
             cap_img.append(i)
     log(f"embedding {len(caps)} anchor captions ...")
-    a_txt = text_encoder.encode(caps)
+    a_txt = text_encoder.encode(caps, stage("anchor captions"))
     timings["anchors_s"] = time.perf_counter() - t0
     anchors = AnchorSet(
         AnchorManifest(image_encoder.name, text_encoder.name, image_encoder.dim, text_encoder.dim)
@@ -96,19 +101,19 @@ def load_eval_data(
     dv_imgs = _take(sorted(dv), limit_dev_images)
     t0 = time.perf_counter()
     log(f"embedding {len(dv_imgs)} dev images and their captions ...")
-    dev_img = image_encoder.encode(dv_imgs)
+    dev_img = image_encoder.encode(dv_imgs, stage("dev images"))
     dcaps, dcap_img = [], []
     for i, im in enumerate(dv_imgs):
         for c in dv[im]:
             dcaps.append(c)
             dcap_img.append(i)
-    dev_txt = text_encoder.encode(dcaps)
+    dev_txt = text_encoder.encode(dcaps, stage("dev captions"))
     timings["dev_s"] = time.perf_counter() - t0
     items = _take(read_class_folder(cf), limit_cifar)
     classes = sorted({c for _, c in items})
     t0 = time.perf_counter()
     log(f"embedding {len(items)} CIFAR-10 test images ...")
-    cifar_img = image_encoder.encode([p for p, _ in items])
+    cifar_img = image_encoder.encode([p for p, _ in items], stage("CIFAR-10 images"))
     timings["cifar_s"] = time.perf_counter() - t0
     y = np.array([classes.index(c) for _, c in items])
     return EvalData(anchors, cifar_img, y, classes, dev_img, dev_txt, np.array(dcap_img), timings)
@@ -146,15 +151,17 @@ def run_evaluation(
 ) -> dict:
     n = len(data.anchors)
     grid = []
-    for k in ks:
-        for p in ps:
-            r = evaluate_point(data, text_encoder, min(k, n), p)
-            log(
-                f"k={r['k']:5d} p={p:4.1f}  cifar10 acc(mean)={r['cifar10_acc_mean']:.4f} "
-                f"acc(max)={r['cifar10_acc_max']:.4f}  t2i R@1/5/10={r['t2i_R@1']:.3f}/"
-                f"{r['t2i_R@5']:.3f}/{r['t2i_R@10']:.3f}"
-            )
-            grid.append(r)
+    points = [(k, p) for k in ks for p in ps]
+    t0 = time.perf_counter()
+    for j, (k, p) in enumerate(points, 1):
+        r = evaluate_point(data, text_encoder, min(k, n), p)
+        left = (time.perf_counter() - t0) / j * (len(points) - j)
+        log(
+            f"[{j}/{len(points)}, ~{left:.0f}s left] k={r['k']:5d} p={p:4.1f}  cifar10 "
+            f"acc(mean)={r['cifar10_acc_mean']:.4f} acc(max)={r['cifar10_acc_max']:.4f}  "
+            f"t2i R@1/5/10={r['t2i_R@1']:.3f}/{r['t2i_R@5']:.3f}/{r['t2i_R@10']:.3f}"
+        )
+        grid.append(r)
     default = next((g for g in grid if g["k"] == min(800, n) and g["p"] == 8.0), None)
     return {
         "anchors": n,

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import atexit
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from asif_index.errors import ConfigError
 from connectors.base import AnchorRecord, Hit, ItemRecord, VectorStore
-from connectors.index import Index
+
+if TYPE_CHECKING:
+    from connectors.index import Index
+
+
+def __getattr__(name: str):
+    # Index (and with it the encoders and torch) is imported on first use, so that commands
+    # that only read a manifest ('stats', 'anchors list') start in well under two seconds.
+    if name == "Index":
+        from connectors.index import Index
+
+        return Index
+    raise AttributeError(f"module 'connectors' has no attribute '{name}'")
 
 
 _LOCAL_QDRANT: dict[str, object] = {}
@@ -15,9 +28,10 @@ _EDGE: dict[tuple[str, str], VectorStore] = {}  # a shard's WAL admits one opene
 
 
 @atexit.register
-def _close_local_clients() -> None:
-    # Closed here, not in QdrantClient.__del__ during interpreter shutdown (which fails
-    # noisily once the import system is gone).
+def close_embedded() -> None:
+    """Close every embedded database this process opened, so another process may open them.
+    Also run at exit: here, not in QdrantClient.__del__ during interpreter shutdown (which
+    fails noisily once the import system is gone)."""
     for client in _LOCAL_QDRANT.values():
         client.close()
     _LOCAL_QDRANT.clear()
@@ -141,5 +155,6 @@ def registry_of(settings) -> VectorStore:
     return store
 
 
-__all__ = ["AnchorRecord", "Hit", "Index", "ItemRecord", "VectorStore", "drop_index",
+__all__ = ["AnchorRecord", "Hit", "Index", "ItemRecord", "VectorStore", "close_embedded",
+           "drop_index",
            "list_indexes", "open_store"]

@@ -433,15 +433,9 @@ class Index:
         return h
 
     def stats(self) -> dict[str, Any]:
-        man = self.anchors.manifest
-        return {"backend": self.store.backend, "anchors": len(self.anchors),
-                "anchor_version": man.version, "k": man.k, "p": man.p,
-                "image_encoder": man.image_encoder, "text_encoder": man.text_encoder,
-                "items": self.store.count_items(version=self.version),
-                "image_items": self.store.count_items({"modality": "image"}, self.version),
-                "text_items": self.store.count_items({"modality": "text"}, self.version),
-                "stored_points": self.store.count_items()}
+        from connectors.readonly import index_stats
 
+        return index_stats(self.store, self.anchors)
 
 
 __all__ = ["Explanation", "Index", "anchors_at"]

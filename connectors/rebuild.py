@@ -4,21 +4,28 @@ readers to it in one write."""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Callable
 
 from asif_index.errors import ConfigError
 from connectors.base import AnchorRecord, VectorStore
-from connectors.index import Index
 from connectors.versioning import reproject
 
+if TYPE_CHECKING:  # the encoders (torch) load only when a rebuild runs
+    from connectors.index import Index
 
-def rebuild(index: Index, target: VectorStore, k: int | None = None, p: float | None = None,
-            image_encoder=None, text_encoder=None, batch: int = 512) -> tuple[Index, int]:
+
+def rebuild(index: "Index", target: VectorStore, k: int | None = None, p: float | None = None,
+            image_encoder=None, text_encoder=None, batch: int = 512,
+            progress: "Callable[[int], None] | None" = None) -> "tuple[Index, int]":
     """Re-project every item into a new index (new k, p) from the stored raw embeddings.
-    -> (the new index, items written). New encoders need the items' sources: re-ingest."""
+    -> (the new index, items written). New encoders need the items' sources: re-ingest.
+    progress: called with the number of items written so far, after every batch."""
     man = index.anchors.manifest
     if (image_encoder or text_encoder) is not None:
         raise ConfigError("a rebuild with new encoders needs the items' sources: re-ingest them "
                           "into a new index (asif-index init + ingest) and switch the alias")
+    from connectors.index import Index
+
     new = Index.create(target, index.encoders["image"], index.encoders["text"],
                        k=k or man.k, p=p or man.p, recreate=True, **index.engine_options)
     src = index.anchors
@@ -38,6 +45,8 @@ def rebuild(index: Index, target: VectorStore, k: int | None = None, p: float | 
             out = reproject(new.anchors, group, mod, 0, new.engine_options)
             target.upsert_items(out)
             n += len(out)
+        if progress is not None:
+            progress(n)
     return new, n
 
 

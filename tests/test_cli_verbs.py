@@ -98,6 +98,19 @@ def test_verbs_end_to_end(data, tmp_path, capsys):
     run("index", "drop", "v", "--yes")
     assert [x["name"] for x in json.loads(run("indexes", "--json")[0])] == [new[0]["name"]]
     assert json.loads(run("stats")[0])["k"] == 3  # the alias still answers
+    # the read-only commands start without the encoders: torch is never imported
+    from connectors import close_embedded
+
+    close_embedded()  # the embedded shard admits one process at a time
+    code = ("import sys; from asif_cli.main import main; rc = main(sys.argv[1:]); "
+            "print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr); "
+            "sys.exit(rc)")
+    for cmd in (["stats"], ["anchors", "list", "--json"], ["anchors", "status"],
+                ["indexes", "list"]):
+        r = subprocess.run([sys.executable, "-c", code, *cmd, *a], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0 and r.stderr.splitlines() == ["no torch"], (cmd, r.stderr)
+    assert r.stdout.startswith(new[0]["name"])  # 'indexes list' lists the rebuilt index
 
 
 def _options(parser):
@@ -129,3 +142,19 @@ def test_errors_are_one_line_without_traceback(tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert r.stderr.startswith("asif-index")
+
+
+def _commands(parser, prefix=""):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if any(isinstance(a, argparse._SubParsersAction) for a in sub._actions):
+                    yield from _commands(sub, f"{prefix}{name} ")
+                else:
+                    yield f"{prefix}{name}", sub
+
+
+def test_every_command_shows_an_example():
+    missing = [name for name, p in _commands(build_parser())
+               if "example" not in (p.epilog or "") or "asif-index" not in (p.epilog or "")]
+    assert not missing, missing

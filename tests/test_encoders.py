@@ -182,3 +182,21 @@ def test_same_content_in_one_call_is_encoded_once(tmp_path):
     assert res.kept == [0, 2, 3]
     np.testing.assert_array_equal(res.embeddings[0], res.embeddings[2])
     assert len(res.errors) == 2 and all("bad.png" in str(e) for e in res.errors)
+
+
+def test_progress_moves_with_the_model_batches(tmp_path):
+    """A long call reports (done, total) after every model batch, never going back, ending at
+    the total; listed copies count when their original is encoded, cache hits at once."""
+    enc = image_encoder_from_spec("default", device="cpu", decode_workers=0, batch_size=2)
+    enc.cache = EmbeddingCache(tmp_path / "c.sqlite")
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((30, 30, 3), 40 * i, np.uint8)).save(p)
+        paths.append(p)
+    seen = []
+    enc.encode_safe(paths * 2, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(0, 10), (4, 10), (8, 10), (10, 10)]  # 5 distinct images, batches of 2
+    seen.clear()
+    enc.encode_safe(paths[:2] + [tmp_path / "0.png"], progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(3, 3)]  # all from the cache

@@ -12,12 +12,12 @@ pytest.importorskip("fastapi", reason="the examples use the service ([serve] ext
 @pytest.mark.parametrize("backend", ["qdrant", "milvus"])
 def test_database_search(backend, tmp_path):
     pytest.importorskip("qdrant_edge" if backend == "qdrant" else "milvus_lite")
-    from connectors import _close_local_clients
+    from connectors import close_embedded
     from examples.database_search import main
 
     path = tmp_path / ("q" if backend == "qdrant" else "m.db")
     out = main(["--backend", backend, "--path", str(path), "--images", str(tmp_path / "img")])
-    _close_local_clients()
+    close_embedded()
     assert out["http_equals_python"]
     assert sum(out["found"].values()) >= 7, out["found"]  # of 13 labels; chance is 1 in 14
 

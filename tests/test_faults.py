@@ -278,6 +278,47 @@ def test_qdrant_embedded_search_in_a_thread_beside_an_update(tmp_path):
     assert not errors, errors[0]
 
 
+def test_qdrant_edge_reopens_optimized_shards_under_searches(tmp_path, monkeypatch):
+    """Writes that trigger optimize() close and reload the items shard (what keeps the
+    engine's heap flat); searches running meanwhile never see a closed shard, and find every
+    item written."""
+    from connectors.qdrant_edge import QdrantEdgeStore
+
+    monkeypatch.setattr(QdrantEdgeStore, "OPTIMIZE_EVERY", 30)
+    opened = []
+    real_call = QdrantEdgeStore._call
+    monkeypatch.setattr(QdrantEdgeStore, "_call", lambda self, what, *a: (
+        opened.append(what) if what.startswith("open ") else None) or real_call(self, what, *a))
+    idx = build("qdrant-edge", tmp_path)
+    reader = handle(idx)
+    q = reader.project(data(9, 1)[1], "text")
+    errors, done = [], threading.Event()
+
+    def search():
+        while not done.is_set():
+            try:
+                assert len(reader.search_vectors(q, 10)[0]) == 10
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=search) for _ in range(3)]
+    for t in threads:
+        t.start()
+    before = opened.count(f"open {idx.store.items}")
+    for seed in range(4):  # 4 writes of 40 items: each passes OPTIMIZE_EVERY
+        img, _ = data(40 + seed, 40)
+        idx.write(idx.records(img, "image", [f"more{seed}-{i}" for i in range(40)],
+                              [{} for _ in range(40)])[0])
+    done.set()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[0]
+    assert opened.count(f"open {idx.store.items}") - before == 4  # reloaded after each
+    assert idx.store.count_items(version=idx.version) == 300 + 160
+    assert_exact(idx, 300 + 160)
+
+
 # ------------------------------------------------------------- 4. dead servers
 def test_dead_milvus_server_fails_within_the_configured_bound(tmp_path):
     pytest.importorskip("milvus_lite")

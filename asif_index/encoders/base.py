@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -73,14 +73,19 @@ class Encoder(ABC):
         return None
 
     # -- public ---------------------------------------------------------------------
-    def encode(self, items: Sequence[Any]) -> np.ndarray:
-        """Encode all items or raise the first :class:`InputError`. Returns float32 [n, dim]."""
-        return self.encode_safe(items, on_error="raise").embeddings
+    def encode(self, items: Sequence[Any],
+               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Encode all items or raise the first :class:`InputError`. Returns float32 [n, dim].
+        progress: as in :meth:`encode_safe`."""
+        return self.encode_safe(items, on_error="raise", progress=progress).embeddings
 
     def encode_safe(
-        self, items: Sequence[Any], on_error: Literal["raise", "skip"] = "skip"
+        self, items: Sequence[Any], on_error: Literal["raise", "skip"] = "skip",
+        progress: Callable[[int, int], None] | None = None,
     ) -> EncodeResult:
-        """Encode items; with ``on_error="skip"`` bad items are left out and reported."""
+        """Encode items; with ``on_error="skip"`` bad items are left out and reported.
+        progress: called with (items done, items) after every model batch, so a caller can
+        show a long call move (anchor chunks hold thousands of images)."""
         items = list(items)
         out = np.zeros((len(items), self.dim), np.float32)
         done = np.zeros(len(items), bool)
@@ -111,6 +116,12 @@ class Encoder(ABC):
                 first[keys[i]] = i
             todo.append(i)
         batches = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
+        n_cached = int(done.sum())  # ready now; a copy is ready when its original is
+
+        def report(n_done: int) -> None:
+            if progress is not None and items:
+                rest = len(items) - n_cached
+                progress(n_cached + rest * n_done // max(len(todo), 1), len(items))
 
         def prepare(i: int):
             try:
@@ -129,6 +140,7 @@ class Encoder(ABC):
         try:
             ahead = submit(batches[0]) if batches else None
             for n, batch in enumerate(batches):
+                report(sum(len(b) for b in batches[:n]))
                 t0 = time.perf_counter()
                 results = [f.result() for f in ahead] if pool else [prepare(i) for i in batch]
                 if n + 1 < len(batches):  # decode the next batch while this one runs
@@ -164,6 +176,7 @@ class Encoder(ABC):
         finally:
             if pool:
                 pool.shutdown(cancel_futures=True)
+        report(len(todo))
         for i, j in copies:
             if bad[j]:
                 bad[i] = True

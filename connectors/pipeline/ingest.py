@@ -75,7 +75,8 @@ class Checkpoint:
             if doc["fingerprint"] != fingerprint:
                 raise ConfigError(
                     f"checkpoint '{self.path}' belongs to another ingest (other source, index or "
-                    "modality); delete it or pass another --checkpoint path"
+                    "modality): pass another --checkpoint path, or --restart to start this one "
+                    "over (the command line deletes it then)"
                 )
             self.done = int(doc["done"])
             s = doc["summary"]
@@ -122,15 +123,17 @@ class Embedded(NamedTuple):
     device: Any = None
 
 
-def embed_stage(encoder: Encoder, items: list[SourceItem], modality: str) -> Embedded:
-    """Items a reader flagged (``error``) are skipped with the reader's reason."""
+def embed_stage(encoder: Encoder, items: list[SourceItem], modality: str,
+                progress: Callable[[int, int], None] | None = None) -> Embedded:
+    """Items a reader flagged (``error``) are skipped with the reader's reason.
+    progress: passed to :meth:`Encoder.encode_safe` (items done, items)."""
     skipped = [(it.key, it.error) for it in items if it.error]
     items = [it for it in items if not it.error]
     inputs = [it.image if modality == "image" else it.text for it in items]
     skipped += [(it.key, f"no {modality} in this source item") for it, x in zip(items, inputs)
                 if x is None]
     present = [i for i, x in enumerate(inputs) if x is not None]
-    res = encoder.encode_safe([inputs[i] for i in present], on_error="skip")
+    res = encoder.encode_safe([inputs[i] for i in present], on_error="skip", progress=progress)
     skipped += [(items[present[i]].key, str(e)) for i, e in zip(_bad_positions(res, len(present)), res.errors)]
     return Embedded(res.embeddings, [items[present[i]] for i in res.kept], skipped,
                     res.device_embeddings)
@@ -288,8 +291,10 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
             keys.append(key)
         encs = (index.encoders["image"], index.encoders["text"])
         before = [dict(getattr(e, "timings", {})) for e in encs]
-        emb_i, kept_i, skip_i, _ = embed_stage(encs[0], fresh, "image")
-        emb_t, kept_t, skip_t, _ = embed_stage(encs[1], kept_i, "text")
+        emb_i, kept_i, skip_i, _ = embed_stage(encs[0], fresh, "image",
+                                               _share(bar, ck.done, len(batch), 0.0, 0.85))
+        emb_t, kept_t, skip_t, _ = embed_stage(encs[1], kept_i, "text",
+                                               _share(bar, ck.done, len(batch), 0.85, 0.95))
         for e, b in zip(encs, before):
             for k in ("decode_s", "encode_s"):
                 s.timings[k] += getattr(e, "timings", {}).get(k, 0.0) - b.get(k, 0.0)
@@ -323,10 +328,24 @@ def _batch_done(ck: Checkpoint, batch: list, t_start: float, bar, on_batch=None)
     ck.done += len(batch)
     ck.save()
     if bar is not None:
-        bar.update(len(batch))
+        bar.update(ck.done - bar.n)  # the bar may have moved inside the batch (_share)
         bar.set_postfix(items_s=f"{s.items_per_s:.1f}", skipped=len(s.skipped))
     if on_batch is not None:
         on_batch(s)
+
+
+def _share(bar, base: int, n: int, lo: float, hi: float) -> Callable[[int, int], None] | None:
+    """Move the bar inside a batch of ``n`` source items while one stage runs, over the share
+    [lo, hi) of the batch that stage stands for (encoding images is most of an anchor
+    chunk's time); the batch's end sets it exactly."""
+    if bar is None:
+        return None
+
+    def cb(done: int, total: int) -> None:
+        target = base + int(n * (lo + (hi - lo) * done / max(total, 1)))
+        if target > bar.n:
+            bar.update(target - bar.n)
+    return cb
 
 
 def _pair_key(encoder: Encoder, it: SourceItem) -> str:
