@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -192,12 +194,32 @@ def cmd_evaluate(args) -> int:
     finally:
         for b in bars:
             b.close()
+    from asif_index.recipe import Recipe
+
     ks = [int(x) for x in args.ks.split(",")]
     ps = [float(x) for x in args.ps.split(",")]
-    result = run_evaluation(data, txt_enc, ks, ps)
+    recipes = [Recipe.parse(x.strip()) for x in args.recipes.split(",") if x.strip()]
+    extra = []
+    if args.per_modality:  # image-side and text-side p apart, at k=800, plain and centred
+        pis = [float(x) for x in args.image_ps.split(",")]
+        pts = [float(x) for x in args.text_ps.split(",")]
+        extra = [(Recipe(center=c, p_image=pi, p_text=pt), 800, 8.0)
+                 for c in (False, True) for pi in pis for pt in pts if pi != pt]
+    result = run_evaluation(data, txt_enc, ks, ps, recipes=recipes, extra_points=extra)
+    import platform
+    import shlex
+
+    result["produced_by"] = {
+        "command": "asif-index " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()}-core "
+        f"{platform.machine()}, {'CUDA' if img_enc.device.type == 'cuda' else 'no GPU'}",
+        "embedding_s": {k: round(v, 1) for k, v in data.timings.items()}}
     j, m = write_report(result, Path(args.out))
     print(markdown_table(result))
     print(f"wrote {j} and {m}")
+    if args.docs:
+        Path(args.docs).write_text(m.read_text())
+        print(f"wrote {args.docs}")
     return 0
 
 
@@ -227,6 +249,17 @@ def register(sub, common) -> None:
                    "(default runs/eval)")
     e.add_argument("--ks", default="100,400,800,1600,3200", help="k values to sweep")
     e.add_argument("--ps", default="1,4,8,12", help="p values to sweep")
+    e.add_argument("--docs", help="also write the report there (docs/evaluation.md is "
+                   "written this way, never by hand)")
+    e.add_argument("--recipes", default="asif,centered",
+                   help="recipes swept over the k x p grid: names (asif = the published "
+                        "recipe, centered) or settings like center,p_image=4 (default "
+                        "asif,centered)")
+    e.add_argument("--per-modality", action=argparse.BooleanOptionalAction, default=True,
+                   help="also sweep image-side and text-side p apart at k=800, plain and "
+                        "centred (default on)")
+    e.add_argument("--image-ps", default="1,2,4,8", help="image-side p values of that sweep")
+    e.add_argument("--text-ps", default="4,8,12", help="text-side p values of that sweep")
     e.add_argument("--limit-anchor-images", type=positive_int, help="use at most this many "
                    "Flickr8k train images as anchors")
     e.add_argument("--limit-cifar", type=positive_int, help="at most this many CIFAR-10 images")

@@ -24,6 +24,7 @@ def _open(args, create: bool = False):
     from connectors import Index, open_store
 
     s = _settings(args)
+    recipe = _recipe(args) if create else None  # a bad --recipe fails before any work
     store = open_store(s, must_exist=not create)
     if not create:
         from connectors.readonly import live_manifest
@@ -31,10 +32,21 @@ def _open(args, create: bool = False):
         live_manifest(store)  # before loading encoders: a missing index fails fast
     img, txt = s.encoders()
     if create:
-        return Index.create(store, img, txt, k=s.k, p=s.p, recreate=args.recreate)
+        return Index.create(store, img, txt, k=s.k, p=s.p, recreate=args.recreate,
+                            recipe=recipe)
     idx = Index.open(store, img, txt, cache_dir=str(s.cache_dir))
     idx.query_keep = s.query_keep
     return idx
+
+
+def _recipe(args):
+    """--recipe NAME|SETTINGS as a Recipe, or None (keep / the published one)."""
+    text = getattr(args, "recipe", None)
+    if not text:
+        return None
+    from asif_index.recipe import Recipe
+
+    return Recipe.parse(text)
 
 
 def _open_readonly(args):
@@ -176,10 +188,11 @@ def cmd_anchors_rebuild(args) -> int:
     with tqdm(total=idx.store.count_items(version=idx.version), unit="item", desc="rebuild",
               dynamic_ncols=True) as bar:
         new, n = rebuild(idx, open_store(s, physical, resolve=False), k=args.k, p=args.p,
-                         progress=lambda done: bar.update(done - bar.n))
+                         progress=lambda done: bar.update(done - bar.n), recipe=_recipe(args))
     old = resolve_alias(reg, alias)
     set_alias(reg, alias, physical)
-    print(f"rebuilt {n} items into '{physical}' (k={new.k}, p={new.p}); alias '{alias}' now "
+    print(f"rebuilt {n} items into '{physical}' (k={new.k}, p={new.p}, recipe "
+          f"{new.anchors.recipe.name}); alias '{alias}' now "
           f"points at it (was '{old}'; drop that index when no reader uses it)")
     return 0
 
@@ -446,6 +459,11 @@ def register(sub, common) -> None:
         p.add_argument("--timeout", type=positive_float, help="seconds one database request "
                        "may take (default 30; ASIF_REQUEST_TIMEOUT)")
 
+    def recipe_option(p, what="default: asif, the published recipe"):
+        p.add_argument("--recipe", help="how inputs become relative vectors: asif (published), "
+                       f"centered, or settings like center,p_image=4,p_text=8 ({what}; "
+                       "docs/evaluation.md compares them)")
+
     def service(p):
         p.add_argument("--service", metavar="URL",
                        help="ask a running 'asif-index serve' at URL instead of opening the "
@@ -470,6 +488,7 @@ def register(sub, common) -> None:
     p = sub.add_parser("init", help="create an index in the database")
     db(p)
     kp_options(p, " in this index")
+    recipe_option(p)
     p.add_argument("--recreate", action="store_true", help="replace an existing index")
     p.set_defaults(func=cmd_init)
 
@@ -507,6 +526,7 @@ def register(sub, common) -> None:
                      "and switch the alias to it")
     db(p)
     kp_options(p, " in the new index")
+    recipe_option(p, "default: the index's own; a rebuild recomputes its statistics")
     p.set_defaults(func=cmd_anchors_rebuild)
 
     p = sub.add_parser("ingest", help="embed, project and store items")

@@ -15,6 +15,7 @@ from asif_index.sparse import SparseBatch
 
 if TYPE_CHECKING:  # torch (via the engine) is imported only by what projects: 'stats' stays fast
     from asif_index.engine import TopKEngine
+    from asif_index.recipe import Recipe
 
 Modality = Literal["image", "text"]
 MANIFEST = "manifest.json"
@@ -103,6 +104,61 @@ class AnchorSet:
             raise AnchorError(f"unknown anchor ids {ids[~ok][:10].tolist()}")
         return order[pos]
 
+    # --------------------------------------------------------------- recipe
+    @property
+    def recipe(self) -> "Recipe":
+        """How inputs become relative vectors (``asif_index.recipe``); the published ASIF
+        recipe unless the manifest says otherwise."""
+        from asif_index.recipe import Recipe
+
+        return Recipe.from_dict(self.manifest.extra.get("recipe"))
+
+    def set_recipe(self, recipe: "Recipe", refreeze: bool = False) -> None:
+        """Use ``recipe`` from now on. Its statistics (anchor means) are frozen from the
+        anchors present now, or from the first anchors added; ``refreeze`` recomputes them
+        (a rebuild: stored items must then be re-projected)."""
+        self.manifest.extra["recipe"] = recipe.to_dict()
+        if refreeze or not recipe.center:
+            self.manifest.extra.pop("centers", None)
+        self._freeze()
+        self._engines.clear()
+
+    def with_recipe(self, recipe: "Recipe", k: int | None = None,
+                    p: float | None = None) -> "AnchorSet":
+        """A view of these anchors (arrays shared, not copied) projecting by ``recipe`` at
+        (k, p), its statistics computed from these anchors: for comparing recipes."""
+        import copy
+
+        view = copy.copy(self)
+        view.manifest = copy.deepcopy(self.manifest)
+        view.manifest.k = self.manifest.k if k is None else int(k)
+        view.manifest.p = self.manifest.p if p is None else float(p)
+        view._engines = {}
+        view.set_recipe(recipe, refreeze=True)
+        return view
+
+    def _freeze(self) -> None:
+        if self.recipe.center and "centers" not in self.manifest.extra and len(self):
+            self.manifest.extra["centers"] = {
+                "image": self.image.mean(0, dtype=np.float64).astype(np.float32).tolist(),
+                "text": self.text.mean(0, dtype=np.float64).astype(np.float32).tolist()}
+
+    def center_of(self, modality: Modality) -> np.ndarray | None:
+        """The frozen anchor mean a centred recipe subtracts (float32 [d]), else None."""
+        c = self.manifest.extra.get("centers") if self.recipe.center else None
+        return None if c is None else np.asarray(c[modality], np.float32)
+
+    def engine_matrix(self, modality: Modality) -> np.ndarray:
+        """The rows the top-k engine searches: the unit anchors, or under a centred recipe
+        the anchors minus the frozen mean, renormalised (float32 [N, d])."""
+        m = self.matrix(modality)
+        c = self.center_of(modality)
+        if c is None:
+            return m
+        m = m - c
+        n = np.linalg.norm(m, axis=1, keepdims=True)
+        return m / np.maximum(n, 1e-12)
+
     # ------------------------------------------------------------- mutations
     def add(
         self,
@@ -148,6 +204,7 @@ class AnchorSet:
         self.added_at = np.concatenate([self.added_at, np.full(n, time.time())])
         if n:
             self.next_id = max(self.next_id, int(new_ids.max()) + 1)
+        self._freeze()  # a centred recipe's means, from its first anchors (then frozen)
         self._changed()
         return new_ids
 
@@ -174,7 +231,7 @@ class AnchorSet:
         if key not in self._engines:
             from asif_index.engine import TopKEngine
 
-            self._engines[key] = TopKEngine(self.matrix(modality), **options)
+            self._engines[key] = TopKEngine(self.engine_matrix(modality), **options)
         return self._engines[key]
 
     def project(
@@ -185,12 +242,17 @@ class AnchorSet:
         p: float | None = None,
         **engine_options,
     ) -> SparseBatch:
-        """Relative vectors of ``embeddings`` [B, d] of ``modality`` against these anchors."""
+        """Relative vectors of ``embeddings`` [B, d] of ``modality`` against these anchors,
+        by the set's recipe; ``k``/``p`` override the recipe's for this call."""
         from asif_index.projection import check_kp, project
 
-        k = self.manifest.k if k is None else k
-        p = self.manifest.p if p is None else p
+        rk, rp = self.recipe.kp(modality, self.manifest.k, self.manifest.p)
+        k = rk if k is None else k
+        p = rp if p is None else p
         check_kp(k, p)
+        c = self.center_of(modality)
+        if c is not None:
+            embeddings = _minus(embeddings, c)
         return project(
             embeddings, self.engine(modality, **engine_options), self.ids.astype(np.int64), k=k, p=p
         )
@@ -239,3 +301,14 @@ class AnchorSet:
         if not (len(s.ids) == len(s.image) == len(s.text) == len(s.payloads)):
             raise AnchorError(f"anchor set at '{d}' is inconsistent: array lengths differ")
         return s
+
+
+def _minus(x, c: np.ndarray):
+    """x - c for a numpy array or a torch tensor (on the tensor's device)."""
+    if isinstance(x, np.ndarray):
+        return np.asarray(x, np.float32) - c
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.float() - torch.from_numpy(c).to(x.device)
+    return np.asarray(x, np.float32) - c

@@ -110,11 +110,16 @@ class Index:
     # -- lifecycle ---------------------------------------------------------------------
     @classmethod
     def create(cls, store: VectorStore, image_encoder: Encoder, text_encoder: Encoder,
-               k: int = 800, p: float = 8.0, recreate: bool = False, **engine_options) -> "Index":
+               k: int = 800, p: float = 8.0, recreate: bool = False, recipe=None,
+               **engine_options) -> "Index":
+        """A new, empty index. recipe: an ``asif_index.recipe.Recipe`` (default: the published
+        ASIF recipe); its statistics are frozen from the first anchors added."""
         import uuid
 
         man = AnchorManifest(image_encoder.name, text_encoder.name, image_encoder.dim,
                              text_encoder.dim, k=k, p=p, extra={"uid": uuid.uuid4().hex})
+        if recipe is not None and not recipe.published:
+            man.extra["recipe"] = recipe.to_dict()
         store.create(man, recreate=recreate)
         return cls(store, AnchorSet(man), image_encoder, text_encoder, **engine_options)
 

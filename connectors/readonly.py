@@ -36,7 +36,7 @@ def index_stats(store: VectorStore, anchors: AnchorSet) -> dict[str, Any]:
     man = anchors.manifest
     v = man.version
     return {"backend": store.backend, "anchors": len(anchors),
-            "anchor_version": v, "k": man.k, "p": man.p,
+            "anchor_version": v, "k": man.k, "p": man.p, "recipe": anchors.recipe.name,
             "image_encoder": man.image_encoder, "text_encoder": man.text_encoder,
             "items": store.count_items(version=v),
             "image_items": store.count_items({"modality": "image"}, v),

@@ -16,10 +16,12 @@ if TYPE_CHECKING:  # the encoders (torch) load only when a rebuild runs
 
 def rebuild(index: "Index", target: VectorStore, k: int | None = None, p: float | None = None,
             image_encoder=None, text_encoder=None, batch: int = 512,
-            progress: "Callable[[int], None] | None" = None) -> "tuple[Index, int]":
-    """Re-project every item into a new index (new k, p) from the stored raw embeddings.
-    -> (the new index, items written). New encoders need the items' sources: re-ingest.
-    progress: called with the number of items written so far, after every batch."""
+            progress: "Callable[[int], None] | None" = None, recipe=None) -> "tuple[Index, int]":
+    """Re-project every item into a new index (new k, p, recipe) from the stored raw
+    embeddings. -> (the new index, items written). New encoders need the items' sources:
+    re-ingest. progress: called with the number of items written so far, after every batch.
+    recipe: an ``asif_index.recipe.Recipe`` (default: the index's own); a rebuild recomputes
+    its statistics from the current anchors."""
     man = index.anchors.manifest
     if (image_encoder or text_encoder) is not None:
         raise ConfigError("a rebuild with new encoders needs the items' sources: re-ingest them "
@@ -27,7 +29,9 @@ def rebuild(index: "Index", target: VectorStore, k: int | None = None, p: float 
     from connectors.index import Index
 
     new = Index.create(target, index.encoders["image"], index.encoders["text"],
-                       k=k or man.k, p=p or man.p, recreate=True, **index.engine_options)
+                       k=k or man.k, p=p or man.p, recreate=True,
+                       recipe=index.anchors.recipe if recipe is None else recipe,
+                       **index.engine_options)
     src = index.anchors
     new.anchors.add(src.image, src.text, list(src.payloads), ids=src.ids)
     target.upsert_anchors([AnchorRecord(int(i), src.image[r], src.text[r], pl.caption,

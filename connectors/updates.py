@@ -214,9 +214,9 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
         new_set = anchors_at(store, man, target)
     new_set.manifest.version = target
 
-    # 3-4. the affected items
+    # 3-4. the affected items (k, p and the similarity space are the recipe's, per modality)
     old_n = len(index.anchors)
-    k = man.k
+    recipe = new_set.recipe
     new_rows = new_set.rows_of(add_ids) if len(add_ids) else np.zeros(0, np.int64)
     scanned = touched = 0
     for n_batch, recs in enumerate(store.scroll_items(batch, version=v)):
@@ -230,7 +230,9 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
             group = [r for r in recs if r.modality == mod]
             if not group:
                 continue
-            hit, sims = affected(group, new_set.matrix(mod)[new_rows], rem_ids, old_n, k)
+            k, p = recipe.kp(mod, man.k, man.p)
+            hit, sims = affected(group, new_set.engine_matrix(mod)[new_rows], rem_ids, old_n, k,
+                                 center=new_set.center_of(mod))
             todo = np.flatnonzero(hit)
             if not len(todo):
                 continue
@@ -245,7 +247,7 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
             if mergeable.any():
                 rows = todo[mergeable]
                 merged, unsure = merge_new_anchors([group[j] for j in rows], sims[rows],
-                                                   add_ids.astype(np.int64), k, man.p, target)
+                                                   add_ids.astype(np.int64), k, p, target)
                 fresh += merged
                 mergeable[np.flatnonzero(mergeable)[unsure]] = False
             full = [group[j] for j in todo[~mergeable]]
@@ -256,6 +258,8 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
             touched += len(todo)
 
     # 5. the atomic switch
+    if "centers" in new_set.manifest.extra:  # frozen by the first anchors of a centred recipe
+        man.extra["centers"] = new_set.manifest.extra["centers"]
     man.version = target
     store.write_manifest(man)
     store.put_doc(JOURNAL, None)
@@ -322,12 +326,15 @@ def merge_new_anchors(recs: list[ItemRecord], new_sims: np.ndarray, new_ids: np.
 
 
 def affected(recs: list[ItemRecord], new_anchor_emb: np.ndarray, removed: np.ndarray,
-             old_n: int, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+             old_n: int, k: int, center: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray | None]:
     """Which items' top-k can change: (bool [len(recs)], similarities to the new anchors
     float32 [len(recs), n_new] or None).
 
     Adding: a new anchor whose similarity beats the item's k-th (exact ties lose to older
     anchors, which sit at lower rows), or every item while N < k (its top-k holds all).
+    ``new_anchor_emb`` are the rows the engine searches (a centred recipe's, centred and
+    renormalised) and ``center`` the mean such a recipe subtracts from the items first.
     Removing: the item's top-k held a removed anchor; items with a k-th similarity <= 0 may
     hold it at weight 0 (not stored), so they are re-projected too.
     """
@@ -335,6 +342,8 @@ def affected(recs: list[ItemRecord], new_anchor_emb: np.ndarray, removed: np.nda
     sims = None
     if len(new_anchor_emb):
         emb = np.stack([r.embedding for r in recs]).astype(np.float32)
+        if center is not None:
+            emb -= center
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         sims = emb @ new_anchor_emb.T
         if old_n < k:

@@ -39,7 +39,7 @@ def test_verbs_end_to_end(data, tmp_path, capsys):
         assert got == rc, out.err
         return out.out, out.err
 
-    run("init", "--k", "4")
+    assert json.loads(run("init", "--k", "4", "--recipe", "centered")[0])["recipe"] == "centered"
     run("anchors", "add", "--captions", str(data / "pairs.tsv"), "--images", str(data / "img"))
     out, err = run("anchors", "list", "--grep", "RED")
     assert len(out.splitlines()) == 4 and "4 of 8 anchors shown" in err
@@ -85,7 +85,7 @@ def test_verbs_end_to_end(data, tmp_path, capsys):
     run("ingest", "--folder", str(data / "img"), "--restart", "--checkpoint", str(ck))
     # indexes: list, rebuild behind the alias, drop the old physical index
     assert json.loads(run("indexes", "--json")[0])[0]["name"] == "v"
-    run("anchors", "rebuild", "--k", "3")
+    run("anchors", "rebuild", "--k", "3", "--recipe", "asif")
     listed = json.loads(run("indexes", "--json")[0])
     new = [x for x in listed if x["aliases"] == ["v"]]
     assert len(listed) == 2 and len(new) == 1 and new[0]["k"] == 3
@@ -97,7 +97,10 @@ def test_verbs_end_to_end(data, tmp_path, capsys):
     assert "alias" in err
     run("index", "drop", "v", "--yes")
     assert [x["name"] for x in json.loads(run("indexes", "--json")[0])] == [new[0]["name"]]
-    assert json.loads(run("stats")[0])["k"] == 3  # the alias still answers
+    stats = json.loads(run("stats")[0])
+    assert stats["k"] == 3 and stats["recipe"] == "asif"  # the alias still answers
+    _, err = run("init", "--recipe", "centred", rc=2)
+    assert "'centred' is not a recipe setting" in err
     # the read-only commands start without the encoders: torch is never imported
     from connectors import close_embedded
 
@@ -158,3 +161,44 @@ def test_every_command_shows_an_example():
     missing = [name for name, p in _commands(build_parser())
                if "example" not in (p.epilog or "") or "asif-index" not in (p.epilog or "")]
     assert not missing, missing
+
+
+def test_ctrl_c_stops_an_ingest_and_a_rerun_resumes(data, tmp_path):
+    """SIGINT in the middle of an ingest: exit code 130 and the one-line message; the
+    checkpoint holds the batches written, and the same command finishes the rest without
+    duplicating anything."""
+    import signal
+    import time
+
+    pytest.importorskip("qdrant_edge")
+    from connectors import close_embedded
+
+    a = ["--backend", "qdrant", "--path", str(tmp_path / "q"), "--name", "cc",
+         "--cache-dir", str(tmp_path / "cache")]
+    assert main(["init", "--k", "4"] + a) == 0
+    assert main(["anchors", "add", "--captions", str(data / "pairs.tsv"), "--images",
+                 str(data / "img")] + a) == 0
+    close_embedded()
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(f"a {c} square seen {i} times\n" for i in range(300)
+                             for c in ["red"]))
+    ck = tmp_path / "ck.json"
+    cmd = [sys.executable, "-m", "asif_cli.main", "ingest", "--texts", str(texts),
+           "--modality", "text", "--batch-size", "16", "--checkpoint", str(ck)] + a
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (ck.is_file() and json.loads(ck.read_text())["done"] >= 16):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; nothing stored is lost" in err and "Traceback" not in err
+    done = json.loads(ck.read_text())["done"]
+    assert 16 <= done < 300
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"the first {done} source items were done by an earlier run" in r.stdout
+    st = subprocess.run([sys.executable, "-m", "asif_cli.main", "stats"] + a,
+                        capture_output=True, text=True, timeout=120)
+    assert json.loads(st.stdout)["text_items"] == 300  # each text once

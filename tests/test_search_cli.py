@@ -108,11 +108,26 @@ def test_evaluation_on_a_slice_of_real_data(data_dir, encoders, tmp_path):
     d = load_eval_data(data_dir, img_enc, txt_enc, limit_anchor_images=60, limit_cifar=60,
                        limit_dev_images=20, log=lambda *_: None)
     assert len(d.anchors) == 300  # 60 images x 5 captions
-    res = run_evaluation(d, txt_enc, ks=(50, 800), ps=(8.0,), log=lambda *_: None)
-    assert res["default"]["k"] == 300  # k capped at N
+    from asif_index.recipe import Recipe
+
+    res = run_evaluation(d, txt_enc, ks=(50, 800), ps=(8.0,), log=lambda *_: None,
+                         recipes=(Recipe(), Recipe(center=True)),
+                         extra_points=[(Recipe(p_image=2.0), 800, 8.0)])
+    assert res["default"]["k"] == 300 and res["default"]["recipe"] == "asif"  # k capped at N
+    assert res["configurations"] == 5
+    assert [g["recipe"] for g in res["grid"]] == ["asif"] * 2 + ["centered"] * 2 + \
+        ["image(k=-,p=2.0)"]
     for g in res["grid"]:
         assert 0.0 <= g["cifar10_acc_mean"] <= 1.0
         assert g["t2i_R@1"] <= g["t2i_R@5"] <= g["t2i_R@10"]
+        assert g["score"] == pytest.approx(g["cifar10_acc_mean"] + (g["t2i_R@10"] + g["i2t_R@10"]) / 2)
+    assert res["best"]["score"] == max(g["score"] for g in res["grid"])
+    # the variants are different projections, not relabelled copies of the published one
+    plain, centred = res["grid"][1], res["grid"][3]
+    assert (plain["cifar10_acc_mean"], plain["t2i_R@10"], plain["i2t_R@10"]) != \
+        (centred["cifar10_acc_mean"], centred["t2i_R@10"], centred["i2t_R@10"])
     j, m = write_report(res, tmp_path)
     assert json.loads(j.read_text())["anchors"] == 300
-    assert "| 300 | 8 |" in m.read_text()
+    text = m.read_text()
+    assert "| asif | 300 | 8 |" in text and "| centered | 300 | 8 |" in text
+    assert "Best by score:" in text and "5 configurations" in text

@@ -5,6 +5,7 @@ import pytest
 
 from asif_index.anchors import AnchorPayload
 from asif_index.errors import AnchorError, ConfigError, UpdateInterruptedError
+from asif_index.recipe import Recipe
 from connectors.index import Index
 from connectors.rebuild import rebuild, resolve_alias, set_alias
 from connectors.updates import status, update_anchors
@@ -22,9 +23,10 @@ def data(seed, n):
     return img.astype(np.float32), txt.astype(np.float32)
 
 
-def build(kind, tmp_path, n_anchors=120, n_items=300):
+def build(kind, tmp_path, n_anchors=120, n_items=300, recipe=None):
     store = make_store(kind, tmp_path)
-    idx = Index.create(store, FakeEncoder("image", DI), FakeEncoder("text", DT), k=K, p=8.0)
+    idx = Index.create(store, FakeEncoder("image", DI), FakeEncoder("text", DT), k=K, p=8.0,
+                       recipe=recipe)
     ai, at = data(1, n_anchors)
     idx.add_anchor_embeddings(ai, at, [AnchorPayload(f"a{i}") for i in range(n_anchors)])
     ii, it = data(2, n_items)
@@ -207,3 +209,44 @@ def test_deleted_items_leave_the_live_version_but_not_a_pinned_reader(kind, tmp_
     update_anchors(idx, remove=np.asarray([0, 1]))
     assert victim not in {r.item for b in idx.store.scroll_items(version=idx.version) for r in b}
     assert idx.delete_items([victim]) == 0
+
+
+VARIANTS = {"centered": Recipe(center=True),
+            "per-modality": Recipe(k_image=K - 10, p_image=2.0, k_text=K + 5, p_text=6.0),
+            "centered+per-modality": Recipe(center=True, k_image=K - 10, p_image=3.0)}
+
+
+@pytest.mark.parametrize("kind", ["memory", "qdrant-edge"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_recipe_variant_stays_exact_under_updates(variant, kind, tmp_path):
+    """The recipe's statistics are frozen by the first anchors; adds (merged and re-projected)
+    and removals then equal a fresh projection with the same recipe, also after a reopen."""
+    recipe = VARIANTS[variant]
+    idx = build(kind, tmp_path, recipe=recipe)
+    assert idx.anchors.recipe == recipe
+    centers = idx.store.read_manifest().extra.get("centers")
+    assert (centers is not None) == recipe.center
+    assert_equals_rebuild(idx)
+    res = update_anchors(idx, add=(*data(3, 12), [AnchorPayload(f"n{i}") for i in range(12)]))
+    assert 0 < res.items_touched < 300
+    assert idx.store.read_manifest().extra.get("centers") == centers  # frozen
+    assert_equals_rebuild(idx)
+    idx.remove_anchors(idx.anchors.ids[:5].astype(np.int64))
+    assert_equals_rebuild(idx)
+    again = Index.open(idx.store, FakeEncoder("image", DI), FakeEncoder("text", DT))
+    assert again.anchors.recipe == recipe
+    assert_equals_rebuild(again)
+    if kind == "memory":  # a rebuild keeps the recipe (refreezing it) or changes it
+        from connectors.memory import MemoryStore
+
+        kept, n = rebuild(again, MemoryStore("kept"))
+        assert n == 300 and kept.anchors.recipe == recipe
+        assert_equals_rebuild(kept)
+        back, _ = rebuild(again, MemoryStore("back"), recipe=Recipe())
+        assert back.anchors.recipe.published and "centers" not in back.store.read_manifest().extra
+        assert_equals_rebuild(back)
+    # the variant changes what is stored (else the test would not test it)
+    plain = build("memory", tmp_path / "plain")
+    q = data(9, 1)[1]
+    assert not np.array_equal(plain.project(q, "text").indices, idx.project(q, "text").indices) \
+        or not np.allclose(plain.project(q, "text").values, idx.project(q, "text").values)
