@@ -112,11 +112,13 @@ def test_evaluation_on_a_slice_of_real_data(data_dir, encoders, tmp_path):
 
     res = run_evaluation(d, txt_enc, ks=(50, 800), ps=(8.0,), log=lambda *_: None,
                          recipes=(Recipe(), Recipe(center=True)),
-                         extra_points=[(Recipe(p_image=2.0), 800, 8.0)])
+                         extra_points=[(Recipe(p_image=2.0), 800, 8.0),
+                                       (Recipe(), 800, 8.0, True)])
     assert res["default"]["k"] == 300 and res["default"]["recipe"] == "asif"  # k capped at N
-    assert res["configurations"] == 5
+    assert res["configurations"] == 6
     assert [g["recipe"] for g in res["grid"]] == ["asif"] * 2 + ["centered"] * 2 + \
-        ["image(k=-,p=2.0)"]
+        ["image(k=-,p=2.0)", "asif /grouped"]
+    assert res["grid"][-1]["anchors"] == 60 and res["grid"][-1]["k"] == 60  # one per image
     for g in res["grid"]:
         assert 0.0 <= g["cifar10_acc_mean"] <= 1.0
         assert g["t2i_R@1"] <= g["t2i_R@5"] <= g["t2i_R@10"]
@@ -130,4 +132,4 @@ def test_evaluation_on_a_slice_of_real_data(data_dir, encoders, tmp_path):
     assert json.loads(j.read_text())["anchors"] == 300
     text = m.read_text()
     assert "| asif | 300 | 8 |" in text and "| centered | 300 | 8 |" in text
-    assert "Best by score:" in text and "5 configurations" in text
+    assert "Best by score:" in text and "6 configurations" in text
