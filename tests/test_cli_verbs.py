@@ -185,7 +185,10 @@ def test_ctrl_c_stops_an_ingest_and_a_rerun_resumes(data, tmp_path):
     ck = tmp_path / "ck.json"
     cmd = [sys.executable, "-m", "asif_cli.main", "ingest", "--texts", str(texts),
            "--modality", "text", "--batch-size", "16", "--checkpoint", str(ck)] + a
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT handled as in a terminal, even under a test runner whose workers ignore it (an
+    # ignored SIGINT is inherited, and Python then installs no KeyboardInterrupt handler)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (ck.is_file() and json.loads(ck.read_text())["done"] >= 16):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
