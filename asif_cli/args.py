@@ -65,3 +65,15 @@ def query_keep(text: str) -> str:
     if text == "all":
         return text
     return str(positive_int(text))
+
+
+def query_lines(path_text: str):
+    """The queries of ``search --queries FILE``: one per non-empty line, stripped."""
+    from pathlib import Path
+
+    from asif_index.errors import ConfigError
+
+    path = Path(path_text)
+    if not path.is_file():
+        raise ConfigError(f"queries file '{path}' (--queries) does not exist")
+    return [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]

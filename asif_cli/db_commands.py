@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from asif_cli.args import anchor_ids, kp_options, positive_float, positive_int, query_keep
+from asif_cli.args import (anchor_ids, kp_options, positive_float, positive_int, query_keep,
+                           query_lines)
 
 
 def _settings(args):
@@ -245,23 +246,16 @@ def cmd_search(args) -> int:
     from asif_cli import remote
 
     if remote.service_url(args):
-        return remote.search(args, _print_hits, _hit_dict)
+        return remote.search(args, _filter(args.filter), _print_hits, _hit_dict)
     idx = _open(args)
     keep = None if args.query_keep is None else ("all" if args.query_keep == "all"
                                                  else int(args.query_keep))
     flt = _filter(args.filter) or None
-    if args.queries:
-        # one process, many queries: one JSON line per query
-        path = Path(args.queries)
-        if not path.is_file():
-            from asif_index.errors import ConfigError
-
-            raise ConfigError(f"queries file '{path}' (--queries) does not exist")
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                q, _, v = idx.query_vector(text=line.strip())
-                hits = idx.search_vectors(q, args.limit, flt, keep, version=v)[0]
-                print(json.dumps({"query": line.strip(), "hits": [_hit_dict(h) for h in hits]}))
+    if args.queries:  # one process, many queries: one JSON line per query
+        for line in query_lines(args.queries):
+            q, _, v = idx.query_vector(text=line)
+            hits = idx.search_vectors(q, args.limit, flt, keep, version=v)[0]
+            print(json.dumps({"query": line, "hits": [_hit_dict(h) for h in hits]}))
         return 0
     if args.item:
         q, v = idx.item_vector(args.item)

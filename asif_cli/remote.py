@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from asif_cli.args import query_lines
 from asif_index.errors import BackendUnavailableError, ConfigError
 
 
@@ -73,13 +74,10 @@ def _hits(doc: dict) -> list[SimpleNamespace]:
             for h in doc["hits"]]
 
 
-def search(args, print_hits, hit_dict) -> int:
+def search(args, flt: dict, print_hits, hit_dict) -> int:
+    """flt: the payload filter, parsed as the local search parses it."""
     r = Remote(service_url(args))
     r.announce()
-    flt = {}
-    for pair in args.filter or []:
-        k, _, v = pair.partition("=")
-        flt[k.strip()] = v.strip()
     keep = args.query_keep if args.query_keep in (None, "all") else int(args.query_keep)
     body = {"limit": args.limit, "filter": flt, "query_keep": keep}
 
@@ -87,13 +85,8 @@ def search(args, print_hits, hit_dict) -> int:
         return _hits(r.call("POST", "/search", json={**body, **query}))
 
     if args.queries:
-        path = Path(args.queries)
-        if not path.is_file():
-            raise ConfigError(f"queries file '{path}' (--queries) does not exist")
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                hits = ask(text=line.strip())
-                print(json.dumps({"query": line.strip(), "hits": [hit_dict(h) for h in hits]}))
+        for line in query_lines(args.queries):
+            print(json.dumps({"query": line, "hits": [hit_dict(h) for h in ask(text=line)]}))
         return 0
     if args.image:
         if set(flt) - {"modality"} or keep is not None:

@@ -2,6 +2,7 @@
 collection, dead servers, damaged inputs. Every scenario ends with the stored state read
 back and compared with the exact in-memory projection."""
 
+import contextlib
 import threading
 import time
 
@@ -256,10 +257,10 @@ def test_reader_whose_lease_lapsed_gets_an_error_not_an_empty_result(tmp_path):
         reader.search_vectors(q, 20)
 
 
-def test_qdrant_embedded_search_in_a_thread_beside_an_update(tmp_path):
-    idx = build("qdrant-edge", tmp_path)
-    reader = handle(idx)
-    q = reader.project(data(9, 1)[1], "text")
+@contextlib.contextmanager
+def searching(reader, q, threads: int):
+    """Threads searching ``reader`` (10 hits each time) until the block ends; yields the
+    list their first errors land in."""
     errors, done = [], threading.Event()
 
     def search():
@@ -270,11 +271,23 @@ def test_qdrant_embedded_search_in_a_thread_beside_an_update(tmp_path):
                 errors.append(exc)
                 return
 
-    t = threading.Thread(target=search)
-    t.start()
-    update_anchors(idx, add=(*data(3, 30), payloads("n", 30)), batch=32)
-    done.set()
-    t.join(30)
+    pool = [threading.Thread(target=search) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    try:
+        yield errors
+    finally:
+        done.set()
+        for t in pool:
+            t.join(30)
+
+
+def test_qdrant_embedded_search_in_a_thread_beside_an_update(tmp_path):
+    idx = build("qdrant-edge", tmp_path)
+    reader = handle(idx)
+    q = reader.project(data(9, 1)[1], "text")
+    with searching(reader, q, threads=1) as errors:
+        update_anchors(idx, add=(*data(3, 30), payloads("n", 30)), batch=32)
     assert not errors, errors[0]
 
 
@@ -292,27 +305,13 @@ def test_qdrant_edge_reopens_optimized_shards_under_searches(tmp_path, monkeypat
     idx = build("qdrant-edge", tmp_path)
     reader = handle(idx)
     q = reader.project(data(9, 1)[1], "text")
-    errors, done = [], threading.Event()
-
-    def search():
-        while not done.is_set():
-            try:
-                assert len(reader.search_vectors(q, 10)[0]) == 10
-            except Exception as exc:  # noqa: BLE001
-                errors.append(exc)
-                return
-
-    threads = [threading.Thread(target=search) for _ in range(3)]
-    for t in threads:
-        t.start()
+    idx.store.count_items()  # load the shard build() left closed after its last optimize
     before = opened.count(f"open {idx.store.items}")
-    for seed in range(4):  # 4 writes of 40 items: each passes OPTIMIZE_EVERY
-        img, _ = data(40 + seed, 40)
-        idx.write(idx.records(img, "image", [f"more{seed}-{i}" for i in range(40)],
-                              [{} for _ in range(40)])[0])
-    done.set()
-    for t in threads:
-        t.join(30)
+    with searching(reader, q, threads=3) as errors:
+        for seed in range(4):  # 4 writes of 40 items: each passes OPTIMIZE_EVERY
+            img, _ = data(40 + seed, 40)
+            idx.write(idx.records(img, "image", [f"more{seed}-{i}" for i in range(40)],
+                                  [{} for _ in range(40)])[0])
     assert not errors, errors[0]
     assert opened.count(f"open {idx.store.items}") - before == 4  # reloaded after each
     assert idx.store.count_items(version=idx.version) == 300 + 160
