@@ -60,11 +60,11 @@ def kp_options(p: argparse.ArgumentParser, what: str = "") -> None:
                    help=f"power applied to the kept similarities{what} (default 8)")
 
 
-def query_keep(text: str) -> str:
-    """--query-keep: a number >= 1, or 'all'."""
+def query_keep(text: str) -> int | str:
+    """--query-keep: a number >= 1, or 'all' (the value sent as is, locally or to a service)."""
     if text == "all":
         return text
-    return str(positive_int(text))
+    return positive_int(text)
 
 
 def query_lines(path_text: str):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from asif_cli.args import (anchor_ids, kp_options, positive_float, positive_int, query_keep,
                            query_lines)
+from asif_cli.output import hit_dict, print_explanation, print_hits, print_prediction
 
 
 def _settings(args):
@@ -226,36 +227,19 @@ def _filter(pairs):
     return out
 
 
-def _hit_dict(h) -> dict:
-    return {"id": h.id, "score": round(float(h.score), 6), "modality": h.modality,
-            "payload": h.payload}
-
-
-def _print_hits(hits, as_json: bool, query: str) -> None:
-    if as_json:
-        print(json.dumps({"query": query, "hits": [_hit_dict(h) for h in hits]}))
-        return
-    if not hits:
-        print(f"no results for {query}: the index has no items matching the filter, or none "
-              "with a positive similarity (add items, or anchors closer to the query)")
-    for h in hits:
-        print(f"{h.score:.4f}  {h.modality:5s}  {h.id}  {json.dumps(h.payload)}")
-
-
 def cmd_search(args) -> int:
     from asif_cli import remote
 
     if remote.service_url(args):
-        return remote.search(args, _filter(args.filter), _print_hits, _hit_dict)
+        return remote.search(args, _filter(args.filter))
     idx = _open(args)
-    keep = None if args.query_keep is None else ("all" if args.query_keep == "all"
-                                                 else int(args.query_keep))
+    keep = args.query_keep
     flt = _filter(args.filter) or None
     if args.queries:  # one process, many queries: one JSON line per query
         for line in query_lines(args.queries):
             q, _, v = idx.query_vector(text=line)
             hits = idx.search_vectors(q, args.limit, flt, keep, version=v)[0]
-            print(json.dumps({"query": line, "hits": [_hit_dict(h) for h in hits]}))
+            print(json.dumps({"query": line, "hits": [hit_dict(h) for h in hits]}))
         return 0
     if args.item:
         q, v = idx.item_vector(args.item)
@@ -263,7 +247,7 @@ def cmd_search(args) -> int:
     else:
         q, _, v = idx.query_vector(text=args.text, image=args.image)
         what = repr(args.text) if args.text else f"image {args.image}"
-    _print_hits(idx.search_vectors(q, args.limit, flt, keep, version=v)[0], args.json, what)
+    print_hits(idx.search_vectors(q, args.limit, flt, keep, version=v)[0], args.json, what)
     return 0
 
 
@@ -300,13 +284,7 @@ def cmd_classify(args) -> int:
     pred, scores = (idx.classify_embeddings(res.embeddings, labels, reduce=args.reduce, **kw)
                     if kept else ([], []))
     for img, lbl, sc in zip(kept, pred, scores):
-        if args.json:
-            print(json.dumps({"image": str(img), "label": lbl,
-                              "scores": {n: round(float(v), 6) for n, v in zip(labels, sc)}}))
-        else:
-            best = ", ".join(f"{n} {v:.3f}" for n, v in sorted(zip(labels, sc),
-                                                                 key=lambda t: -t[1])[:3])
-            print(f"{img}\t{lbl}\t({best})")
+        print_prediction(str(img), lbl, dict(zip(labels, sc)), labels, args.json)
     return 0 if kept else 2
 
 
@@ -317,15 +295,7 @@ def cmd_explain(args) -> int:
         return remote.explain(args)
     idx = _open(args)
     ex = idx.explain(args.item, text=args.text, image=args.image, top=args.top)
-    if args.json:
-        print(json.dumps({"item": args.item, "score": round(ex.score, 6), "anchors": ex.anchors}))
-        return 0
-    if not ex.anchors:
-        print(f"score 0: item {args.item} and the query share no anchor")
-        return 0
-    print(f"score {ex.score:.4f}, from the shared anchors:")
-    for a in ex.anchors:
-        print(f"  {a['contribution']:.4f}  anchor {a['anchor_id']}: {a['caption']}  ({a['image_ref']})")
+    print_explanation(args.item, ex.score, ex.anchors, args.json)
     return 0
 
 

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from asif_cli.args import query_lines
+from asif_cli.output import hit_dict, print_explanation, print_hits, print_prediction
 from asif_index.errors import BackendUnavailableError, ConfigError
 
 
@@ -74,11 +75,11 @@ def _hits(doc: dict) -> list[SimpleNamespace]:
             for h in doc["hits"]]
 
 
-def search(args, flt: dict, print_hits, hit_dict) -> int:
+def search(args, flt: dict) -> int:
     """flt: the payload filter, parsed as the local search parses it."""
     r = Remote(service_url(args))
     r.announce()
-    keep = args.query_keep if args.query_keep in (None, "all") else int(args.query_keep)
+    keep = args.query_keep
     body = {"limit": args.limit, "filter": flt, "query_keep": keep}
 
     def ask(**query) -> list:
@@ -118,21 +119,10 @@ def explain(args) -> int:
         body["text"] = args.text
     else:
         body["image_path"] = str(Path(args.image).resolve())
-    return _explained(args, r.call("POST", "/explain", json=body))
-
-
-def _explained(args, ex: dict) -> int:
-    anchors = [{k: a[k] for k in ("anchor_id", "contribution", "caption", "image_ref")}
-               for a in ex["anchors"]]
-    if args.json:
-        print(json.dumps({"item": args.item, "score": round(ex["score"], 6), "anchors": anchors}))
-    elif not anchors:
-        print(f"score 0: item {args.item} and the query share no anchor")
-    else:
-        print(f"score {ex['score']:.4f}, from the shared anchors:")
-        for a in anchors:
-            print(f"  {a['contribution']:.4f}  anchor {a['anchor_id']}: {a['caption']}  "
-                  f"({a['image_ref']})")
+    ex = r.call("POST", "/explain", json=body)
+    print_explanation(args.item, ex["score"],
+                      [{k: a[k] for k in ("anchor_id", "contribution", "caption", "image_ref")}
+                       for a in ex["anchors"]], args.json)
     return 0
 
 
@@ -154,12 +144,6 @@ def classify(args, images: list[Path], labels: list[str]) -> int:
             for h in handles:
                 h.close()
         for p in doc["predictions"]:
-            sc = p["scores"]
-            if args.json:
-                print(json.dumps({"image": p["file"], "label": p["label"],
-                                  "scores": {n: round(float(sc[n]), 6) for n in labels}}))
-            else:
-                best = ", ".join(f"{n} {sc[n]:.3f}" for n in sorted(labels, key=lambda n: -sc[n])[:3])
-                print(f"{p['file']}\t{p['label']}\t({best})")
+            print_prediction(p["file"], p["label"], p["scores"], labels, args.json)
             shown += 1
     return 0 if shown else 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -304,11 +305,9 @@ class AnchorSet:
 
 
 def _minus(x, c: np.ndarray):
-    """x - c for a numpy array or a torch tensor (on the tensor's device)."""
-    if isinstance(x, np.ndarray):
-        return np.asarray(x, np.float32) - c
-    import torch
-
-    if isinstance(x, torch.Tensor):
+    """x - c for an array, or for a torch tensor on the tensor's device (a tensor exists only
+    once torch is imported, so nothing here imports it)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
         return x.float() - torch.from_numpy(c).to(x.device)
     return np.asarray(x, np.float32) - c

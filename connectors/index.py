@@ -12,7 +12,6 @@ from asif_index.anchors import AnchorManifest, AnchorPayload, AnchorSet
 from asif_index.encoders.base import Encoder
 from asif_index.errors import (
     AnchorError,
-    CollectionError,
     InputError,
     ModalityError,
     UpdateInProgressError,
@@ -129,12 +128,9 @@ class Index:
         """Open at the live anchor version; queries stay pinned to it until :meth:`refresh`.
         cache_dir: keep a local copy of the anchor matrices there (``connectors.anchor_cache``)
         so that the next open reads only the manifest from the database."""
-        man = store.read_manifest()
-        if man is None:
-            raise CollectionError(
-                f"no asif index '{getattr(store, 'name', '?')}' in this {store.backend} database; "
-                "create it first (asif-index init)"
-            )
+        from connectors.readonly import live_manifest
+
+        man = live_manifest(store)
         man.check_encoders(image_encoder.name, text_encoder.name,
                            f"{store.backend} index '{getattr(store, 'name', '?')}'")
         idx = cls(store, cached_anchors_at(store, man, man.version, cache_dir), image_encoder,

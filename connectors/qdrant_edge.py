@@ -247,7 +247,7 @@ class QdrantEdgeStore(VectorStore):
         """Merge segments and build the sparse index for what was written (Edge runs its
         optimizers only when asked); -> whether anything changed.
 
-        A shard that changed is closed and loaded again: a freshly optimized segment keeps
+        Each shard is then closed and loaded again: a freshly optimized segment keeps
         what it built on the heap (measured: 17.5 KB per item, never returned, so 10^6 items
         ran this 2-core, 24 GB machine out of memory), while a loaded one memory-maps its
         sparse index and vectors (44 MB resident at 60,000 items, flat)."""
