@@ -3,17 +3,22 @@
 # numba, pytest and hypothesis; nothing to install). About 5 minutes:
 #   bash benchmarks/gpu_check.sh                 # results in $OUT (device tool) or runs/bench
 # 1. the CUDA tests (the fused kernel against the float64 reference on the GPU);
-# 2. python -m benchmarks.topk --device cuda: the engine against torch fp32 / fp16 and the fp16
+# 2. python -m benchmarks.topk --device cuda --sweep: the engine against torch fp32 / fp16 and the fp16
 #    GEMM bound, N = 1e5, 1e6, 1e7 (where memory allows), d = 384, 768, batch 1..8192, with the
-#    issue's targets printed as PASS / MISS lines.
+#    issue's targets printed as PASS / MISS lines; then the fused kernel's tile shapes at
+#    N=1e6 d=768 (B=1 and 8192) and a per-kernel profile of one search (topk_gpu_tiles.json).
 # Then copy topk_gpu.json into docs/results/ and run python -m benchmarks.report.
 set -o pipefail
 OUT=${OUT:-runs/bench}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
-timeout 180 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_engine_kernels.py \
-    tests/test_topk_engine.py 2>&1 | tee "$OUT/cuda_tests.log"
-timeout "${TOPK_TIMEOUT:-330}" "$PY" -m benchmarks.topk --device cuda \
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+  "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+} 2>&1 | tee "$OUT/gpu.txt"
+# test_real_embeddings needs the default encoders' weight packages (PyPI), not on the GPU image;
+# it is a CPU test and runs in CI.
+timeout "${TEST_TIMEOUT:-150}" "$PY" -m pytest -q -p no:cacheprovider -k "not real_embeddings" \
+    tests/test_engine_kernels.py tests/test_topk_engine.py 2>&1 | tee "$OUT/cuda_tests.log"
+timeout "${TOPK_TIMEOUT:-270}" "$PY" -m benchmarks.topk --device cuda --sweep \
     --out "$OUT/topk_gpu.json" ${TOPK_ARGS:-} 2>&1 | tee "$OUT/topk_gpu.log"

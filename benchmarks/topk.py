@@ -107,6 +107,9 @@ def main(argv=None):
     ap.add_argument("--batch", default=None, help="default 1,1024 (cpu), 1,64,1024,8192 (cuda)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--sweep", action="store_true",
+                    help="cuda: also time the fused kernel's tile shapes at N=1e6 d=768, B=1 and "
+                    "8192, and profile one search per batch size")
     a = ap.parse_args(argv)
     ints = lambda s: [int(float(x)) for x in s.split(",")]  # noqa: E731
     if a.device != "cpu":
@@ -115,6 +118,12 @@ def main(argv=None):
         run_gpu(ints(a.n or "1e5,1e6,1e7"), ints(a.d or "384,768"), ints(a.k),
                 ints(a.batch or "1,64,1024,8192"), a.repeat, a.out or "runs/bench/topk_gpu.json",
                 device=a.device)
+        if a.sweep:
+            from benchmarks.topk_gpu import tile_sweep
+
+            rows = tile_sweep(1_000_000, 768, ints(a.k)[0], [1, 8192], a.repeat, a.device)
+            write_json({"question": "fused kernel tile shapes", "rows": rows},
+                   (a.out or "runs/bench/topk_gpu.json").replace(".json", "_tiles.json"))
         return
     a.n, a.d, a.batch = a.n or "100000,1000000", a.d or "384", a.batch or "1,1024"
     a.out = a.out or "runs/bench/topk.json"

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from asif_index.engine import TopKEngine
+from asif_index.engine import Tiles, TopKEngine
 from benchmarks.common import machine, table, write_json
 
 
@@ -147,6 +147,63 @@ def run(ns, ds, ks, batches, repeat, out, device="cuda", tflops_size=8192, budge
            "targets": checks}
     write_json(res, out)
     return res
+
+
+# Tile shapes tried by ``tile_sweep``: (block_m, block_n, block_k, group_m, warps, stages).
+SWEEP_BATCH = [(128, 128, 64, 8, 8, 3), (128, 128, 64, 8, 4, 4), (128, 256, 64, 8, 8, 3),
+               (256, 128, 64, 8, 8, 3), (64, 256, 64, 8, 4, 4), (128, 64, 64, 8, 4, 4),
+               (128, 128, 32, 8, 4, 5)]
+SWEEP_SINGLE = [(16, 128, 64, 1, 4, 4), (16, 256, 64, 1, 4, 4), (16, 64, 128, 1, 4, 4),
+                (16, 128, 128, 1, 8, 3), (16, 256, 128, 1, 8, 3)]
+
+
+def tile_sweep(n: int, d: int, k: int, batches: list[int], repeat: int, device="cuda") -> list:
+    """The whole search's time for each tile shape of the fused kernel (same anchors, same
+    queries, results checked equal to the default shape's), plus a profile of the default
+    shape: where one search's device time goes, kernel by kernel."""
+    dev = torch.device(device)
+    gen = torch.Generator(device=dev).manual_seed(1)
+    a = torch.randn(n, d, device=dev, generator=gen)
+    a /= a.norm(dim=1, keepdim=True)
+    eng = TopKEngine(a, device=dev, kernel="triton")
+    out = []
+    for b in batches:
+        q = torch.randn(b, d, device=dev, generator=gen)
+        q /= q.norm(dim=1, keepdim=True)
+        eng._kernel.tiles = None
+        ref_v, ref_i = eng.search(q, k)
+        for shape in SWEEP_SINGLE if b <= 16 else SWEEP_BATCH:
+            eng._kernel.tiles = Tiles(*shape)
+            try:
+                t = timed(lambda: eng.search(q, k), dev, repeat)
+                v, i = eng.search(q, k)
+                same = bool(torch.equal(i, ref_i))
+            except Exception as exc:  # a shape the compiler or the card refuses: say so, go on
+                print(f"tiles {shape}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+                continue
+            row = {"N": n, "d": d, "k": k, "batch": b, "tiles": "x".join(map(str, shape)),
+                   "qps": b / t, "ms": 1000 * t, "same_rows": same}
+            out.append(row)
+            print(table([row], list(row)), flush=True)
+        eng._kernel.tiles = None
+        profile(eng, q, k, f"N={n} d={d} B={b}")
+    return out
+
+
+def profile(eng, q, k, label: str) -> None:
+    """Device time per kernel of one search (torch.profiler), the 12 largest."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    dev = q.device
+    eng.search(q, k)
+    _sync(dev)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with prof(activities=acts) as p:
+        eng.search(q, k)
+        _sync(dev)
+    print(f"\nprofile of one search, {label}:\n"
+          + p.key_averages().table(sort_by="cuda_time_total" if dev.type == "cuda" else "cpu_time_total", row_limit=12), flush=True)
 
 
 def targets(rows: list[dict]) -> list[str]:
