@@ -149,12 +149,15 @@ def run(ns, ds, ks, batches, repeat, out, device="cuda", tflops_size=8192, budge
     return res
 
 
-# Tile shapes tried by ``tile_sweep``: (block_m, block_n, block_k, group_m, warps, stages).
-SWEEP_BATCH = [(128, 128, 64, 8, 8, 3), (128, 128, 64, 8, 4, 4), (128, 256, 64, 8, 8, 3),
-               (256, 128, 64, 8, 8, 3), (64, 256, 64, 8, 4, 4), (128, 64, 64, 8, 4, 4),
-               (128, 128, 32, 8, 4, 5)]
-SWEEP_SINGLE = [(16, 128, 64, 1, 4, 4), (16, 256, 64, 1, 4, 4), (16, 64, 128, 1, 4, 4),
-                (16, 128, 128, 1, 8, 3), (16, 256, 128, 1, 8, 3)]
+# Tile shapes tried by ``tile_sweep``: (block_m, block_n, block_k, group_m, warps, stages,
+# epilogue).
+SWEEP_BATCH = [(128, 128, 64, 8, 8, 3, "scan"), (128, 128, 64, 8, 8, 3, "atomic"),
+               (128, 64, 64, 8, 4, 4, "scan"), (128, 64, 64, 8, 4, 4, "atomic"),
+               (128, 128, 32, 8, 4, 5, "scan"), (128, 128, 32, 8, 4, 5, "atomic"),
+               (256, 128, 64, 8, 8, 3, "scan"), (256, 128, 64, 8, 8, 3, "atomic")]
+SWEEP_SINGLE = [(16, 128, 64, 1, 4, 4, "scan"), (16, 256, 64, 1, 4, 4, "scan"),
+                (16, 256, 64, 1, 4, 4, "atomic"), (16, 64, 128, 1, 4, 4, "atomic"),
+                (16, 256, 128, 1, 8, 3, "atomic")]
 
 
 def tile_sweep(n: int, d: int, k: int, batches: list[int], repeat: int, device="cuda") -> list:

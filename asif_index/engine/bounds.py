@@ -39,9 +39,17 @@ def accumulation_factor(d: int, *, tensor_cores: bool = False) -> float:
     return d * u / (1 - d * u)
 
 
-def residual_stats(a32: torch.Tensor, alp: torch.Tensor) -> tuple[float, float]:
-    """(max |a_j|, max |da_j|) of an anchor matrix and its half-precision copy."""
-    return float(a32.norm(dim=1).max()), float((a32 - alp.float()).norm(dim=1).max())
+def residual_stats(a32: torch.Tensor, alp: torch.Tensor,
+                   block: int = 1 << 20) -> tuple[float, float]:
+    """(max |a_j|, max |da_j|) of an anchor matrix and its half-precision copy, in row blocks
+    (a whole-matrix difference would briefly need another fp32 copy of the anchors: 30 GB at
+    10^7 x 768)."""
+    norm = resid = 0.0
+    for s in range(0, a32.shape[0], block):
+        a = a32[s:s + block]
+        norm = max(norm, float(a.norm(dim=1).max()))
+        resid = max(resid, float((a - alp[s:s + block].float()).norm(dim=1).max()))
+    return norm, resid
 
 
 def input_error(q32: torch.Tensor, qlp: torch.Tensor, a_norm_max: float, a_resid_max: float,

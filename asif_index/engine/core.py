@@ -14,10 +14,9 @@ from asif_index.engine.cpu import CpuKernel, cpu_has_fast_bf16
 from asif_index.engine.cuda import Tiles, TorchKernel, TritonKernel, triton_available
 from asif_index.engine.inputs import (
     l2_normalize,
-    l2_normalize_tensor,
     resolve_device,
     validate_rows,
-    validate_tensor,
+    validate_normalize_tensor,
 )
 from asif_index.errors import ConfigError, ShapeError
 
@@ -71,8 +70,7 @@ class TopKEngine:
     ) -> None:
         self.device = resolve_device(device)
         if isinstance(anchors, torch.Tensor):
-            a_t = l2_normalize_tensor(validate_tensor(anchors, "anchors", None, self.device),
-                                      "anchors")
+            a_t = validate_normalize_tensor(anchors, "anchors", None, self.device)
             a = None
         else:
             a = l2_normalize(validate_rows(anchors, "anchors"), "anchors").astype(np.float32)
@@ -161,11 +159,9 @@ class TopKEngine:
             if as_tensor:
                 return torch.from_numpy(v).to(queries.device), torch.from_numpy(i).to(queries.device)
             return v, i
-        if as_tensor:
-            qt = validate_tensor(queries, "queries", self.dim, self.device)
-        else:
-            qt = torch.from_numpy(validate_rows(queries, "queries", self.dim)).to(self.device)
-        qt = l2_normalize_tensor(qt, "queries")
+        if not as_tensor:
+            queries = torch.from_numpy(validate_rows(queries, "queries", self.dim))
+        qt = validate_normalize_tensor(queries, "queries", self.dim, self.device)
         v, i = self._search_device(qt, k)
         if as_tensor:
             return v, i
@@ -196,9 +192,8 @@ class TopKEngine:
             return (torch.empty((0, k), dtype=torch.float32, device=self.device),
                     torch.empty((0, k), dtype=torch.int64, device=self.device))
         if self.kernel_name == "triton":
-            v, i, cnt, ok = self._kernel.search(q, k)
-            self.stats.fallback_rows = int((~ok).sum())
-            self.stats.candidates_mean = float(cnt.float().mean())
+            v, i, n_bad, cand_sum = self._kernel.search(q, k)
+            self.stats.fallback_rows, self.stats.candidates_mean = n_bad, cand_sum / b
             return v, i
         return self._kernel.search(q, k)
 

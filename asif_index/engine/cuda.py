@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from asif_index.engine import bounds
+from asif_index.errors import ConfigError
 
 _LOW32 = 0xFFFFFFFF
+SMALL_BATCH = 64  # rows up to which a search avoids the host sync on the candidate count
 
 
 def pack_keys(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -90,6 +92,15 @@ class Tiles:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    epilogue: str = "scan"  # "scan": an atomic per row + prefix sum; "atomic": one per entry
+
+    def __post_init__(self) -> None:
+        if self.epilogue not in EPILOGUES:
+            raise ConfigError(f"Tiles.epilogue must be one of {sorted(EPILOGUES)}; "
+                             f"got '{self.epilogue}'")
+
+
+EPILOGUES = {"scan": 0, "atomic": 1, "count": 2}  # "count": benchmarks only, stores nothing
 
 
 def default_tiles(b: int) -> Tiles:
@@ -171,16 +182,55 @@ class TritonKernel:
             self._samples[size] = self.a16[self._perm[:size]].contiguous()
         return self._samples[size]
 
-    def search(self, q32: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                          torch.Tensor]:
-        """q32: unit float32 [b, d] on the device -> (values [b, k], rows [b, k], candidates
-        per row [b], certified per row [b])."""
+    def search(self, q32: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """q32: unit float32 [b, d] on the device -> (values [b, k], rows [b, k], rows that
+        were recomputed in fp32, candidates summed over the rows)."""
         plan = self.plan(k)
         b = q32.shape[0]
         per_row = plan.cap * (4 + 4 + 8 + 8) + plan.sample * (2 + 2) + 64
         chunk = max(1, int(self.budget // per_row))
         outs = [self._search_chunk(q32[s:s + chunk], k, plan) for s in range(0, b, chunk)]
-        return tuple(torch.cat([o[j] for o in outs]) for j in range(4))  # type: ignore[return-value]
+        if len(outs) == 1:
+            return outs[0]
+        return (torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]),
+                sum(o[2] for o in outs), sum(o[3] for o in outs))
+
+    def threshold(self, q32: torch.Tensor, plan: Plan):
+        """(q16 [b, d], tau [b], E_in [b]): each row's selection threshold from the sample."""
+        b = q32.shape[0]
+        q16 = q32.half()
+        if plan.sample:
+            sims = q16 @ self._sample(plan.sample).t()
+            tau = torch.topk(sims, plan.rank, dim=1, sorted=False).values.min(dim=1).values.float()
+            del sims
+        else:
+            tau = torch.full((b,), float("-inf"), device=q32.device)
+        e_in = bounds.input_error(q32, q16, self.a_norm_max, self.a_resid_max, self.g)
+        # Lowered by 2 E_in, the threshold certifies itself: the `rank` sampled anchors at or
+        # above it have exact values >= tau + E_in, so about oversample * k rows pass the
+        # certificate's bound, not just those far above a borderline sample value.
+        return q16, (tau - 2 * e_in).contiguous(), e_in
+
+    def select(self, q16: torch.Tensor, tau: torch.Tensor, cap: int,
+               tiles: Tiles | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused kernel: (cnt int32 [b], buf int32 [b, cap]) of anchors at or above tau."""
+        import triton
+
+        from asif_index.engine import triton_kernels as tk
+
+        b, dev = q16.shape[0], q16.device
+        cnt = torch.zeros(b, dtype=torch.int32, device=dev)
+        buf = torch.empty((b, cap), dtype=torch.int32, device=dev)
+        t = tiles or self.tiles or default_tiles(b)
+        grid = (triton.cdiv(b, t.block_m) * triton.cdiv(self.n, t.block_n),)
+        tk.select_candidates[grid](
+            q16, self.a16, tau, cnt, buf, b, self.n, self.dim, cap,
+            q16.stride(0), self.a16.stride(0),
+            BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, GROUP_M=t.group_m,
+            EVEN_K=self.dim % t.block_k == 0, EPILOGUE=EPILOGUES[t.epilogue],
+            num_warps=t.num_warps, num_stages=t.num_stages,
+        )
+        return cnt, buf
 
     def _search_chunk(self, q32, k, plan):
         import triton
@@ -188,30 +238,15 @@ class TritonKernel:
         from asif_index.engine import triton_kernels as tk
 
         b, dev = q32.shape[0], q32.device
-        q16 = q32.half()
-        if plan.sample:
-            sims = q16 @ self._sample(plan.sample).t()
-            tau = torch.topk(sims, plan.rank, dim=1, sorted=False).values.min(dim=1).values.float()
-            del sims
+        q16, tau, e_in = self.threshold(q32, plan)
+        cnt, buf = self.select(q16, tau, plan.cap)
+        # The rescoring width: the widest row's count costs a host sync, which a small batch
+        # cannot afford (a round trip is a large part of one query's latency); it scores the
+        # whole buffer instead, whose empty slots cost a bounds check each.
+        if b <= SMALL_BATCH:
+            width = plan.cap
         else:
-            tau = torch.full((b,), float("-inf"), device=dev)
-        e_in = bounds.input_error(q32, q16, self.a_norm_max, self.a_resid_max, self.g)
-        # Lowered by 2 E_in, the threshold certifies itself: the `rank` sampled anchors at or
-        # above it have exact values >= tau + E_in, so about oversample * k rows pass the
-        # certificate's bound, not just those far above a borderline sample value.
-        tau = (tau - 2 * e_in).contiguous()
-        cnt = torch.zeros(b, dtype=torch.int32, device=dev)
-        buf = torch.empty((b, plan.cap), dtype=torch.int32, device=dev)
-        t = self.tiles or default_tiles(b)
-        grid = (triton.cdiv(b, t.block_m) * triton.cdiv(self.n, t.block_n),)
-        tk.select_candidates[grid](
-            q16, self.a16, tau, cnt, buf, b, self.n, self.dim, plan.cap,
-            q16.stride(0), self.a16.stride(0),
-            BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k, GROUP_M=t.group_m,
-            num_warps=t.num_warps, num_stages=t.num_stages,
-        )
-        used = int(cnt.max().clamp(max=plan.cap)) if b else 0  # the one host sync
-        width = max(used, 1)
+            width = max(int(cnt.max().clamp(max=plan.cap)), 1)
         ex = torch.empty((b, width), dtype=torch.float32, device=dev)
         block_c = 64
         tk.rescore_candidates[(b, triton.cdiv(width, block_c))](
@@ -226,11 +261,13 @@ class TritonKernel:
             i = torch.cat([i, i.new_zeros((b, pad))], 1)
         every = torch.isinf(tau) & (tau < 0)
         ok = every | ((cnt <= plan.cap) & (cnt >= k) & (v[:, k - 1] >= tau + e_in))
-        bad = (~ok).nonzero().flatten()
-        if bad.numel():
+        # the search's one unavoidable sync: whether any row needs the fp32 fallback
+        n_bad, cand_sum = torch.stack([(~ok).sum(), cnt.sum()]).tolist()
+        if n_bad:
+            bad = (~ok).nonzero().flatten()
             fv, fi = self.fallback.search(q32[bad], k)
             v[bad], i[bad] = fv, fi
-        return v, i, cnt, ok
+        return v, i, int(n_bad), int(cand_sum)
 
 
 def triton_available(device: torch.device) -> str | None:

@@ -49,10 +49,12 @@ def validate_rows(x: np.ndarray | torch.Tensor, name: str, dim: int | None = Non
     return arr
 
 
-def validate_tensor(x: torch.Tensor, name: str, dim: int | None, device: torch.device) -> torch.Tensor:
-    """A torch tensor checked where it lives (one device sync for the finiteness test) and
-    returned as contiguous float32 [n, d] on ``device``; CPU <-> GPU copies happen only when
-    the tensor is on another device than the engine."""
+def validate_normalize_tensor(x: torch.Tensor, name: str, dim: int | None,
+                              device: torch.device) -> torch.Tensor:
+    """A torch tensor checked where it lives and returned L2-normalised as contiguous float32
+    [n, d] on ``device``. One device sync covers both checks (finite, no zero row): on a GPU
+    each sync costs a round trip, which is most of a single query's latency. CPU <-> GPU
+    copies happen only when the tensor is on another device than the engine."""
     t = x.detach()
     if t.ndim == 1:
         t = t[None, :]
@@ -60,11 +62,19 @@ def validate_tensor(x: torch.Tensor, name: str, dim: int | None, device: torch.d
     if not t.is_floating_point():
         raise ShapeError(f"{name} must hold floats; got dtype {t.dtype}")
     t = t.to(device=device, dtype=torch.float32).contiguous()
-    bad = ~torch.isfinite(t).all(dim=1)
-    if bool(bad.any()):
-        rows = bad.nonzero().flatten()[:5].tolist()
+    norms = t.norm(dim=1)
+    nonfinite = ~torch.isfinite(t).all(dim=1)
+    zero = norms == 0
+    any_nonfinite, any_zero = torch.stack([nonfinite.any(), zero.any()]).tolist()
+    if any_nonfinite:
+        rows = nonfinite.nonzero().flatten()[:5].tolist()
         raise NonFiniteError(f"{name} has NaN or infinite values in rows {rows}; fix the input")
-    return t
+    if any_zero:
+        rows = zero.nonzero().flatten()[:5].tolist()
+        raise ZeroVectorError(
+            f"{name} has all-zero rows {rows}; cosine similarity is undefined for them"
+        )
+    return t / norms[:, None]
 
 
 def l2_normalize(x: np.ndarray, name: str) -> np.ndarray:
@@ -72,17 +82,6 @@ def l2_normalize(x: np.ndarray, name: str) -> np.ndarray:
     zero = norms == 0
     if zero.any():
         rows = np.flatnonzero(zero)[:5].tolist()
-        raise ZeroVectorError(
-            f"{name} has all-zero rows {rows}; cosine similarity is undefined for them"
-        )
-    return x / norms[:, None]
-
-
-def l2_normalize_tensor(x: torch.Tensor, name: str) -> torch.Tensor:
-    norms = x.norm(dim=1)
-    zero = norms == 0
-    if bool(zero.any()):
-        rows = zero.nonzero().flatten()[:5].tolist()
         raise ZeroVectorError(
             f"{name} has all-zero rows {rows}; cosine similarity is undefined for them"
         )

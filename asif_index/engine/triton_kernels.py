@@ -16,11 +16,17 @@ def select_candidates(
     B, N, D, CAP,
     stride_q, stride_a,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr, EPILOGUE: tl.constexpr,
 ):
     """One [BLOCK_M queries x BLOCK_N anchors] tile of half-precision similarities (fp32
     accumulation), kept in registers: entries >= the row's threshold ``tau`` are appended to the
     row's candidate buffer (anchor row numbers, int32 [B, CAP]); ``cnt`` (int32 [B]) counts them,
     and may exceed CAP, which marks the row as overflowed. The B x N matrix is never written.
+
+    EVEN_K: D is a multiple of BLOCK_K (no mask on the reduction axis). EPILOGUE: 0 = one
+    atomic per row and a prefix sum places the tile's entries; 1 = one atomic per kept entry
+    (no scan, no layout change of the accumulator); 2 = count only, nothing stored (for
+    measuring the main loop alone).
     """
     pid = tl.program_id(0)
     n_m = tl.cdiv(B, BLOCK_M)
@@ -39,24 +45,46 @@ def select_candidates(
     ks = tl.arange(0, BLOCK_K)
     row_ok = rows < B
     col_ok = cols < N
+    # Edge tiles read wrapped-around rows instead of masking them (their results are dropped
+    # by row_ok / col_ok below): unmasked loads keep the main loop's copies wide.
+    rows_ld = rows % B
+    cols_ld = cols % N
+    # int64 offsets: N x d passes 2^31 at 10^7 anchors of dimension 768
+    q_ptrs = q_ptr + rows_ld[:, None] * stride_q + ks[None, :]
+    a_ptrs = a_ptr + cols_ld.to(tl.int64)[None, :] * stride_a + ks[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, D, BLOCK_K):
-        k_ok = (k0 + ks) < D
-        q = tl.load(q_ptr + rows[:, None] * stride_q + (k0 + ks)[None, :],
-                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        # int64 offsets: N x d passes 2^31 at 10^7 anchors of dimension 768
-        a = tl.load(a_ptr + cols.to(tl.int64)[None, :] * stride_a + (k0 + ks)[:, None],
-                    mask=col_ok[None, :] & k_ok[:, None], other=0.0)
+        if EVEN_K:
+            q = tl.load(q_ptrs)
+            a = tl.load(a_ptrs)
+        else:
+            k_ok = (k0 + ks) < D
+            q = tl.load(q_ptrs, mask=k_ok[None, :], other=0.0)
+            a = tl.load(a_ptrs, mask=k_ok[:, None], other=0.0)
         acc = tl.dot(q, a, acc, out_dtype=tl.float32)
+        q_ptrs += BLOCK_K
+        a_ptrs += BLOCK_K
     tau = tl.load(tau_ptr + rows, mask=row_ok, other=float("inf"))
     keep = (acc >= tau[:, None]) & col_ok[None, :] & row_ok[:, None]
-    keep_i = keep.to(tl.int32)
-    n_keep = tl.sum(keep_i, axis=1)
-    # One atomic per row reserves a slot range; a prefix sum places the tile's entries in it.
-    base = tl.atomic_add(cnt_ptr + rows, n_keep, mask=row_ok & (n_keep > 0))
-    pos = base[:, None] + tl.cumsum(keep_i, axis=1) - 1
-    tl.store(buf_ptr + rows[:, None] * CAP + pos, cols[None, :].broadcast_to(BLOCK_M, BLOCK_N),
-             mask=keep & (pos < CAP))
+    if EPILOGUE == 0:
+        keep_i = keep.to(tl.int32)
+        n_keep = tl.sum(keep_i, axis=1)
+        # One atomic per row reserves a slot range; a prefix sum places the entries in it.
+        base = tl.atomic_add(cnt_ptr + rows, n_keep, mask=row_ok & (n_keep > 0))
+        pos = base[:, None] + tl.cumsum(keep_i, axis=1) - 1
+        tl.store(buf_ptr + rows[:, None] * CAP + pos,
+                 cols[None, :].broadcast_to(BLOCK_M, BLOCK_N), mask=keep & (pos < CAP))
+    elif EPILOGUE == 1:
+        # Few entries pass (about 2k of N per row): one predicated atomic per kept entry is
+        # cheaper than a scan across the tile, which moves the accumulator between layouts.
+        ones = tl.full((BLOCK_M, BLOCK_N), 1, tl.int32)
+        pos = tl.atomic_add(cnt_ptr + rows[:, None].broadcast_to(BLOCK_M, BLOCK_N), ones,
+                            mask=keep)
+        tl.store(buf_ptr + rows[:, None] * CAP + pos,
+                 cols[None, :].broadcast_to(BLOCK_M, BLOCK_N), mask=keep & (pos < CAP))
+    else:
+        n_keep = tl.sum(keep.to(tl.int32), axis=1)
+        tl.atomic_add(cnt_ptr + rows, n_keep, mask=row_ok & (n_keep > 0))
 
 
 @triton.jit
