@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -105,12 +106,15 @@ EPILOGUES = {"scan": 0, "atomic": 1, "count": 2}  # "count": benchmarks only, st
 
 def default_tiles(b: int) -> Tiles:
     # A single query is bound by reading the anchors once: narrow query tiles, wide anchor
-    # tiles. Batches are bound by the product: square 128 tiles in a grouped order.
+    # tiles. Batches are bound by the product and by the epilogue that places candidates,
+    # which costs as much as the main loop at 128 x 128 (benchmarks.select_kernels on an
+    # H200, N=1e6 d=768 B=1024: 7.1 ms at 128x128 against 5.4 ms at 128x64, main loop alone
+    # 3.1 and 4.2 ms): narrower anchor tiles make the scan cheaper than the product loses.
     if b <= 16:
-        return Tiles(16, 128, 64, group_m=1, num_warps=4, num_stages=4)
+        return Tiles(16, 256, 64, group_m=1, num_warps=4, num_stages=4)
     if b <= 64:
         return Tiles(64, 128, 64, group_m=8, num_warps=4, num_stages=4)
-    return Tiles(128, 128, 64, group_m=8, num_warps=8, num_stages=3)
+    return Tiles(128, 64, 64, group_m=8, num_warps=4, num_stages=4)
 
 
 @dataclass
@@ -155,11 +159,26 @@ class TritonKernel:
         self.g = bounds.accumulation_factor(self.dim, tensor_cores=a32.device.type == "cuda")
         self.budget = memory_budget_mb * 2**20
         self.oversample, self.sample_rank = float(oversample), int(sample_rank)
-        self.tiles = tiles
         self.fallback = TorchKernel(self.a32, memory_budget_mb)
         gen = torch.Generator().manual_seed(seed)
         self._perm = torch.randperm(self.n, generator=gen).to(a32.device)
         self._samples: dict[int, torch.Tensor] = {}
+        # Small batches on CUDA replay a captured graph: one query's device work is ~0.6 ms
+        # at 10^6 x 768, and launching its ~40 kernels one by one from Python doubles that.
+        self.use_graphs = a32.device.type == "cuda"
+        self._graphs: dict[tuple[int, int], _Captured] = {}
+        self._graph_lock = threading.Lock()
+        self._graph_failed: str | None = None
+        self.tiles = tiles
+
+    @property
+    def tiles(self) -> Tiles | None:
+        return self._tiles
+
+    @tiles.setter
+    def tiles(self, value: Tiles | None) -> None:
+        self._tiles = value
+        self._graphs.clear()  # captured launches hold the old shape
 
     @property
     def resident_bytes(self) -> int:
@@ -179,6 +198,7 @@ class TritonKernel:
     def _sample(self, size: int) -> torch.Tensor:
         if size not in self._samples:
             self._samples.clear()  # one k at a time in practice; do not accumulate copies
+            self._graphs.clear()  # they read the sample they were captured with
             self._samples[size] = self.a16[self._perm[:size]].contiguous()
         return self._samples[size]
 
@@ -189,6 +209,10 @@ class TritonKernel:
         b = q32.shape[0]
         per_row = plan.cap * (4 + 4 + 8 + 8) + plan.sample * (2 + 2) + 64
         chunk = max(1, int(self.budget // per_row))
+        if self.use_graphs and b <= min(SMALL_BATCH, chunk) and self._graph_failed is None:
+            out = self._search_graph(q32, k, plan)
+            if out is not None:
+                return out
         outs = [self._search_chunk(q32[s:s + chunk], k, plan) for s in range(0, b, chunk)]
         if len(outs) == 1:
             return outs[0]
@@ -232,7 +256,59 @@ class TritonKernel:
         )
         return cnt, buf
 
+    def _search_graph(self, q32, k, plan):
+        """The small-batch search as one graph replay per (b, k); None if capture failed (the
+        reason is kept in ``_graph_failed`` and the eager path is used from then on)."""
+        key = (q32.shape[0], k)
+        with self._graph_lock:  # one set of static buffers per shape: replays take turns
+            cap = self._graphs.get(key)
+            if cap is None:
+                try:
+                    cap = self._capture(q32, k, plan)
+                except Exception as exc:  # a driver or library that refuses capture
+                    self._graph_failed = f"{type(exc).__name__}: {exc}"
+                    torch.cuda.synchronize(q32.device)
+                    return None
+                if len(self._graphs) >= 16:
+                    self._graphs.pop(next(iter(self._graphs)))
+                self._graphs[key] = cap
+            cap.q.copy_(q32)
+            cap.graph.replay()
+            v, i, ok = cap.v.clone(), cap.i.clone(), cap.ok.clone()
+            n_bad, cand_sum = cap.counts.tolist()  # the one sync
+        if n_bad:
+            bad = (~ok).nonzero().flatten()
+            fv, fi = self.fallback.search(q32[bad], k)
+            v[bad], i[bad] = fv, fi
+        return v, i, int(n_bad), int(cand_sum)
+
+    def _capture(self, q32, k, plan) -> "_Captured":
+        static_q = q32.clone()
+        self._sample(plan.sample) if plan.sample else None  # allocated outside the graph
+        side = torch.cuda.Stream(q32.device)
+        side.wait_stream(torch.cuda.current_stream(q32.device))
+        with torch.cuda.stream(side):  # compiles the kernels, warms the allocator
+            self._device_pass(static_q, k, plan)
+        torch.cuda.current_stream(q32.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            v, i, ok, counts = self._device_pass(static_q, k, plan)
+        # the sample is kept alive with the graph that reads it, even if another k replaces it
+        return _Captured(graph, static_q, v, i, ok, counts, self._samples.get(plan.sample))
+
     def _search_chunk(self, q32, k, plan):
+        v, i, ok, counts = self._device_pass(q32, k, plan)
+        # the search's one unavoidable sync: whether any row needs the fp32 fallback
+        n_bad, cand_sum = counts.tolist()
+        if n_bad:
+            bad = (~ok).nonzero().flatten()
+            fv, fi = self.fallback.search(q32[bad], k)
+            v[bad], i[bad] = fv, fi
+        return v, i, int(n_bad), int(cand_sum)
+
+    def _device_pass(self, q32, k, plan):
+        """Everything up to the certificate, with no host sync for small batches:
+        (values [b, k], rows [b, k], certified [b], int64 [2]: uncertified rows, candidates)."""
         import triton
 
         from asif_index.engine import triton_kernels as tk
@@ -261,13 +337,18 @@ class TritonKernel:
             i = torch.cat([i, i.new_zeros((b, pad))], 1)
         every = torch.isinf(tau) & (tau < 0)
         ok = every | ((cnt <= plan.cap) & (cnt >= k) & (v[:, k - 1] >= tau + e_in))
-        # the search's one unavoidable sync: whether any row needs the fp32 fallback
-        n_bad, cand_sum = torch.stack([(~ok).sum(), cnt.sum()]).tolist()
-        if n_bad:
-            bad = (~ok).nonzero().flatten()
-            fv, fi = self.fallback.search(q32[bad], k)
-            v[bad], i[bad] = fv, fi
-        return v, i, int(n_bad), int(cand_sum)
+        return v, i, ok, torch.stack([(~ok).sum(), cnt.sum()])
+
+
+@dataclass
+class _Captured:
+    graph: "torch.cuda.CUDAGraph"
+    q: torch.Tensor  # static input the replay reads
+    v: torch.Tensor  # static outputs it writes
+    i: torch.Tensor
+    ok: torch.Tensor
+    counts: torch.Tensor
+    sample: torch.Tensor | None
 
 
 def triton_available(device: torch.device) -> str | None:
