@@ -107,6 +107,8 @@ def main(argv=None):
     ap.add_argument("--batch", default=None, help="default 1,1024 (cpu), 1,64,1024,8192 (cuda)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--append", action="store_true",
+                    help="cuda: keep the rows of --out that this run does not measure again")
     ap.add_argument("--sweep", action="store_true",
                     help="cuda: also time the fused kernel's tile shapes at N=1e6 d=768, B=1 and "
                     "8192, and profile one search per batch size")
@@ -117,12 +119,13 @@ def main(argv=None):
 
         run_gpu(ints(a.n or "1e5,1e6,1e7"), ints(a.d or "384,768"), ints(a.k),
                 ints(a.batch or "1,64,1024,8192"), a.repeat, a.out or "runs/bench/topk_gpu.json",
-                device=a.device)
+                device=a.device, append=a.append)
         if a.sweep:
             from benchmarks.topk_gpu import tile_sweep
 
             rows = tile_sweep(1_000_000, 768, ints(a.k)[0], [1, 8192], a.repeat, a.device)
-            write_json({"question": "fused kernel tile shapes", "rows": rows},
+            write_json({"question": "fused kernel tile shapes", "machine": machine(),
+                        "rows": rows, "markdown": table(rows, list(rows[0]) if rows else [])},
                    (a.out or "runs/bench/topk_gpu.json").replace(".json", "_tiles.json"))
         return
     a.n, a.d, a.batch = a.n or "100000,1000000", a.d or "384", a.batch or "1,1024"

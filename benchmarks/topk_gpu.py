@@ -21,7 +21,9 @@ interpreter: that checks the benchmark itself, not speed.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -78,7 +80,8 @@ def recall(got: torch.Tensor, exact_v: torch.Tensor) -> float:
                  / exact_v.shape[1])
 
 
-def run(ns, ds, ks, batches, repeat, out, device="cuda", tflops_size=8192, budget_gb=8.0):
+def run(ns, ds, ks, batches, repeat, out, device="cuda", tflops_size=8192, budget_gb=8.0,
+        append=False):
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks.topk --device cuda: no CUDA device here. The GPU figures "
@@ -136,17 +139,30 @@ def run(ns, ds, ks, batches, repeat, out, device="cuda", tflops_size=8192, budge
             del a, a16, eng
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
+    res = summarise(rows, machine(), str(dev), tflops, out if append else None)
+    print("\n" + res["markdown"] + "\n\n" + "\n".join(res["targets"]))
+    write_json(res, out)
+    return res
+
+
+def summarise(rows: list[dict], mach: dict, device: str, tflops: float,
+              previous: str | None = None) -> dict:
+    """The result document; with ``previous`` (a JSON this module wrote on the same kind of
+    device), its rows are kept where this run did not measure the same (N, d, k, batch)."""
+    if previous and Path(previous).is_file():
+        old = json.loads(Path(previous).read_text())
+        if old.get("machine", {}).get("gpu") != mach.get("gpu"):
+            raise SystemExit(f"--append: {previous} was measured on "
+                             f"{old.get('machine', {}).get('gpu')}, this run on {mach.get('gpu')}")
+        new = {(r["N"], r["d"], r["k"], r["batch"]) for r in rows}
+        rows = [r for r in old["rows"] if (r["N"], r["d"], r["k"], r["batch"]) not in new] + rows
+        rows.sort(key=lambda r: (r["N"], r["d"], r["k"], r["batch"]))
     cols = ["N", "d", "batch", "asif_qps", "torch32_qps", "torch16_qps", "torch16_recall",
             "gemm16_qps", "bound_qps", "asif_of_bound", "asif_vs_torch32", "asif_vs_torch16",
             "asif_ms_per_batch", "fallback", "asif_exact", "asif_peak_MB"]
-    md = table(rows, cols)
-    checks = targets(rows)
-    print("\n" + md + "\n\n" + "\n".join(checks))
-    res = {"question": "top-k engine on the GPU vs torch", "machine": machine(),
-           "device": str(dev), "gemm_tflops": tflops, "rows": rows, "markdown": md,
-           "targets": checks}
-    write_json(res, out)
-    return res
+    return {"question": "top-k engine on the GPU vs torch", "machine": mach, "device": device,
+            "gemm_tflops": tflops, "rows": rows, "markdown": table(rows, cols),
+            "targets": targets(rows)}
 
 
 # Tile shapes tried by ``tile_sweep``: (block_m, block_n, block_k, group_m, warps, stages,
