@@ -224,7 +224,10 @@ def cmd_evaluate(args) -> int:
     print(markdown_table(result))
     print(f"wrote {j} and {m}")
     if args.docs:
-        Path(args.docs).write_text(m.read_text())
+        from asif_index.evaluation import keep_sections
+
+        old = Path(args.docs).read_text() if Path(args.docs).is_file() else ""
+        Path(args.docs).write_text(keep_sections(m.read_text(), old))  # doctor's, match's
         # the JSON travels with the page, so docs never hold figures of two different runs
         Path(args.docs).with_suffix(".json").write_text(j.read_text())
         print(f"wrote {args.docs} and {Path(args.docs).with_suffix('.json')}")

@@ -555,6 +555,10 @@ def register(sub, common) -> None:
     db(p)
     p.set_defaults(func=cmd_stats)
 
+    from asif_cli import method_commands
+
+    method_commands.register(sub, common, db)
+
     it = sub.add_parser("items", help="delete stored items").add_subparsers(
         dest="items_cmd", required=True)
     p = it.add_parser("delete", help="delete items by id or payload filter (readers pinned at an "

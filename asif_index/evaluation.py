@@ -258,3 +258,40 @@ def write_report(result: dict, out_dir: Path) -> tuple[Path, Path]:
     j.write_text(json.dumps(result, indent=1))
     m.write_text(markdown_table(result))
     return j, m
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- section:{name} -->", f"<!-- /section:{name} -->"
+
+
+def sections_of(page: str) -> dict[str, str]:
+    """The marked sections of a report page (each written by its own command), by name."""
+    out = {}
+    for start in page.split("<!-- section:")[1:]:
+        name = start.split(" -->", 1)[0]
+        begin, end = _markers(name)
+        body = page.split(begin, 1)[1].split(end, 1)[0]
+        out[name] = begin + body + end
+    return out
+
+
+def write_section(page: Path, name: str, markdown: str) -> Path:
+    """Put ``markdown`` into ``page`` as the section ``name``, replacing that section's last
+    version and leaving the rest of the page as it was (one page, several commands)."""
+    begin, end = _markers(name)
+    block = f"{begin}\n{markdown.strip()}\n{end}"
+    text = page.read_text() if page.is_file() else ""
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
+    page.write_text(text)
+    return page
+
+
+def keep_sections(new_page: str, old_page: str) -> str:
+    """``new_page`` followed by the sections other commands wrote into ``old_page``."""
+    kept = [body for name, body in sections_of(old_page).items()
+            if _markers(name)[0] not in new_page]
+    return new_page.rstrip() + "".join("\n\n" + b for b in kept) + "\n"

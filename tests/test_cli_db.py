@@ -61,6 +61,11 @@ def test_cli_lifecycle(backend, pairs, tmp_path, capfd):
     assert "alias 'cli' now points at it" in run("anchors", "rebuild", "--k", "4")
     stats = json.loads(run("stats"))
     assert stats["k"] == 4 and stats["items"] == 15 and stats["anchors"] == 13
+    # the colour squares' images and captions share their structure; shuffled, they do not
+    doc = json.loads(run("doctor", "--json"))
+    real, shuffled = doc["runs"]["real"], doc["runs"]["shuffled captions"]
+    assert real["pairs"] == 13 and real["usable"] and not shuffled["usable"]
+    assert real["linear_cka"] > shuffled["linear_cka"] and "unusable" in shuffled["verdict"]
     # errors are one line, name the problem, and change nothing
     assert main(["init"] + a) == 2
     assert "already exists" in capfd.readouterr().err

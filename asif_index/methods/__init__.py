@@ -1,0 +1,1 @@
+"""Methods built on relative vectors and paired embeddings (no database imports)."""
