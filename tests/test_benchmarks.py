@@ -75,3 +75,27 @@ def test_service_load_benchmark_has_no_errors_and_no_mixed_versions(tmp_path):
     assert [r["phase"] for r in rows] == ["idle", "idle", "during update"]
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in rows)
     assert not rows[-1]["mixed"] and rows[-1]["update_s"] > 0
+
+
+def test_gpu_stage_benchmarks_and_append_run_on_this_machine(tmp_path, monkeypatch):
+    """The tile sweep, the per-stage benchmark and --append's merge, at tiny sizes (the
+    interpreter without a GPU): what a lent GPU runs once is checked on every CI run."""
+    import torch
+
+    from benchmarks import select_kernels, topk_gpu
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.setattr(topk_gpu, "SWEEP_SINGLE", topk_gpu.SWEEP_SINGLE[:2])
+    monkeypatch.setattr(topk_gpu, "SWEEP_BATCH", topk_gpu.SWEEP_BATCH[:2])
+    rows = topk_gpu.tile_sweep(3000, 32, 50, [1, 40], 1, device=dev)
+    assert len(rows) == 4 and all(r["same_rows"] for r in rows)
+    monkeypatch.setattr(select_kernels, "SINGLE_SHAPES", select_kernels.SINGLE_SHAPES[:1])
+    monkeypatch.setattr(select_kernels, "BATCH_SHAPES", select_kernels.BATCH_SHAPES[:1])
+    res = select_kernels.run(3000, 32, 50, [1, 40], str(tmp_path / "s.json"), device=dev)
+    variants = [r for r in res["rows"] if r["stage"].startswith("select")]
+    assert len(variants) == 6 and all(r["same"] for r in variants)  # 3 epilogues x 2 batches
+    out = tmp_path / "g.json"
+    topk_gpu.run([2000], [16], [20], [1], 1, out, device=dev, tflops_size=128)
+    merged = topk_gpu.run([2000], [16], [20], [4], 1, out, device=dev, tflops_size=128,
+                          append=True)
+    assert [r["batch"] for r in merged["rows"]] == [1, 4]
