@@ -112,7 +112,12 @@ class AnchorSet:
         recipe unless the manifest says otherwise."""
         from asif_index.recipe import Recipe
 
-        return Recipe.from_dict(self.manifest.extra.get("recipe"))
+        doc = self.manifest.extra.get("recipe")
+        cached = getattr(self, "_recipe_cache", None)
+        if cached is None or cached[0] != doc:  # parsed once per change, not per projection
+            cached = (dict(doc) if doc else doc, Recipe.from_dict(doc))
+            self._recipe_cache = cached
+        return cached[1]
 
     def set_recipe(self, recipe: "Recipe", refreeze: bool = False) -> None:
         """Use ``recipe`` from now on. Its statistics (anchor means) are frozen from the
