@@ -274,17 +274,16 @@ class TritonKernel:
                 self._graphs[key] = cap
             cap.q.copy_(q32)
             cap.graph.replay()
+            # copies: the next replay overwrites the static outputs; the counts are read (the
+            # one sync) before another thread may replay
             v, i, ok = cap.v.clone(), cap.i.clone(), cap.ok.clone()
-            n_bad, cand_sum = cap.counts.tolist()  # the one sync
-        if n_bad:
-            bad = (~ok).nonzero().flatten()
-            fv, fi = self.fallback.search(q32[bad], k)
-            v[bad], i[bad] = fv, fi
-        return v, i, int(n_bad), int(cand_sum)
+            counts = cap.counts.tolist()
+        return self._certified(q32, k, v, i, ok, counts)
 
     def _capture(self, q32, k, plan) -> "_Captured":
         static_q = q32.clone()
-        self._sample(plan.sample) if plan.sample else None  # allocated outside the graph
+        if plan.sample:
+            self._sample(plan.sample)  # allocated outside the graph
         side = torch.cuda.Stream(q32.device)
         side.wait_stream(torch.cuda.current_stream(q32.device))
         with torch.cuda.stream(side):  # compiles the kernels, warms the allocator
@@ -298,8 +297,12 @@ class TritonKernel:
 
     def _search_chunk(self, q32, k, plan):
         v, i, ok, counts = self._device_pass(q32, k, plan)
-        # the search's one unavoidable sync: whether any row needs the fp32 fallback
-        n_bad, cand_sum = counts.tolist()
+        return self._certified(q32, k, v, i, ok, counts.tolist())
+
+    def _certified(self, q32, k, v, i, ok, counts):
+        """Rows the certificate rejected recomputed in fp32; ``counts``: [uncertified rows,
+        candidates] already on the host (reading them is the search's one unavoidable sync)."""
+        n_bad, cand_sum = counts
         if n_bad:
             bad = (~ok).nonzero().flatten()
             fv, fi = self.fallback.search(q32[bad], k)

@@ -78,7 +78,8 @@ def rbf_cka(image: np.ndarray, text: np.ndarray, width: float = 0.5) -> float:
 
 
 def _knn(x: np.ndarray, k: int) -> np.ndarray:
-    s = _unit(x) @ _unit(x).T
+    u = _unit(x)
+    s = u @ u.T
     np.fill_diagonal(s, -np.inf)
     return np.argpartition(-s, k - 1, axis=1)[:, :k]
 
