@@ -20,7 +20,6 @@ interpreter: that checks the benchmark itself, not speed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
