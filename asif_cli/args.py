@@ -17,6 +17,14 @@ def positive_int(text: str) -> int:
     return v
 
 
+def positive_ints(text: str) -> list[int]:
+    """A comma-separated list of whole numbers >= 1 (e.g. '100,500')."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("give at least one number, e.g. 100,500")
+    return [positive_int(x) for x in parts]
+
+
 def positive_float(text: str) -> float:
     try:
         v = float(text)

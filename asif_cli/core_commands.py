@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asif_cli.args import kp_options, positive_int
+from asif_cli.args import kp_options, positive_int, positive_ints
 
 
 def _settings(args):
@@ -208,7 +208,7 @@ def cmd_evaluate(args) -> int:
         # image-side k apart too: CIFAR-10 gains from wide image vectors, retrieval from a
         # text side at p=4 (each image item then stores k_image entries)
         extra += [(Recipe(k_image=ki, p_image=8.0, k_text=kt, p_text=4.0), 800, 8.0)
-                  for ki in (int(x) for x in args.image_ks.split(",")) for kt in (400, 800)]
+                  for ki in args.image_ks for kt in (400, 800)]
     if args.grouped:  # one anchor per image (its captions averaged) against the 5 pairs
         extra += [(r, k, p, True) for r in recipes for k in (400, 800, 1600) for p in (4.0, 8.0)]
     result = run_evaluation(data, txt_enc, ks, ps, recipes=recipes, extra_points=extra)
@@ -274,7 +274,7 @@ def register(sub, common) -> None:
                         "averaged (6,000 anchors instead of 30,000 pairs; default on)")
     e.add_argument("--image-ps", default="1,2,4,8", help="image-side p values of that sweep")
     e.add_argument("--text-ps", default="4,8,12", help="text-side p values of that sweep")
-    e.add_argument("--image-ks", default="1600,3200,6400",
+    e.add_argument("--image-ks", type=positive_ints, default=[1600, 3200, 6400],
                    help="image-side k values of that sweep (image p=8, text k=400 and 800 at "
                         "p=4)")
     e.add_argument("--limit-anchor-images", type=positive_int, help="use at most this many "

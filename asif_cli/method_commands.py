@@ -110,7 +110,7 @@ def cmd_match(args) -> int:
     if bad:
         raise ConfigError(f"unknown --methods {bad}; choose from {', '.join(MATCH_METHODS)}")
     ti, tc, di, dc = _flickr_pairs(args)
-    sizes = [int(x) for x in args.sizes.split(",")]
+    sizes = args.sizes
     if max(sizes) > len(di) or args.seeds > len(ti):
         raise ConfigError(f"--sizes up to {len(di)} dev pairs and --seeds up to {len(ti)}")
     rng = np.random.default_rng(0)
@@ -143,7 +143,7 @@ def cmd_match(args) -> int:
 
 
 def register(sub, common, db) -> None:
-    from asif_cli.args import positive_int
+    from asif_cli.args import positive_int, positive_ints
 
     p = sub.add_parser("doctor", help="are the image and text encoders usable together: CKA, "
                        "mutual k-NN, shuffled baseline, retrieval against the number of anchors, "
@@ -163,7 +163,8 @@ def register(sub, common, db) -> None:
                        "pairs (seeded QAP, localized CKA, ASIF), measured on Flickr8k dev")
     common(p)
     p.add_argument("--data", help="data folder with flickr8k/ (default ../shared/data)")
-    p.add_argument("--sizes", default="100,500", help="batch sizes to pair (default 100,500)")
+    p.add_argument("--sizes", type=positive_ints, default=[100, 500],
+                   help="batch sizes to pair (default 100,500)")
     p.add_argument("--seeds", type=positive_int, default=320, help="seed pairs (default 320)")
     p.add_argument("--methods", default=",".join(("qap", "local-cka", "asif-lap", "asif-nn")),
                    help="comma-separated: qap, local-cka, asif-lap, asif-nn (default all)")
