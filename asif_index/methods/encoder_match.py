@@ -234,8 +234,7 @@ def match_unpaired(image: np.ndarray, text: np.ndarray, seed_image: np.ndarray,
     assignment; ``asif-lap``: ASIF relative vectors over the seeds (top-k, power p), dot
     products, then a linear assignment; ``asif-nn``: the same scores, nearest text per image.
     ``center``: subtract each space's seed mean first (encoders' outputs share a large common
-    component that drowns the pair-specific similarities; on Flickr8k dev it takes seeded QAP
-    from 5% to 18% of 100 pairs).
+    component that drowns the pair-specific similarities).
     """
     if method not in MATCH_METHODS:
         raise ConfigError(f"method must be one of {', '.join(MATCH_METHODS)}; got '{method}'")
