@@ -35,6 +35,34 @@ def positive_float(text: str) -> float:
     return v
 
 
+def unit_float(text: str) -> float:
+    """A number in [0, 1] (a weight, a share, a fraction of an image)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: give a number from 0 to 1")
+    return v
+
+
+def open_unit_float(text: str) -> float:
+    """A number strictly between 0 and 1 (a share that leaves something to the other part)."""
+    v = unit_float(text)
+    if v in (0, 1):
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: give a number strictly "
+                                         "between 0 and 1")
+    return v
+
+
+def unit_floats(text: str) -> list[float]:
+    """A comma-separated list of numbers in [0, 1] (e.g. '0.45,0.3,0.2')."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("give at least one number from 0 to 1, e.g. 0.5,0.25")
+    return [unit_float(x) for x in parts]
+
+
 def anchor_ids(text: str) -> list[int]:
     """'17,42,100-103' -> [17, 42, 100, 101, 102, 103]."""
     out: list[int] = []

@@ -98,11 +98,16 @@ def search(args, flt: dict) -> int:
         if not path.is_file():
             raise ConfigError(f"query image '{path}' (--image) does not exist")
         data = {"limit": str(args.limit)}
+        if args.text:  # a composed query
+            data["text"] = args.text
+            if args.image_weight is not None:
+                data["image_weight"] = str(args.image_weight)
         if "modality" in flt:
             data["modality"] = flt["modality"]
         with path.open("rb") as f:
             doc = r.call("POST", "/search/image", files={"file": (path.name, f)}, data=data)
-        print_hits(_hits(doc), args.json, f"image {args.image}")
+        print_hits(_hits(doc), args.json, f"image {args.image}"
+                   + (f" + {args.text!r}" if args.text else ""))
         return 0
     if args.item:
         print_hits(ask(item_id=args.item), args.json, f"item {args.item}")

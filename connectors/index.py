@@ -12,10 +12,12 @@ from asif_index.anchors import AnchorManifest, AnchorPayload, AnchorSet
 from asif_index.encoders.base import Encoder
 from asif_index.errors import (
     AnchorError,
+    ConfigError,
     InputError,
     ModalityError,
     UpdateInProgressError,
 )
+from asif_index.methods.unified import DEFAULT_IMAGE_WEIGHT
 from asif_index.search import DEFAULT_TEMPLATES, prompts
 from asif_index.sparse import SparseBatch
 from connectors.anchor_cache import cached_anchors_at
@@ -73,6 +75,8 @@ class Index:
         self.engine_options = engine_options
         self.timing = timing
         self.cache_dir: str | None = None  # anchor copies (set by open)
+        # name -> TextHead: each written item gets payload fields tag_<name>, tag_<name>_p
+        self.taggers: dict[str, Any] = {}
         self.owner = new_owner()  # names this process's leases in the database
         self._renew_at = 0.0  # reader lease: renew (and check retirement) after this time
 
@@ -220,6 +224,12 @@ class Index:
         sb = anchors.project(x, modality, **self.engine_options)
         recs = point_records(sb, [item_id(modality, k) for k in keys], modality, embeddings,
                              payloads, anchors.manifest.version)
+        if self.taggers:
+            for name, head in self.taggers.items():
+                labels, probs = head.predict(sb, modality)
+                for r, lb, pr in zip(recs, labels, probs):
+                    r.payload = {**r.payload, f"tag_{name}": lb,
+                                 f"tag_{name}_p": round(float(pr.max()), 4)}
         errors, kept = [], []
         for key, r in zip(keys, recs):
             problem = item_payload_problem(r.payload)
@@ -331,31 +341,65 @@ class Index:
         return len(records) - len(heads), len(heads)
 
     # -- queries ------------------------------------------------------------------------
-    def query_vector(self, text: str | None = None, image: Any = None
+    def query_vector(self, text: str | None = None, image: Any = None,
+                     image_weight: float = DEFAULT_IMAGE_WEIGHT
                      ) -> tuple[SparseBatch, str, int]:
-        """The relative vector of one text or image query -> (vector, modality, the anchor
+        """The relative vector of one text or image query, or of both composed ("this photo,
+        but at night") -> (vector, modality: "text", "image" or "composed", the anchor
         version it was projected at). Pass that version to :meth:`search_vectors`: with an
-        anchor update landing in another thread, query and items then stay on one version."""
+        anchor update landing in another thread, query and items then stay on one version.
+
+        image_weight: with both given, the image's share of the composed query (the text
+        gets 1 - image_weight); see :func:`asif_index.methods.unified.compose`."""
         # one snapshot: an update adopts a new anchor set object, never mutates this one
         anchors = self.anchors
-        q, modality = self._query_on(anchors, text, image)
+        q, modality = self._query_on(anchors, text, image, image_weight)
         return q, modality, anchors.manifest.version
 
-    def _query_on(self, anchors: AnchorSet, text: str | None, image: Any
-                  ) -> tuple[SparseBatch, str]:
-        if (text is None) == (image is None):
-            raise ModalityError("give exactly one of text=... or image=...")
-        modality = "text" if text is not None else "image"
-        if modality == "text" and not isinstance(text, str):
+    def _query_on(self, anchors: AnchorSet, text: str | None, image: Any,
+                  image_weight: float = DEFAULT_IMAGE_WEIGHT) -> tuple[SparseBatch, str]:
+        if text is None and image is None:
+            raise ModalityError("give text=..., image=... or both (a composed query)")
+        if text is not None and not isinstance(text, str):
             raise ModalityError(f"text= takes a string; got {type(text).__name__} (use image=)")
+        if text is not None and image is not None:
+            from asif_index.methods.unified import compose
+
+            if not 0 < image_weight < 1:
+                raise ConfigError(f"image_weight must lie strictly between 0 and 1 for a "
+                                  f"composed query; got {image_weight}")
+            qi, _ = self._query_on(anchors, None, image)
+            qt, _ = self._query_on(anchors, text, None)
+            return compose([(qi, image_weight), (qt, 1 - image_weight)]), "composed"
+        modality = "text" if text is not None else "image"
         emb = self.encoders[modality].encode([text if text is not None else image])
         return anchors.project(emb, modality, **self.engine_options), modality
 
     def search(self, text: str | None = None, image: Any = None, limit: int = 10,
-               filter: Filter | None = None) -> list[Hit]:
-        """Items (either modality, narrowed by ``filter``) ranked for a text or image query."""
-        q, _, version = self.query_vector(text, image)
+               filter: Filter | None = None, image_weight: float = DEFAULT_IMAGE_WEIGHT
+               ) -> list[Hit]:
+        """Items (either modality, narrowed by ``filter``) ranked for a text query, an image
+        query, or both composed (``image_weight``: the image's share)."""
+        q, _, version = self.query_vector(text, image, image_weight)
         return self.search_vectors(q, limit, filter, version=version)[0]
+
+    def locate(self, image: Any, text: str, scales: Sequence[float] | None = None,
+               background: bool = True):
+        """Where in ``image`` is what ``text`` describes: a
+        :class:`~asif_index.methods.locate.HeatMap` (values [H, W] in the photo's pixels,
+        ``peak`` (x, y)) from crops at ``scales`` (fractions of the photo; default 0.45, 0.3,
+        0.2) scored against the text in this index's relative space. background: subtract
+        each crop's mean score against scene prompts (the better default on Flickr8k dev,
+        see docs/evaluation.md)."""
+        from asif_index.methods import locate as loc
+
+        anchors = self.anchors  # one anchor version for crops, query and background
+        q, _ = self._query_on(anchors, text, None)
+        bg = (anchors.project(self.encoders["text"].encode(list(loc.BACKGROUND_PROMPTS)),
+                              "text", **self.engine_options) if background else None)
+        return loc.locate(image, q, self.encoders["image"].encode,
+                          lambda e: anchors.project(e, "image", **self.engine_options),
+                          scales or loc.DEFAULT_SCALES, background=bg)[0]
 
     def search_vectors(self, q: SparseBatch, limit: int, flt: Filter | None = None,
                        query_keep: int | Literal["all"] | None = None,
@@ -403,6 +447,64 @@ class Index:
         pred, scores = zero_shot_classify(self.anchors, img, txt, len(labels), len(templates),
                                           reduce, self.k, self.p)
         return [labels[i] for i in pred], scores
+
+    # -- text-trained heads (asif_index.methods.text_classifier) ------------------------
+    def _heads_cache(self) -> str:
+        from asif_index.config import AsifSettings
+
+        return self.cache_dir or str(AsifSettings.model_fields["cache_dir"].default)
+
+    def train_text_classifier(self, name: str, labels: Sequence[str], noise: float = 0.0,
+                              mitigation: str = "none", kind: str = "centroid",
+                              mine_captions: bool = True, save: bool = True, **options):
+        """Train a head on text only (label templates and the anchor captions that name a
+        label), keep it beside this index as ``name`` -> (head, path or None).
+
+        noise / mitigation / kind: see
+        :func:`asif_index.methods.text_classifier.train_text_head`; the defaults are the
+        best on CIFAR-10 in docs/evaluation.md."""
+        from asif_index.methods import text_classifier as tc
+        from connectors.heads import check_head_name, head_path
+
+        check_head_name(name)
+        anchors = self.anchors
+        shift = None
+        if mitigation in ("mean-shift", "both"):
+            shift = tc.modality_shift(anchors.matrix("image"), anchors.matrix("text"),
+                                      self.k, self.p)
+        head = tc.train_text_head(
+            labels, self.encoders["text"].encode,
+            lambda e: anchors.project(e, "text", **self.engine_options), anchors.ids,
+            [pl.caption for pl in anchors.payloads] if mine_captions else (), noise,
+            mitigation, kind, shift, **options)
+        head.meta.update(name=name, anchor_version=anchors.manifest.version, k=self.k, p=self.p,
+                         image_encoder=anchors.manifest.image_encoder,
+                         text_encoder=anchors.manifest.text_encoder)
+        path = head.save(head_path(self.store, anchors.manifest, self._heads_cache(), name)) \
+            if save else None
+        return head, path
+
+    def text_head(self, name: str):
+        """A head trained for this index (or a path to a head's .npz), checked against the
+        index's encoders."""
+        from asif_index.errors import EncoderMismatchError
+        from connectors.heads import load_head
+
+        head = load_head(self.store, self.anchors.manifest, self._heads_cache(), name)
+        m = self.anchors.manifest
+        for side, mine in (("image_encoder", m.image_encoder), ("text_encoder", m.text_encoder)):
+            theirs = head.meta.get(side)
+            if theirs and theirs != mine:
+                raise EncoderMismatchError(f"head '{name}' was trained with {side} '{theirs}' "
+                                           f"but this index uses '{mine}'; retrain it")
+        return head
+
+    def classify_with_head(self, embeddings: np.ndarray, head, modality: str = "image"
+                           ) -> tuple[list[str], np.ndarray]:
+        """Labels and probabilities [n, C] of embedded items [n, d] under a text-trained
+        head (the same head reads images and texts)."""
+        v = self.anchors.project(embeddings, modality, **self.engine_options)
+        return head.predict(v, modality)
 
     def explain(self, item: str, text: str | None = None, image: Any = None,
                 top: int = 10) -> Explanation:

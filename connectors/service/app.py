@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from asif_index.methods.unified import DEFAULT_IMAGE_WEIGHT
 from asif_index._optional import require
 from asif_index.errors import (
     AnchorError,
@@ -243,14 +244,20 @@ def create_app(index, settings: ServiceSettings | None = None, *,
               dependencies=[reader])
     def search_image(file: UploadFile = File(..., description="an image file"),
                      limit: int = Form(10, ge=1, le=1000),
-                     modality: str | None = Form(None, pattern="^(image|text)$")) -> SearchResponse:
-        """Items ranked for an uploaded image."""
+                     modality: str | None = Form(None, pattern="^(image|text)$"),
+                     text: str | None = Form(None, max_length=2000, description=(
+                         "with the image: a composed query, e.g. 'at night'")),
+                     image_weight: float = Form(DEFAULT_IMAGE_WEIGHT, gt=0, lt=1, description=(
+                         "the image's share of a composed query"))) -> SearchResponse:
+        """Items ranked for an uploaded image, or for the image composed with a text."""
         idx = fresh()
         data = read_upload(file)
-        q, _, version = idx.query_vector(image=data)
+        if text is not None:
+            check_text(text)
+        q, kind, version = idx.query_vector(text=text, image=data, image_weight=image_weight)
         hits = idx.search_vectors(q, min(limit, s.max_limit), query_filter({}, modality),
                                   version=version)[0]
-        return SearchResponse(query="image", anchor_version=version, hits=hits_out(hits))
+        return SearchResponse(query=kind, anchor_version=version, hits=hits_out(hits))
 
     @app.post("/classify", response_model=ClassifyResponse, tags=["search"],
               dependencies=[reader])

@@ -43,7 +43,7 @@ class Hit(BaseModel):
 
 
 class SearchResponse(BaseModel):
-    query: Literal["text", "image", "item"]
+    query: Literal["text", "image", "item", "composed"]
     anchor_version: int
     hits: list[Hit]
 
