@@ -66,7 +66,37 @@ def test_cli_lifecycle(backend, pairs, tmp_path, capfd):
     real, shuffled = doc["runs"]["real"], doc["runs"]["shuffled captions"]
     assert real["pairs"] == 13 and real["usable"] and not shuffled["usable"]
     assert real["linear_cka"] > shuffled["linear_cka"] and "unusable" in shuffled["verdict"]
+    # one space for both modalities: a composed query, a heat map
+    blue = str(pairs / "img" / "10.png")
+    mixed = run("search", "--image", blue, "--text", "a red square", "--image-weight", "0.5",
+                "--filter", "modality=image", "--limit", "15", "--json")
+    assert len(json.loads(mixed)["hits"]) == 15 and "+ 'a red square'" in json.loads(mixed)["query"]
+    out = tmp_path / "heat.png"
+    loc = json.loads(run("locate", "--image", blue, "--text", "a blue square", "--out",
+                         str(out), "--scales", "0.5", "--json"))
+    assert out.is_file() and Image.open(out).size == (48, 48) and loc["crops"] == 9
+    # a head trained on text alone labels the photos and tags new items at ingest
+    assert "saved to" in run("train-text-classifier", "--head", "colours", "--labels",
+                             "red,green,blue")
+    got = json.loads(run("classify", "--images", blue, "--head", "colours", "--json"))
+    assert set(got["scores"]) == {"red", "green", "blue"}
+    assert "ingested" in run("ingest", "--captions", str(pairs / "half.tsv"), "--images",
+                             str(pairs / "img"), "--tag-with", "colours")
+    every = json.loads(run("search", "--text", "a square", "--limit", "15", "--json"))["hits"]
+    tags = [h["payload"].get("tag_colours") for h in every]
+    # only the 8 photos of half.tsv were re-ingested with tags
+    assert 0 < len([t for t in tags if t]) <= 8 and None in tags
+    assert set(tags) - {None} <= {"red", "green", "blue"}
+    tag = next(t for t in tags if t)
+    tagged = json.loads(run("search", "--text", "a square", "--filter", f"tag_colours={tag}",
+                            "--limit", "15", "--json"))["hits"]
+    assert len(tagged) >= tags.count(tag) and all(h["payload"]["tag_colours"] == tag
+                                                  for h in tagged)
     # errors are one line, name the problem, and change nothing
+    assert main(["search", "--text", "x", "--item", "y"] + a) == 2
+    assert "cannot be combined" in capfd.readouterr().err
+    assert main(["classify", "--images", blue, "--head", "nope"] + a) == 2
+    assert "no classifier head 'nope'" in capfd.readouterr().err
     assert main(["init"] + a) == 2
     assert "already exists" in capfd.readouterr().err
     assert main(["search", "--text", "x", "--image-encoder", "timm:resnet18:/none.pth"] + a) == 2
