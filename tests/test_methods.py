@@ -83,3 +83,22 @@ def test_report_sections_are_replaced_in_place_and_kept_by_other_writers(tmp_pat
     assert set(sections_of(text)) == {"doctor", "match"}
     renewed = keep_sections("# Evaluation\n\nnew grid\n", text)  # what evaluate --docs writes
     assert "new grid" in renewed and "v2" in renewed and "m1" in renewed and "\ngrid" not in renewed
+
+
+def test_local_cka_rewards_a_candidate_whose_neighbourhood_agrees_with_the_query():
+    from asif_index.methods.encoder_match import local_cka_scores, rerank_local_cka
+
+    rng = np.random.default_rng(3)
+    sims = rng.uniform(0, 1, 200)  # the query's cosines to 200 anchors (ids 1000 + row)
+    ids = np.arange(200) + 1000
+    strongest = np.argsort(-sims)[:40]
+    agree = (ids[strongest], sims[strongest] ** 8)  # same ordering of the same anchors
+    disagree = (ids[strongest], sims[strongest][::-1] ** 8)
+    flat = (ids[:2], np.array([0.5, 0.5]))  # too few anchors to say anything
+    got = local_cka_scores(sims, lambda a: a - 1000, [agree, disagree, flat], p=8, m=30)
+    assert got[0] == pytest.approx(1.0) and got[1] < 0 and got[2] == 0
+    # weight 0 keeps the database order; a large weight puts the agreeing candidate first
+    assert rerank_local_cka(np.array([0.5, 0.6, 0.1]), got, 0.0).tolist() == [1, 0, 2]
+    assert rerank_local_cka(np.array([0.5, 0.6, 0.1]), got, 1.0)[0] == 0
+    with pytest.raises(ShapeError):
+        local_cka_scores(np.zeros((2, 2)), lambda a: a, [agree], p=8)

@@ -114,7 +114,7 @@ def test_index_heads_classify_and_tag_items_at_ingest(encoders, sample_embedding
     idx.cache_dir = str(tmp_path)  # heads live beside the anchor copies
     idx.add_anchor_embeddings(img, txt, [AnchorPayload(f"a photo of a {lb}") for lb in labels])
     names = ["cat", "rocket", "motorcycle", "moon"]
-    head, path = idx.train_text_classifier("things", names)
+    head, path = idx.train_text_classifier("things", names, mine_captions=True)
     assert path.is_file() and head.meta["anchor_version"] == idx.version
     keep = [i for i, lb in enumerate(labels) if lb in names]
     got, probs = idx.classify_with_head(img[keep], idx.text_head("things"))

@@ -219,3 +219,21 @@ def test_index_locate_returns_a_map_of_the_photo(sample_index, tmp_path):
     w, h = Image.open(photo).size
     assert hm.values.shape == (h, w) and len(hm.boxes) == len(hm.scores) >= 4
     assert np.isfinite(hm.values).all() and hm.values.max() > hm.values.min()
+
+
+def test_reranked_search_reads_candidates_from_the_store(sample_index, sample_embeddings):
+    idx = sample_index
+    img, _, labels = sample_embeddings
+    recs, _ = idx.records(img, "image", [f"s{i}" for i in range(len(img))],
+                          [{"label": lb} for lb in labels])
+    idx.write(recs)
+    plain = idx.search(text="a cat", limit=5, filter={"modality": "image"})
+    same = idx.search_reranked(text="a cat", limit=5, filter={"modality": "image"},
+                               candidates=10, weight=0.0)
+    moved = idx.search_reranked(text="a cat", limit=5, filter={"modality": "image"},
+                                candidates=10, weight=10.0)
+    assert [h.id for h in same] == [h.id for h in plain]
+    assert len(moved) == 5 and {h.id for h in moved} <= {h.id for h in idx.search(
+        text="a cat", limit=10, filter={"modality": "image"})}
+    with pytest.raises(ModalityError):
+        idx.search_reranked(text="a cat", image=img[0])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -301,3 +301,44 @@ def matching_accuracy(image: np.ndarray, text: np.ndarray, seed_image: np.ndarra
                     "accuracy": float(np.mean(perm[got] == np.arange(len(image)))),
                     "seconds": time.perf_counter() - t})
     return out
+
+
+def local_cka_scores(query_sims: np.ndarray, anchor_rows: Callable[[np.ndarray], np.ndarray],
+                     candidates: list[tuple[np.ndarray, np.ndarray]], p: float, m: int = 50
+                     ) -> np.ndarray:
+    """Localized-CKA agreement between a query and database candidates of the other modality,
+    from what the database stores.
+
+    query_sims: float [N] the query's cosine to each anchor of its own modality (anchor row
+    order); anchor_rows: anchor ids -> rows of ``query_sims``; candidates: each candidate's
+    stored relative vector (anchor ids [k'], values [k']); p: the power they were stored with.
+    The neighbourhood is the candidate's ``m`` strongest anchors, where its similarities are
+    known exactly (stored value to the power 1/p is the cosine up to the vector's norm); the
+    query's similarities to the same anchor pairs come from its own side. Returns float [C]:
+    the correlation of the two profiles (the centred alignment of the two local kernels' rows
+    at the candidate), 0 for a flat profile.
+    """
+    q = np.asarray(query_sims, np.float64)
+    if q.ndim != 1:
+        raise ShapeError(f"query_sims must be [N] over the anchors; got {q.shape}")
+    out = np.zeros(len(candidates))
+    for c, (ci, cv) in enumerate(candidates):
+        ci, cv = np.asarray(ci), np.asarray(cv, np.float64)
+        order = np.argsort(-cv)[:m]
+        order = order[cv[order] > 0]
+        if len(order) < 3:
+            continue
+        prof = cv[order] ** (1.0 / p)
+        qp = q[anchor_rows(ci[order])]
+        prof, qp = prof - prof.mean(), qp - qp.mean()
+        den = np.linalg.norm(prof) * np.linalg.norm(qp)
+        out[c] = float(prof @ qp / den) if den > 0 else 0.0
+    return out
+
+
+def rerank_local_cka(base_scores: np.ndarray, local: np.ndarray, weight: float
+                     ) -> np.ndarray:
+    """Order (positions into the candidates) by base score + ``weight`` x local CKA, ties by
+    the database's order."""
+    s = np.asarray(base_scores, np.float64) + weight * np.asarray(local, np.float64)
+    return np.lexsort((np.arange(len(s)), -s))
