@@ -20,6 +20,7 @@ _HINTS = {
     "fastapi": "asif-index[serve]",
     "uvicorn": "asif-index[serve]",
     "skimage": "asif-index[sample]",
+    "ray": "asif-index[ray]",
 }
 
 
