@@ -9,6 +9,11 @@ EXAMPLES: dict[str, str] = {
     "evaluate": "asif-index evaluate --data ../shared/data --ks 400,800 --ps 4,8",
     "doctor": "asif-index doctor --name photos    (or --data ../shared/data for Flickr8k)",
     "match": "asif-index match --data ../shared/data --sizes 100,500 --seeds 320",
+    "evaluate-unified": "asif-index evaluate-unified --data ../shared/data --docs "
+                        "docs/evaluation.md",
+    "evaluate-text-classifier": "asif-index evaluate-text-classifier --data ../shared/data "
+                                "--noise 0,0.04,0.12",
+    "evaluate-rerank": "asif-index evaluate-rerank --data ../shared/data --m 50 --weights 0.02",
     "init": "asif-index init --path ./asif-qdrant --name photos --k 800 --p 8",
     "anchors remove": "asif-index anchors remove --ids 17,42,100-120 --name photos",
     "anchors status": "asif-index anchors status --name photos   (--resume finishes an "

@@ -65,9 +65,10 @@ def main() -> None:
             print(rows[-1], flush=True)
     finally:
         ray.shutdown()
-    print(table(rows, ["setting", "q_per_s", "ms_per_batch", "exact", "start_s"]))
+    md = table(rows, ["setting", "q_per_s", "ms_per_batch", "exact", "start_s"])
+    print(md)
     write_json({"machine": machine(), "anchors": a.anchors, "dim": a.dim, "queries": a.queries,
-                "k": 800, "rows": rows}, a.out)
+                "k": 800, "rows": rows, "markdown": md}, a.out)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,16 @@ SECTIONS.append(
      "`d_*`: change against the published row; the module's docstring gives each lever's "
      "source). Per-modality k and p are options of the index today; the other levers are "
      "measured here first."))
+SECTIONS.append(
+    ("distributed.json", "12. Anchors sharded across Ray actors",
+     "`python -m benchmarks.distributed` (issue 12, part 2: random anchors, k = 800, a local "
+     "Ray on this machine's cores; `exact`: every sharded row equals the single engine's; "
+     "`start_s`: actors started and engines warmed). On one machine sharding only splits the "
+     "anchor matrix's memory across processes (what lets an anchor set larger than one GPU "
+     "run at all). The object-store round trip and the merge cost less than the run-to-run "
+     "spread of this shared 2-core machine (an earlier run gave 732 / 493 / 549 / 474 q/s for "
+     "the same four rows); more shards than cores lose to contention. Per-GPU shards on a "
+     "cluster are not measured."))
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"  # JSON kept with the docs
 
 

@@ -338,3 +338,33 @@ def test_admin_routes_refuse_read_keys_and_no_key(served, method, path, kw):
     r = getattr(client, method)(path, headers=h(READ), **kw)
     assert r.status_code == 403 and "admin key" in r.json()["detail"]
     assert not client.get("/jobs", headers=h()).json(), "nothing was started"
+
+
+def test_composed_search_locate_and_text_heads_over_http(served, tmp_path):
+    client, idx, root, labels = served
+    img = root / "items" / "31.png"
+    composed = client.post("/search/image", files={"file": ("q.png", img.read_bytes())},
+                           data={"limit": "5", "text": "a photo of the moon",
+                                 "image_weight": "0.3"}, headers=h()).json()
+    assert composed["query"] == "composed"
+    want = idx.search(text="a photo of the moon", image=str(img), image_weight=0.3, limit=5)
+    assert [x["id"] for x in composed["hits"]] == [x.id for x in want]
+    bad = client.post("/search/image", files={"file": ("q.png", img.read_bytes())},
+                      data={"text": "x", "image_weight": "1.5"}, headers=h())
+    assert bad.status_code == 422
+    r = client.post("/locate", files={"file": ("q.png", img.read_bytes())},
+                    data={"text": "a cat"}, headers=h())
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    w, hgt = Image.open(io.BytesIO(r.content)).size
+    assert (w, hgt) == Image.open(img).size
+    assert 0 <= int(r.headers["X-Peak-X"]) < w and 0 <= int(r.headers["X-Peak-Y"]) < hgt
+    idx.cache_dir = str(tmp_path)  # where the heads live
+    idx.train_text_classifier("kinds", ["cat", "rocket", "moon"])
+    got = client.post("/classify", files=[("files", ("q.png", img.read_bytes()))],
+                      data={"head": "kinds"}, headers=h()).json()
+    p = got["predictions"][0]
+    assert set(p["scores"]) == {"cat", "rocket", "moon"}
+    assert abs(sum(p["scores"].values()) - 1) < 1e-4
+    missing = client.post("/classify", files=[("files", ("q.png", img.read_bytes()))],
+                          data={"head": "nope"}, headers=h())
+    assert missing.status_code in (404, 422) and "nope" in missing.text

@@ -262,9 +262,28 @@ def create_app(index, settings: ServiceSettings | None = None, *,
     @app.post("/classify", response_model=ClassifyResponse, tags=["search"],
               dependencies=[reader])
     def classify(files: list[UploadFile] = File(..., description="image files"),
-                 labels: str = Form(..., description="comma-separated labels",
-                                    examples=["cat,dog,car"])) -> ClassifyResponse:
-        """Zero-shot labels of uploaded images, with every label's score."""
+                 labels: str = Form("", description="comma-separated labels (zero-shot)",
+                                    examples=["cat,dog,car"]),
+                 head: str | None = Form(None, pattern="^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+                                         description=("a head trained on text only "
+                                                      "(`asif-index train-text-classifier`) "
+                                                      "instead of labels"))
+                 ) -> ClassifyResponse:
+        """Labels of uploaded images with every label's score: zero-shot from ``labels``, or
+        from a text-trained ``head`` kept beside the index (scores are its probabilities)."""
+        if head:
+            if labels.strip():
+                raise HTTPException(422, "give labels or head, not both")
+            if len(files) > s.max_batch:
+                raise HTTPException(422, f"at most {s.max_batch} files per request")
+            idx = fresh()
+            th = idx.text_head(head)
+            emb = idx.encoders["image"].encode([read_upload(f) for f in files])
+            pred, probs = idx.classify_with_head(emb, th)
+            return ClassifyResponse(predictions=[
+                Prediction(file=f.filename or f"#{i}", label=p,
+                           scores={n: float(v) for n, v in zip(th.labels, probs[i])})
+                for i, (f, p) in enumerate(zip(files, pred))])
         names = [x.strip() for x in labels.split(",") if x.strip()]
         if len(names) < 2:
             raise HTTPException(422, "give at least two comma-separated labels")
@@ -276,6 +295,28 @@ def create_app(index, settings: ServiceSettings | None = None, *,
             Prediction(file=f.filename or f"#{i}", label=p,
                        scores={n: float(v) for n, v in zip(names, scores[i])})
             for i, (f, p) in enumerate(zip(files, pred))])
+
+    @app.post("/locate", tags=["search"], dependencies=[reader],
+              responses={200: {"content": {"image/png": {}},
+                               "description": "the photo with the heat map over it; headers "
+                                              "X-Peak-X and X-Peak-Y give the maximum"}})
+    def locate(file: UploadFile = File(..., description="a photo"),
+               text: str = Form(..., min_length=1, max_length=2000,
+                                description="what to find, e.g. 'a dog'")) -> Response:
+        """Where in the photo is what the text describes: crops scored in the relative
+        space, drawn as a heat map over the photo (PNG)."""
+        import io as _io
+
+        from asif_index.methods.locate import overlay
+
+        check_text(text)
+        data = read_upload(file)
+        hm = fresh().locate(data, text)
+        buf = _io.BytesIO()
+        overlay(data, hm.values).save(buf, format="PNG")
+        x, y = hm.peak
+        return Response(buf.getvalue(), media_type="image/png",
+                        headers={"X-Peak-X": str(x), "X-Peak-Y": str(y)})
 
     @app.post("/explain", response_model=ExplainResponse, tags=["search"], dependencies=[reader])
     def explain(req: ExplainRequest) -> ExplainResponse:
