@@ -14,37 +14,9 @@ import numpy as np
 from asif_cli.core_commands import _settings
 
 
-def _flickr_pairs(args):
-    """Flickr8k train pairs (one caption per image) and dev pairs, through the encoders'
-    cache: (train image [n, d_i], train text [n, d_t], dev image, dev text)."""
-    from asif_index.datasets import flickr8k, shared_data_dir
-    from asif_index.errors import ConfigError
-
-    data = Path(args.data) if args.data else shared_data_dir()
-    if data is None or not (data / "flickr8k").is_dir():
-        raise ConfigError(f"no Flickr8k under '{data}': pass --data DIR (with flickr8k/) or "
-                          "set ASIF_DATA")
-    img_enc, txt_enc = _settings(args).encoders()
-    train, dev = flickr8k(data / "flickr8k")
-
-    def first_caption(rows):
-        seen: dict = {}
-        for r in rows:
-            seen.setdefault(r.image, r.caption)
-        return list(seen), list(seen.values())
-
-    ti, tc = first_caption(train)
-    di, dc = first_caption(dev)
-    print(f"embedding {len(ti)} train and {len(di)} dev pairs (cached after the first run) ...",
-          file=sys.stderr)
-    return img_enc.encode(ti), txt_enc.encode(tc), img_enc.encode(di), txt_enc.encode(dc)
-
-
-def _flickr_space(args, limit_anchor_images: int | None = None):
-    """The Flickr8k train pairs as an anchor set (every caption, its photo repeated, as the
-    published recipe), and the dev photos and captions: (anchors, dev image [n_i, d_i], dev
-    text [n_t, d_t], dev text -> photo [n_t], captions per dev photo, dev photo paths)."""
-    from asif_index.anchors import AnchorManifest, AnchorPayload, AnchorSet
+def _flickr(args):
+    """The encoders and Flickr8k's captions by photo: (image encoder, text encoder,
+    {train photo: [captions]}, {dev photo: [captions]})."""
     from asif_index.datasets import flickr8k, shared_data_dir
     from asif_index.errors import ConfigError
 
@@ -61,7 +33,27 @@ def _flickr_space(args, limit_anchor_images: int | None = None):
             d.setdefault(r.image, []).append(r.caption)
         return d
 
-    tr, dv = by_image(train), by_image(dev)
+    return img_enc, txt_enc, by_image(train), by_image(dev)
+
+
+def _flickr_pairs(args):
+    """Flickr8k train pairs (one caption per image) and dev pairs, through the encoders'
+    cache: (train image [n, d_i], train text [n, d_t], dev image, dev text)."""
+    img_enc, txt_enc, tr, dv = _flickr(args)
+    ti, di = list(tr), list(dv)
+    print(f"embedding {len(ti)} train and {len(di)} dev pairs (cached after the first run) ...",
+          file=sys.stderr)
+    return (img_enc.encode(ti), txt_enc.encode([tr[x][0] for x in ti]), img_enc.encode(di),
+            txt_enc.encode([dv[x][0] for x in di]))
+
+
+def _flickr_space(args, limit_anchor_images: int | None = None):
+    """The Flickr8k train pairs as an anchor set (every caption, its photo repeated, as the
+    published recipe), and the dev photos and captions: (anchors, dev image [n_i, d_i], dev
+    text [n_t, d_t], dev text -> photo [n_t], captions per dev photo, dev photo paths)."""
+    from asif_index.anchors import AnchorManifest, AnchorPayload, AnchorSet
+
+    img_enc, txt_enc, tr, dv = _flickr(args)
     tr_imgs = sorted(tr)[:limit_anchor_images]
     caps = [(i, c) for i, im in enumerate(tr_imgs) for c in tr[im]]
     print(f"embedding {len(tr_imgs)} anchor photos, {len(caps)} captions and the dev split "
@@ -624,8 +616,8 @@ def register(sub, common, db) -> None:
     from asif_index.methods.text_classifier import HEAD_KINDS, MITIGATIONS
 
     p = sub.add_parser("train-text-classifier", help="train a label head on text only (label "
-                       "templates + anchor captions naming a label) and keep it beside the "
-                       "index: use it with `classify --head` and `ingest --tag-with`",
+                       "templates, optionally anchor captions naming a label) and keep it "
+                       "beside the index: use it with `classify --head` and `ingest --tag-with`",
                        epilog="example: asif-index train-text-classifier --head animals "
                        "--labels cat,dog,horse,bird")
     db(p)
@@ -641,7 +633,7 @@ def register(sub, common, db) -> None:
     p.add_argument("--draws", type=positive_int, default=4,
                    help="noisy copies per sentence (default 4)")
     p.add_argument("--per-label", type=positive_int, default=200,
-                   help="anchor captions mined per label at most (default 200)")
+                   help="with --mine-captions: captions per label at most (default 200)")
     p.add_argument("--mine-captions", action=argparse.BooleanOptionalAction, default=False,
                    help="add the anchor captions that name a label (default off: on CIFAR-10 "
                    "they lowered accuracy from 0.344 to 0.267, docs/evaluation.md)")
