@@ -42,6 +42,11 @@ class AsifSettings(BaseSettings):
     query_keep: int | None = Field(None, ge=1)
     # Embedded Qdrant: how the relative vectors are stored (float32 exact; float16/uint8 smaller)
     sparse_datatype: Literal["float32", "float16", "uint8"] = "float32"
+    # Clustered databases (servers only): shards and replicas of the collections an index
+    # creates, and the replicas that acknowledge a Qdrant write (connectors.cluster)
+    shard_number: int = Field(1, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1, le=16)
+    write_consistency_factor: int = Field(1, ge=1, le=16)
     # Database calls: one request, reaching the server, and all retries of one operation.
     request_timeout: float = Field(30.0, gt=0, le=3600, allow_inf_nan=False)
     connect_timeout: float = Field(10.0, gt=0, le=3600, allow_inf_nan=False)

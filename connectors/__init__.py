@@ -53,6 +53,15 @@ def open_store(settings, name: str | None = None, resolve: bool = True,
         raise ConfigError(f"give either --url ({settings.url}) or --path ({settings.path}), "
                           "not both: --url connects to a server, --path opens an embedded database")
     timeouts = {"timeout": settings.request_timeout, "retry_budget": settings.retry_budget}
+    from connectors.cluster import ClusterOptions
+
+    try:
+        cluster = ClusterOptions(
+            shard_number=getattr(settings, "shard_number", 1),
+            replication_factor=getattr(settings, "replication_factor", 1),
+            write_consistency_factor=getattr(settings, "write_consistency_factor", 1))
+    except ValueError as exc:
+        raise ConfigError(f"cluster settings: {exc}") from None
     if not settings.url and must_exist:
         default = "asif-qdrant" if settings.backend == "qdrant" else "asif.db"
         where = Path(settings.path or default)
@@ -66,7 +75,10 @@ def open_store(settings, name: str | None = None, resolve: bool = True,
         if settings.url:
             reg = QdrantStore(REGISTRY, url=settings.url, api_key=settings.api_key, **timeouts)
             return QdrantStore(_resolve(reg, name, resolve), client=reg.client, where=reg.where,
-                               **timeouts)
+                               cluster=cluster, **timeouts)
+        if not cluster.default:
+            raise ConfigError("shards and replicas need a Qdrant server or cluster (--url); "
+                              "the embedded Qdrant has one node")
         # Embedded: Qdrant's own engine (Qdrant Edge), one store per (folder, index) per process.
         path = str(Path(settings.path or "asif-qdrant").resolve())
         reg = edge_store(path, REGISTRY, settings)
@@ -78,7 +90,7 @@ def open_store(settings, name: str | None = None, resolve: bool = True,
         kw = dict(uri=uri, token=settings.api_key, connect_timeout=settings.connect_timeout,
                   **timeouts)
         reg = MilvusStore(REGISTRY, **kw)
-        store = MilvusStore(_resolve(reg, name, resolve), **kw)
+        store = MilvusStore(_resolve(reg, name, resolve), cluster=cluster, **kw)
         store.registry = reg
         return store
     raise ConfigError(f"backend '{settings.backend}' cannot be opened from the command line; "

@@ -94,15 +94,20 @@ class MilvusStore(VectorStore):
     def __init__(self, name: str = "asif", *, uri: str = "asif.db", token: str | None = None,
                  timeout: float = 30.0, connect_timeout: float = 10.0,
                  retry_budget: float = 60.0, inverted_index_algo: str | None = None,
-                 drop_ratio_search: float = 0.0) -> None:
+                 drop_ratio_search: float = 0.0, cluster=None) -> None:
         """timeout: seconds one request may take; connect_timeout: to reach the server;
         retry_budget: seconds of retries of one operation before it fails.
         inverted_index_algo: the sparse index's algorithm when the index is created
         (DAAT_MAXSCORE, DAAT_WAND or TAAT_NAIVE; None: Milvus' default);
-        drop_ratio_search: share of the smallest query entries Milvus ignores (0: exact)."""
+        drop_ratio_search: share of the smallest query entries Milvus ignores (0: exact).
+        cluster: :class:`connectors.cluster.ClusterOptions` (its shard number becomes the
+        items collection's ``num_shards``)."""
         pm = require("pymilvus", "the Milvus connector")
         self._pm = pm
         self.name = name
+        from connectors.cluster import ClusterOptions
+
+        self.cluster = cluster or ClusterOptions()
         self.where = uri
         self.inverted_index_algo = inverted_index_algo
         self.drop_ratio_search = float(drop_ratio_search)
@@ -185,10 +190,10 @@ class MilvusStore(VectorStore):
         it.add_field("payload", DT.JSON)
         self._create(self.items, it, [("rel", "SPARSE_INVERTED_INDEX", "IP"), ("emb", "FLAT", "IP")],
                      {"rel": {"inverted_index_algo": self.inverted_index_algo}}
-                     if self.inverted_index_algo else None)
+                     if self.inverted_index_algo else None, **self.cluster.milvus())
         self.write_manifest(manifest)
 
-    def _create(self, name, schema, indexes, params: dict | None = None) -> None:
+    def _create(self, name, schema, indexes, params: dict | None = None, **spread) -> None:
         ip = self.client.prepare_index_params()
         for field, kind, metric in indexes:
             ip.add_index(field, index_type=kind, metric_type=metric,
@@ -196,7 +201,7 @@ class MilvusStore(VectorStore):
         # Strong: a read sees every write acknowledged before it (the leases and the version
         # checks of connectors.versioning rely on it).
         self._call("create_collection", self.client.create_collection, name, schema=schema,
-                   index_params=ip, consistency_level="Strong")
+                   index_params=ip, consistency_level="Strong", **spread)
 
     def collection_names(self) -> list[str]:
         return sorted(self._call("list", self.client.list_collections))

@@ -11,7 +11,7 @@ import numpy as np
 
 from asif_index._optional import require
 from asif_index.anchors import AnchorManifest
-from asif_index.errors import BackendUnavailableError, CollectionError
+from asif_index.errors import BackendUnavailableError, CollectionError, ConfigError
 from connectors.base import (
     FOREVER,
     AnchorRecord,
@@ -45,13 +45,19 @@ class QdrantStore(VectorStore):
 
     def __init__(self, name: str = "asif", *, path: str | None = None, url: str | None = None,
                  api_key: str | None = None, timeout: float = 30.0, client=None,
-                 retry_budget: float = 60.0, where: str | None = None) -> None:
+                 retry_budget: float = 60.0, where: str | None = None,
+                 cluster=None) -> None:
         """``client``: share one QdrantClient between indexes (local mode allows a single
         client per folder; ``where`` then names it in messages). timeout: seconds one request
-        may take; retry_budget: seconds of retries of one operation before it fails."""
+        may take; retry_budget: seconds of retries of one operation before it fails.
+        cluster: :class:`connectors.cluster.ClusterOptions` for the collections a create()
+        makes (shards, replicas, write consistency); a server only."""
         qc = require("qdrant_client", "the Qdrant connector")
         self._m = require("qdrant_client.models", "the Qdrant connector")
         self.name = name
+        from connectors.cluster import ClusterOptions
+
+        self.cluster = cluster or ClusterOptions()
         if client is not None:
             self.client = client
         elif url:
@@ -110,16 +116,23 @@ class QdrantStore(VectorStore):
                     "pass recreate=True (--recreate) to replace it"
                 )
             self.drop()
+        spread = {}
+        if not self.cluster.default:
+            if "://" not in self.where:
+                raise ConfigError(
+                    f"shards and replicas ({self.cluster}) need a Qdrant server or cluster "
+                    "(--url); an embedded Qdrant has one node")
+            spread = self.cluster.qdrant()
         self._call("create", self.client.create_collection, self.meta,
                    vectors_config=m.VectorParams(size=1, distance=m.Distance.DOT))
         self._call("create", self.client.create_collection, self.anchors, vectors_config={
             "image": m.VectorParams(size=manifest.image_dim, distance=m.Distance.COSINE),
             "text": m.VectorParams(size=manifest.text_dim, distance=m.Distance.COSINE),
-        })
+        }, **spread)
         self._call("create", self.client.create_collection, self.items, vectors_config={
             "emb_image": m.VectorParams(size=manifest.image_dim, distance=m.Distance.COSINE),
             "emb_text": m.VectorParams(size=manifest.text_dim, distance=m.Distance.COSINE),
-        }, sparse_vectors_config={"rel": m.SparseVectorParams()})
+        }, sparse_vectors_config={"rel": m.SparseVectorParams()}, **spread)
         if "://" in self.where:  # payload indexes exist on servers (local mode ignores them)
             for field, kind in (("asif_modality", m.PayloadSchemaType.KEYWORD),
                                 ("asif_item", m.PayloadSchemaType.KEYWORD),

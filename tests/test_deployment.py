@@ -43,3 +43,59 @@ def test_service_image_serves_the_cli_and_runs_unprivileged():
     assert asif["build"] == "." and "/data/images:ro" in " ".join(asif["volumes"])
     env = asif["environment"]
     assert env["ASIF_API_KEY"].startswith("${QDRANT_API_KEY")
+
+
+def test_qdrant_cluster_profile_bootstraps_three_nodes_off_by_default():
+    services = compose()["services"]
+    nodes = {n: s for n, s in services.items() if "qdrant-cluster" in s.get("profiles", [])}
+    assert set(nodes) == {"qdrant-node1", "qdrant-node2", "qdrant-node3"}
+    assert all("profiles" not in services[n] for n in ("qdrant", "milvus", "asif"))
+    for name, svc in nodes.items():
+        assert svc["environment"]["QDRANT__CLUSTER__ENABLED"] == "true"
+        assert f"http://{name}:6335" in svc["command"]
+        assert svc["environment"]["QDRANT__SERVICE__API_KEY"].startswith("${QDRANT_API_KEY")
+        assert any(v.startswith(f"qdrant_node{name[-1]}:") for v in svc["volumes"])
+    for follower in ("qdrant-node2", "qdrant-node3"):
+        cmd = nodes[follower]["command"]
+        assert cmd[cmd.index("--bootstrap") + 1] == "http://qdrant-node1:6335"
+
+
+def test_cluster_options_are_checked_and_accepted_by_both_clients(tmp_path):
+    import pytest
+    from pydantic import ValidationError
+
+    from asif_index.anchors import AnchorManifest
+    from asif_index.config import AsifSettings
+    from asif_index.errors import ConfigError
+    from connectors import open_store
+    from connectors.cluster import ClusterOptions
+
+    opts = ClusterOptions(shard_number=3, replication_factor=2, write_consistency_factor=2)
+    with pytest.raises(ValidationError, match="cannot wait for replicas"):
+        ClusterOptions(replication_factor=1, write_consistency_factor=2)
+    with pytest.raises(ValidationError):
+        ClusterOptions(shard_number=0)
+    # what the Qdrant client sends to a server: its own request model takes the options
+    from qdrant_client import models
+
+    req = models.CreateCollection(vectors=models.VectorParams(size=4, distance="Cosine"),
+                                  **opts.qdrant())
+    assert (req.shard_number, req.replication_factor, req.write_consistency_factor) == (3, 2, 2)
+    # an embedded engine has one node: refused with the fix named, before anything is written
+    s = AsifSettings(backend="qdrant", path=tmp_path / "q", shard_number=2)
+    with pytest.raises(ConfigError, match="need a Qdrant server"):
+        open_store(s, "x", must_exist=False)
+    from connectors.qdrant import QdrantStore
+
+    local = QdrantStore("x", path=str(tmp_path / "local"), cluster=opts)
+    with pytest.raises(ConfigError, match="need a Qdrant server"):
+        local.create(AnchorManifest("i", "t", 4, 4))
+    assert not local.exists()
+    # Milvus takes the shard number at creation (Milvus Lite accepts and ignores it)
+    pytest.importorskip("milvus_lite")
+    from connectors.milvus import MilvusStore
+
+    m = MilvusStore("x", uri=str(tmp_path / "m.db"), cluster=opts)
+    m.create(AnchorManifest("i", "t", 4, 4))
+    assert m.exists() and opts.milvus() == {"num_shards": 3}
+    m.close()
