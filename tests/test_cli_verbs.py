@@ -186,9 +186,14 @@ def test_ctrl_c_stops_an_ingest_and_a_rerun_resumes(data, tmp_path):
     cmd = [sys.executable, "-m", "asif_cli.main", "ingest", "--texts", str(texts),
            "--modality", "text", "--batch-size", "16", "--checkpoint", str(ck)] + a
     # SIGINT handled as in a terminal, even under a test runner whose workers ignore it (an
-    # ignored SIGINT is inherited, and Python then installs no KeyboardInterrupt handler)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # ignored SIGINT is inherited, and Python then installs no KeyboardInterrupt handler). The
+    # child restores the handler itself: a preexec_fn would make Python fork instead of
+    # vfork, and a worker that has loaded gRPC (pymilvus) then aborts in the child's fork
+    # handlers (seen in CI: "Epoll1Poller ... epoll_wait error: Bad file descriptor").
+    boot = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+            " sys.argv = sys.argv[1:]; runpy.run_module('asif_cli.main', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", boot, "asif-index"] + cmd[3:],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (ck.is_file() and json.loads(ck.read_text())["done"] >= 16):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
