@@ -17,10 +17,10 @@ from asif_cli.core_commands import _settings
 def _flickr(args):
     """The encoders and Flickr8k's captions by photo: (image encoder, text encoder,
     {train photo: [captions]}, {dev photo: [captions]})."""
-    from asif_index.datasets import flickr8k, shared_data_dir
+    from asif_index.datasets import flickr8k
     from asif_index.errors import ConfigError
 
-    data = Path(args.data) if args.data else shared_data_dir()
+    data = _data_dir(args)
     if data is None or not (data / "flickr8k").is_dir():
         raise ConfigError(f"no Flickr8k under '{data}': pass --data DIR (with flickr8k/) or "
                           "set ASIF_DATA")
@@ -272,7 +272,7 @@ def cmd_evaluate_unified(args) -> int:
             raise ConfigError(f"no pointing-game boxes at '{boxes}' (--boxes FILE)")
         doc = json.loads(boxes.read_text())
         photos = doc["photos"][:args.pointing_photos]
-        image_dir = (Path(args.data) if args.data else _data_root()) / "flickr8k" / "images"
+        image_dir = _data_dir(args) / "flickr8k" / "images"  # _flickr_space checked it
         bg = anchors.project(txt_enc.encode(list(loc.BACKGROUND_PROMPTS)), "text", k, p)
         scale_sets = {"4": (0.6, 0.45, 0.3, 0.2), "3": (0.45, 0.3, 0.2), "2": (0.3, 0.2),
                       "big": (0.6, 0.45, 0.3)}
@@ -305,10 +305,11 @@ def cmd_evaluate_unified(args) -> int:
     return 0
 
 
-def _data_root() -> Path:
+def _data_dir(args) -> Path | None:
+    """--data, else the shared evaluation data (ASIF_DATA or ../shared/data), else None."""
     from asif_index.datasets import shared_data_dir
 
-    return shared_data_dir() or Path("../shared/data")
+    return Path(args.data) if args.data else shared_data_dir()
 
 
 def cmd_locate(args) -> int:
@@ -367,7 +368,7 @@ def cmd_evaluate_text_classifier(args) -> int:
     from asif_index.search import prompts, zero_shot_classify
 
     anchors, *_, (img_enc, txt_enc) = _flickr_space(args, args.limit_anchor_images)
-    cf = (Path(args.data) if args.data else _data_root()) / "cifar10-test"
+    cf = _data_dir(args) / "cifar10-test"  # _flickr_space found the folder
     if not cf.is_dir():
         raise ConfigError(f"no CIFAR-10 at '{cf}' (--data DIR with cifar10-test/)")
     items = read_class_folder(cf)[::args.every]
@@ -390,20 +391,27 @@ def cmd_evaluate_text_classifier(args) -> int:
     captions = [pl.caption for pl in anchors.payloads]
     _, ys = tc.training_sentences(labels, captions, per_label=args.per_label)
     found["sentences"] = np.bincount(ys, minlength=len(labels)).tolist()
-    shift = tc.modality_shift(anchors.matrix("image"), anchors.matrix("text"), k, p)
+    shift = (tc.modality_shift(anchors.engine_matrix("image"), anchors.engine_matrix("text"),
+                               (k, p), (k, p)) if args.mean_shift else None)
 
     def project_text(e):
         return anchors.project(e, "text", k, p)
 
     grid = []
-    t0 = time.perf_counter()  # control: the templates alone, no captions mined
-    head = tc.train_text_head(labels, txt_enc.encode, project_text, anchors.ids, (), 0.0, "none",
-                              "centroid")
-    got, _ = head.predict(iv)
-    acc = float(np.mean(np.array([labels.index(g) for g in got]) == y))
-    grid.append({"kind": "centroid (templates only)", "mitigation": "none", "noise": 0.0,
-                 "accuracy": acc, "train_s": time.perf_counter() - t0})
-    print(f"centroid, templates only: accuracy {acc:.3f}", flush=True)
+
+    def trial(kind: str, mitigation: str, s: float, mined, row_kind: str, **options) -> None:
+        t0 = time.perf_counter()
+        head = tc.train_text_head(labels, txt_enc.encode, project_text, anchors.ids, mined, s,
+                                  mitigation, kind, shift, **options)
+        dt = time.perf_counter() - t0
+        got, _ = head.predict(iv)
+        acc = float(np.mean(np.array([labels.index(g) for g in got]) == y))
+        grid.append({"kind": row_kind, "mitigation": mitigation, "noise": s, "accuracy": acc,
+                     "train_s": dt})
+        print(f"{row_kind:<8} {mitigation:<10} s={s:<5g} accuracy {acc:.3f} "
+              f"(trained in {dt:.1f} s)", flush=True)
+
+    trial("centroid", "none", 0.0, (), "centroid (templates only)")  # control: no captions
     for kind in args.kinds:
         for mitigation in ("noise", "mean-shift", "both") if args.mean_shift else ("noise",):
             for s in args.noise:
@@ -412,18 +420,7 @@ def cmd_evaluate_text_classifier(args) -> int:
                 if mitigation == "both" and s == 0:
                     continue  # = mean shift alone
                 name = "none" if mitigation == "noise" and s == 0 else mitigation
-                t0 = time.perf_counter()
-                head = tc.train_text_head(labels, txt_enc.encode, project_text, anchors.ids,
-                                          captions, s, name if name != "none" else "none",
-                                          kind, shift, draws=args.draws,
-                                          per_label=args.per_label)
-                dt = time.perf_counter() - t0
-                got, _ = head.predict(iv)
-                acc = float(np.mean(np.array([labels.index(g) for g in got]) == y))
-                grid.append({"kind": kind, "mitigation": name, "noise": s, "accuracy": acc,
-                             "train_s": dt})
-                print(f"{kind:<8} {name:<10} s={s:<5g} accuracy {acc:.3f} "
-                      f"(trained in {dt:.1f} s)", flush=True)
+                trial(kind, name, s, captions, kind, draws=args.draws, per_label=args.per_label)
     found["grid"] = grid
     if args.json:
         print(json.dumps(found, indent=1))
@@ -537,8 +534,38 @@ def cmd_evaluate_rerank(args) -> int:
     return 0
 
 
+def _dev_data_options(p: argparse.ArgumentParser, data_help: str, kp: bool = True) -> None:
+    """--data and --limit-anchor-images (and --k/--p) of the commands that measure on the
+    shared evaluation data."""
+    from asif_cli.args import kp_options, positive_int
+
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--limit-anchor-images", type=positive_int,
+                   help="use only the first N train photos as anchors (x5 captions)")
+    if kp:
+        kp_options(p)
+
+
+def _report_options(p: argparse.ArgumentParser, section: str) -> None:
+    """--json and --docs PAGE (the command's own section of a report page)."""
+    p.add_argument("--json", action="store_true", help="also print everything as JSON")
+    p.add_argument("--docs", help=f"write the report into this page's '{section}' section")
+
+
+def head_kinds(text: str) -> list[str]:
+    """--kinds: comma-separated head kinds, checked before any embedding."""
+    from asif_index.methods.text_classifier import HEAD_KINDS
+
+    kinds = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in kinds if x not in HEAD_KINDS]
+    if not kinds or bad:
+        raise argparse.ArgumentTypeError(f"unknown head kinds {bad or kinds}; choose from "
+                                         f"{', '.join(HEAD_KINDS)}")
+    return kinds
+
+
 def register(sub, common, db) -> None:
-    from asif_cli.args import kp_options, positive_int, positive_ints, unit_float, unit_floats
+    from asif_cli.args import positive_int, positive_ints, unit_float, unit_floats
 
     p = sub.add_parser("doctor", help="are the image and text encoders usable together: CKA, "
                        "mutual k-NN, shuffled baseline, retrieval against the number of anchors, "
@@ -572,10 +599,7 @@ def register(sub, common, db) -> None:
                        "T2I/I2T/I2I/T2T recall in one collection, the modality gap, composed "
                        "queries and the pointing game of `locate`")
     common(p)
-    p.add_argument("--data", help="data folder with flickr8k/ (default ../shared/data)")
-    p.add_argument("--limit-anchor-images", type=positive_int,
-                   help="use only the first N train photos as anchors (x5 captions)")
-    kp_options(p)
+    _dev_data_options(p, "data folder with flickr8k/ (default ../shared/data)")
     p.add_argument("--queries", type=positive_int, default=500,
                    help="composed queries (default 500)")
     p.add_argument("--weights", type=unit_floats, default=[0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5,
@@ -586,31 +610,26 @@ def register(sub, common, db) -> None:
     p.add_argument("--pointing-photos", type=positive_int, default=1000,
                    help="annotated photos to use (default all)")
     p.add_argument("--boxes", help="pointing-game boxes JSON (default: the one shipped)")
-    p.add_argument("--json", action="store_true", help="also print everything as JSON")
-    p.add_argument("--docs", help="write the report into this page's 'unified' section")
+    _report_options(p, "unified")
     p.set_defaults(func=cmd_evaluate_unified)
 
     p = sub.add_parser("evaluate-text-classifier", help="CIFAR-10 accuracy of heads trained on "
                        "text only (noise scales, mean shift, head kinds) against prompt zero-shot")
     common(p)
-    p.add_argument("--data", help="data folder with flickr8k/ and cifar10-test/")
-    p.add_argument("--limit-anchor-images", type=positive_int,
-                   help="use only the first N train photos as anchors (x5 captions)")
-    kp_options(p)
+    _dev_data_options(p, "data folder with flickr8k/ and cifar10-test/")
     p.add_argument("--every", type=positive_int, default=1,
                    help="use every N-th CIFAR-10 photo (default 1: all 10,000)")
     p.add_argument("--noise", type=unit_floats, default=[0.0, 0.02, 0.04, 0.08, 0.12],
                    help="noise scales s (default 0,0.02,0.04,0.08,0.12)")
-    p.add_argument("--kinds", type=lambda t: [x for x in t.split(",") if x],
-                   default=["centroid", "linear"], help="head kinds (default centroid,linear)")
+    p.add_argument("--kinds", type=head_kinds, default=["centroid", "linear"],
+                   help="head kinds (default centroid,linear)")
     p.add_argument("--mean-shift", action=argparse.BooleanOptionalAction, default=True,
                    help="also try the mean shift, alone and with noise (default on)")
     p.add_argument("--draws", type=positive_int, default=4,
                    help="noisy copies per sentence (default 4)")
     p.add_argument("--per-label", type=positive_int, default=200,
                    help="anchor captions mined per label at most (default 200)")
-    p.add_argument("--json", action="store_true", help="also print everything as JSON")
-    p.add_argument("--docs", help="write the table into this page's 'text-classifier' section")
+    _report_options(p, "text-classifier")
     p.set_defaults(func=cmd_evaluate_text_classifier)
 
     from asif_index.methods.text_classifier import HEAD_KINDS, MITIGATIONS
@@ -642,9 +661,7 @@ def register(sub, common, db) -> None:
     p = sub.add_parser("evaluate-rerank", help="localized-CKA re-ranking of the database's top "
                        "candidates against the plain ranking, Flickr8k dev text->image")
     common(p)
-    p.add_argument("--data", help="data folder with flickr8k/ (default ../shared/data)")
-    p.add_argument("--limit-anchor-images", type=positive_int,
-                   help="use only the first N train photos as anchors (x5 captions)")
+    _dev_data_options(p, "data folder with flickr8k/ (default ../shared/data)", kp=False)
     p.add_argument("--queries", type=positive_int, default=1000,
                    help="dev captions to search with (default 1000)")
     p.add_argument("--candidates", type=positive_int, default=50,
@@ -654,8 +671,7 @@ def register(sub, common, db) -> None:
     p.add_argument("--weights", type=lambda t: [float(x) for x in t.split(",") if x],
                    default=[0.01, 0.02, 0.05], help="weights of the local CKA (default "
                    "0.01,0.02,0.05)")
-    p.add_argument("--json", action="store_true", help="also print everything as JSON")
-    p.add_argument("--docs", help="write the table into this page's 'rerank' section")
+    _report_options(p, "rerank")
     p.set_defaults(func=cmd_evaluate_rerank)
 
     p = sub.add_parser("locate", help="where in a photo is what a text describes: a heat map "
@@ -666,7 +682,8 @@ def register(sub, common, db) -> None:
     p.add_argument("--text", required=True, help="what to find, e.g. 'a dog'")
     p.add_argument("--out", help="output image (default: PHOTO.heat.png beside the photo)")
     p.add_argument("--scales", type=unit_floats, default=None,
-                   help="crop sizes as fractions of the photo (default 0.45,0.3,0.2)")
+                   help="crop sizes as fractions of the photo (default 0.3,0.2: the best on "
+                   "Flickr8k dev, docs/evaluation.md)")
     p.add_argument("--background", action=argparse.BooleanOptionalAction, default=True,
                    help="subtract each crop's mean score against scene prompts (default on)")
     p.add_argument("--json", action="store_true", help="print the peak as JSON")

@@ -240,28 +240,40 @@ class AnchorSet:
             self._engines[key] = TopKEngine(self.engine_matrix(modality), **options)
         return self._engines[key]
 
+    def kp(self, modality: Modality, k: int | None = None, p: float | None = None
+           ) -> tuple[int, float]:
+        """The (k, p) a ``modality`` input is projected with: the given ones, else the
+        recipe's for that side, else the manifest's; checked."""
+        from asif_index.projection import check_kp
+
+        rk, rp = self.recipe.kp(modality, self.manifest.k, self.manifest.p)
+        k = rk if k is None else k
+        p = rp if p is None else p
+        check_kp(k, p)
+        return k, p
+
     def project(
         self,
         embeddings: np.ndarray,
         modality: Modality,
         k: int | None = None,
         p: float | None = None,
+        engine=None,
         **engine_options,
     ) -> SparseBatch:
         """Relative vectors of ``embeddings`` [B, d] of ``modality`` against these anchors,
-        by the set's recipe; ``k``/``p`` override the recipe's for this call."""
-        from asif_index.projection import check_kp, project
+        by the set's recipe; ``k``/``p`` override the recipe's for this call. engine: search
+        with this one instead of the set's own (anything with ``n`` and ``search``, e.g. the
+        anchors sharded across processes by connectors.distributed)."""
+        from asif_index.projection import project
 
-        rk, rp = self.recipe.kp(modality, self.manifest.k, self.manifest.p)
-        k = rk if k is None else k
-        p = rp if p is None else p
-        check_kp(k, p)
+        k, p = self.kp(modality, k, p)
         c = self.center_of(modality)
         if c is not None:
             embeddings = _minus(embeddings, c)
-        return project(
-            embeddings, self.engine(modality, **engine_options), self.ids.astype(np.int64), k=k, p=p
-        )
+        return project(embeddings,
+                       engine if engine is not None else self.engine(modality, **engine_options),
+                       self.ids.astype(np.int64), k=k, p=p)
 
     # ------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:

@@ -50,7 +50,8 @@ def project(
             on the GPU) is projected where the engine lives and only the final arrays of the
             sparse batch are copied to the host.
         anchors: float [N, d] anchor embeddings of that modality, or a prepared
-            :class:`TopKEngine` (reuse one across calls: it holds the resident matrix).
+            :class:`TopKEngine` (reuse one across calls: it holds the resident matrix), or
+            any object with its ``n`` and ``search(queries, k) -> (sims, rows)``.
         anchor_ids: uint32/int64 [N] ids for the rows; defaults to ``arange(N)``.
         k: anchors kept per row (capped at N). p: power applied to clipped similarities.
 
@@ -58,7 +59,9 @@ def project(
         :class:`SparseBatch` with anchor ids, weights and each row's k-th similarity.
     """
     check_kp(k, p)
-    engine = anchors if isinstance(anchors, TopKEngine) else TopKEngine(anchors, **engine_options)
+    # anything with the engine's shape (n, search) projects: a TopKEngine, or the sharded
+    # engine of connectors.distributed that merges several
+    engine = anchors if hasattr(anchors, "search") else TopKEngine(anchors, **engine_options)
     if anchor_ids is None:
         anchor_ids = np.arange(engine.n, dtype=np.int64)
     anchor_ids = np.asarray(anchor_ids, dtype=np.int64)

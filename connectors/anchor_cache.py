@@ -23,7 +23,9 @@ from connectors.versioning import anchors_at
 KEEP = 2  # versions kept per index (the live one and the one readers may still pin)
 
 
-def _prefix(store: VectorStore, man: AnchorManifest) -> str | None:
+def index_key(store: VectorStore, man: AnchorManifest) -> str | None:
+    """A short stable name of one index (store, location, creation uid) for files kept beside
+    it; None for an index made before uids."""
     uid = man.extra.get("uid")
     if not uid:
         return None  # an index made before uids: read from the database
@@ -34,7 +36,7 @@ def cached_anchors_at(store: VectorStore, man: AnchorManifest, version: int,
                       cache_dir: str | Path | None) -> AnchorSet:
     """The anchor set at ``version``: from the local copy when it is there, else from the
     database (and then copied)."""
-    prefix = _prefix(store, man) if cache_dir else None
+    prefix = index_key(store, man) if cache_dir else None
     if prefix is None:
         return anchors_at(store, man, version)
     root = Path(cache_dir) / "anchors"

@@ -15,6 +15,7 @@ from pathlib import Path
 from asif_index.anchors import AnchorManifest
 from asif_index.errors import ConfigError, InputError
 from asif_index.methods.text_classifier import TextHead
+from connectors.anchor_cache import index_key
 from connectors.base import VectorStore
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -29,9 +30,10 @@ def check_head_name(name: str) -> str:
 
 
 def heads_dir(store: VectorStore, man: AnchorManifest, cache_dir: str | Path) -> Path:
-    # the creation uid tells a re-created index of the same name from the old one
-    uid = man.extra.get("uid", "")
-    key = hashlib.sha1(f"{store.backend}|{store.location}|{uid}".encode()).hexdigest()[:16]
+    # the creation uid tells a re-created index of the same name from the old one; an index
+    # made before uids is named by its store and location alone
+    key = index_key(store, man) or hashlib.sha1(
+        f"{store.backend}|{store.location}|".encode()).hexdigest()[:16]
     return Path(cache_dir) / "heads" / key
 
 

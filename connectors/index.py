@@ -371,9 +371,13 @@ class Index:
             qi, _ = self._query_on(anchors, None, image)
             qt, _ = self._query_on(anchors, text, None)
             return compose([(qi, image_weight), (qt, 1 - image_weight)]), "composed"
-        modality = "text" if text is not None else "image"
-        emb = self.encoders[modality].encode([text if text is not None else image])
+        emb, modality = self._embed(text, image)
         return anchors.project(emb, modality, **self.engine_options), modality
+
+    def _embed(self, text: str | None, image: Any) -> tuple[np.ndarray, str]:
+        """One query's embedding [1, d] and its modality (exactly one of text, image)."""
+        modality = "text" if text is not None else "image"
+        return self.encoders[modality].encode([text if text is not None else image]), modality
 
     def search(self, text: str | None = None, image: Any = None, limit: int = 10,
                filter: Filter | None = None, image_weight: float = DEFAULT_IMAGE_WEIGHT
@@ -392,24 +396,29 @@ class Index:
         Flickr8k dev in docs/evaluation.md: within noise of the plain ranking."""
         from asif_index.methods.encoder_match import local_cka_scores, rerank_local_cka
 
+        if text is not None and not isinstance(text, str):
+            raise ModalityError(f"text= takes a string; got {type(text).__name__} (use image=)")
         if (text is None) == (image is None):
             raise ModalityError("re-ranking takes exactly one of text=... or image=...")
         anchors = self.anchors
-        modality = "text" if text is not None else "image"
-        emb = self.encoders[modality].encode([text if text is not None else image])
+        emb, modality = self._embed(text, image)
         q = anchors.project(emb, modality, **self.engine_options)
         version = anchors.manifest.version
         hits = self.search_vectors(q, max(candidates, limit), filter, version=version)[0]
         if not hits:
             return hits
-        a = anchors.matrix(modality)
-        e = emb[0] / max(float(np.linalg.norm(emb[0])), 1e-30)
-        sims = (a @ e) / np.maximum(np.linalg.norm(a, axis=1), 1e-30)
+        # the query's cosines as its relative vector saw them: the engine's unit (centred
+        # under a centred recipe) rows against the query, centred the same way
+        e = emb[0] - (c if (c := anchors.center_of(modality)) is not None else 0)
+        sims = anchors.engine_matrix(modality) @ (e / max(float(np.linalg.norm(e)), 1e-30))
         heads = self.store.heads([h.id for h in hits])
         recs = [heads.get(h.id) if h.id in heads and heads[h.id].visible(version)
                 else self.item(h.id, version) for h in hits]
-        local = local_cka_scores(sims, anchors.rows_of,
-                                 [(r.sparse_indices, r.sparse_values) for r in recs], self.p, m)
+        # each candidate's values were powered with its own modality's p
+        local = np.array([local_cka_scores(sims, anchors.rows_of,
+                                           [(r.sparse_indices, r.sparse_values)],
+                                           anchors.kp(h.modality)[1], m)[0]
+                          for h, r in zip(hits, recs)])
         order = rerank_local_cka(np.array([h.score for h in hits]), local, weight)
         return [hits[i] for i in order[:limit]]
 
@@ -417,8 +426,8 @@ class Index:
                background: bool = True):
         """Where in ``image`` is what ``text`` describes: a
         :class:`~asif_index.methods.locate.HeatMap` (values [H, W] in the photo's pixels,
-        ``peak`` (x, y)) from crops at ``scales`` (fractions of the photo; default 0.45, 0.3,
-        0.2) scored against the text in this index's relative space. background: subtract
+        ``peak`` (x, y)) from crops at ``scales`` (fractions of the photo; default
+        :data:`~asif_index.methods.locate.DEFAULT_SCALES`) scored against the text in this index's relative space. background: subtract
         each crop's mean score against scene prompts (the better default on Flickr8k dev,
         see docs/evaluation.md)."""
         from asif_index.methods import locate as loc
@@ -501,8 +510,9 @@ class Index:
         anchors = self.anchors
         shift = None
         if mitigation in ("mean-shift", "both"):
-            shift = tc.modality_shift(anchors.matrix("image"), anchors.matrix("text"),
-                                      self.k, self.p)
+            shift = tc.modality_shift(anchors.engine_matrix("image"),
+                                      anchors.engine_matrix("text"), anchors.kp("image"),
+                                      anchors.kp("text"))
         head = tc.train_text_head(
             labels, self.encoders["text"].encode,
             lambda e: anchors.project(e, "text", **self.engine_options), anchors.ids,

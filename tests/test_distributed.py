@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from asif_index.anchors import AnchorManifest, AnchorPayload, AnchorSet
-from asif_index.errors import AnchorError, ConfigError
+from asif_index.errors import AnchorError, ConfigError, ShapeError
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
@@ -52,6 +52,8 @@ def test_sharded_projection_equals_one_engine(local_ray):
         # k beyond a shard's size still merges exactly
         assert np.array_equal(sp.project(q, k=900, p=2).indices,
                               anchors.project(q, "image", 900, 2).indices)
+        with pytest.raises(ShapeError, match=r"\[B, 48\]"):
+            sp.project(q[:, :10])
     finally:
         sp.close()
 

@@ -38,7 +38,7 @@ def test_leave_one_out_drops_the_anchor_and_its_duplicates():
     v = tc.leave_one_out_vectors(a, np.array([3, 7]), k=4, p=2)
     assert v[0, 3] == 0 and v[0, 5] == 0 and v[1, 7] == 0
     assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
-    shift = tc.modality_shift(a, a, 4, 2)
+    shift = tc.modality_shift(a, a, (4, 2), (4, 2))
     assert np.allclose(shift, 0, atol=1e-6)  # the same cloud on both sides: no shift
 
 
@@ -66,7 +66,7 @@ def test_a_head_trained_on_text_labels_photos(kind, mitigation):
         z = c[idx] + 0.5 * rng.standard_normal((len(idx), 12))
         return (z @ mt).astype(np.float32)
 
-    shift = (tc.modality_shift(anchors.matrix("image"), anchors.matrix("text"), 20, 4)
+    shift = (tc.modality_shift(anchors.matrix("image"), anchors.matrix("text"), (20, 4), (20, 4))
              if mitigation in ("mean-shift", "both") else None)
     head = tc.train_text_head(labels, encode_text, lambda e: anchors.project(e, "text", 20, 4),
                               anchors.ids, noise=0.05, mitigation=mitigation, kind=kind,
@@ -94,6 +94,9 @@ def test_head_validation_and_unknown_anchor_ids(tmp_path):
     v = SparseBatch(np.array([[5, 7]]), np.array([[0.8, 0.6]], np.float32), np.zeros(1))
     # id 7 came after training: no weight; id 5 votes for 'b'
     assert head.scores(v, "text").tolist() == [[0.0, pytest.approx(0.8)]]
+    with pytest.raises(ShapeError, match="one value per anchor id"):
+        tc.TextHead(["a", "b"], np.arange(3), np.zeros((3, 2), np.float32),
+                    np.zeros(2, np.float32), shift=np.zeros(2, np.float32))
     back = tc.TextHead.load(head.save(tmp_path / "h.npz"))
     assert back.labels == head.labels and back.meta == head.meta
     assert np.array_equal(back.shift, head.shift) and np.array_equal(back.weight, head.weight)

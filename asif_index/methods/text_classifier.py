@@ -27,6 +27,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 
 from asif_index.errors import ConfigError, InputError, ShapeError
+from asif_index.projection import relative_weights
 from asif_index.sparse import SparseBatch
 
 HeadKind = Literal["linear", "centroid"]
@@ -93,27 +94,28 @@ def leave_one_out_vectors(anchor_matrix: np.ndarray, rows: np.ndarray, k: int, p
     s[s > 1 - 1e-6] = -np.inf
     k = min(k, s.shape[1] - 1)
     top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    v = np.clip(np.take_along_axis(s, top, 1), 0, None) ** p
     out = np.zeros_like(s, dtype=np.float32)
-    np.put_along_axis(out, top, v.astype(np.float32), 1)
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-30)
+    np.put_along_axis(out, top, relative_weights(np.take_along_axis(s, top, 1), p), 1)
     return out
 
 
-def modality_shift(image_anchors: np.ndarray, text_anchors: np.ndarray, k: int, p: float,
+def modality_shift(image_anchors: np.ndarray, text_anchors: np.ndarray,
+                   image_kp: tuple[int, float], text_kp: tuple[int, float],
                    sample: int = 2000, seed: int = 0) -> np.ndarray:
     """Mean image relative vector minus mean text relative vector over a sample of anchor
-    pairs, each projected leave-one-out: dense float32 [N] over anchor rows. Added to a text's
-    relative vector it moves the text cloud onto the image cloud (CLOSE's mean shift, done in
-    the relative space because the two encoders' own spaces differ in dimension)."""
+    pairs, each projected leave-one-out with its side's (k, p): dense float32 [N] over anchor
+    rows. Taken off a photo's relative vector it moves the image cloud onto the text cloud a
+    text-trained head knows (CLOSE's mean shift, done in the relative space because the two
+    encoders' own spaces differ in dimension). Pass the rows the engine searches
+    (``AnchorSet.engine_matrix``), so that a centred recipe is centred here too."""
     if len(image_anchors) != len(text_anchors):
         raise ShapeError("image and text anchor matrices must have the same rows")
     rows = np.random.default_rng(seed).choice(len(image_anchors),
                                               min(sample, len(image_anchors)), replace=False)
     shift = np.zeros(len(image_anchors), np.float64)
     for part in np.array_split(rows, max(1, len(rows) // 500)):
-        shift += leave_one_out_vectors(image_anchors, part, k, p).sum(0)
-        shift -= leave_one_out_vectors(text_anchors, part, k, p).sum(0)
+        shift += leave_one_out_vectors(image_anchors, part, *image_kp).sum(0)
+        shift -= leave_one_out_vectors(text_anchors, part, *text_kp).sum(0)
     return (shift / len(rows)).astype(np.float32)
 
 
@@ -138,6 +140,9 @@ class TextHead:
                              f"{len(self.labels)}] (anchor ids x labels)")
         if self.bias.shape != (len(self.labels),):
             raise ShapeError(f"bias {self.bias.shape} must be [{len(self.labels)}]")
+        if self.shift is not None and self.shift.shape != (len(self.anchor_ids),):
+            raise ShapeError(f"shift {self.shift.shape} must be [{len(self.anchor_ids)}] (one "
+                             "value per anchor id)")
 
     def scores(self, vectors: SparseBatch, modality: str = "image") -> np.ndarray:
         """Logits float32 [B, C] for relative vectors [B, k]; ids the head does not know (anchors

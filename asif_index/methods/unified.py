@@ -75,14 +75,10 @@ def compose(parts: Sequence[tuple[SparseBatch, float]]) -> SparseBatch:
 
 
 def _recall(scores: np.ndarray, relevant: Sequence[set[int]], ks: Sequence[int]) -> dict:
-    """R@k: share of queries with at least one relevant item among the top k (scores [Q, I],
-    ties by item position)."""
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :max(ks)]
-    out = {}
-    for k in ks:
-        hit = [bool(relevant[q] & set(top[q, :k].tolist())) for q in range(len(top))]
-        out[f"R@{k}"] = float(np.mean(hit))
-    return out
+    """R@k from scores [Q, I] (ranked by score, ties by item position)."""
+    from asif_index.search import recall_at
+
+    return recall_at(np.argsort(-scores, axis=1, kind="stable")[:, :max(ks)], relevant, ks)
 
 
 def content_words(caption: str) -> set[str]:

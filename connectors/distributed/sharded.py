@@ -16,8 +16,7 @@ import numpy as np
 
 from asif_index._optional import require
 from asif_index.anchors import AnchorSet, Modality
-from asif_index.errors import AnchorError, ConfigError
-from asif_index.projection import check_kp, relative_weights
+from asif_index.errors import AnchorError, ConfigError, ShapeError
 from asif_index.sparse import SparseBatch
 
 
@@ -71,7 +70,9 @@ class ShardedProjector:
         if n < shards:
             raise AnchorError(f"{n} anchors cannot fill {shards} shards")
         self.anchors, self.modality = anchors, modality
+        self.n = n  # with search(), the engine shape projection.project takes
         m = anchors.engine_matrix(modality)
+        self.dim = m.shape[1]
         bounds = np.linspace(0, n, shards + 1).astype(int)
         actor = ray.remote(**(actor_options or {"num_cpus": 0}))(_Shard)
         # each shard's rows go to the object store once, then live in the actor
@@ -81,13 +82,14 @@ class ShardedProjector:
         self.ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
     def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(sims [B, k], anchor rows [B, k]): the merged exact top-k."""
+        """(sims [B, k], anchor rows [B, k]): the merged exact top-k of (already centred)
+        queries."""
         import ray
 
         x = np.asarray(embeddings, np.float32)
-        c = self.anchors.center_of(self.modality)
-        if c is not None:
-            x = x - c
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            # checked here: inside an actor it would surface as a wrapped remote error
+            raise ShapeError(f"{self.modality} queries must be [B, {self.dim}]; got {x.shape}")
         ref = ray.put(x)
         parts = ray.get([s.search.remote(ref, k) for s in self.shards])
         return merge_topk(parts, min(k, len(self.anchors)))
@@ -95,14 +97,8 @@ class ShardedProjector:
     def project(self, embeddings: np.ndarray, k: int | None = None, p: float | None = None
                 ) -> SparseBatch:
         """The same :class:`SparseBatch` as ``anchors.project(embeddings, modality, k, p)``."""
-        rk, rp = self.anchors.recipe.kp(self.modality, self.anchors.manifest.k,
-                                        self.anchors.manifest.p)
-        k = rk if k is None else k
-        p = rp if p is None else p
-        check_kp(k, p)
-        sims, rows = self.search(embeddings, k)
-        ids = self.anchors.ids.astype(np.int64)[rows]
-        return SparseBatch(ids, relative_weights(sims, p), sims[:, -1].copy())
+        return self.anchors.project(np.asarray(embeddings, np.float32), self.modality, k, p,
+                                    engine=self)
 
     def info(self) -> list[dict]:
         import ray
