@@ -27,7 +27,6 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 
 from asif_index.errors import ConfigError, InputError, ShapeError
-from asif_index.projection import relative_weights
 from asif_index.sparse import SparseBatch
 
 HeadKind = Literal["linear", "centroid"]
@@ -89,6 +88,10 @@ def leave_one_out_vectors(anchor_matrix: np.ndarray, rows: np.ndarray, k: int, p
     """Dense relative vectors [len(rows), N] of anchors ``rows`` against the other anchors: the
     anchor itself and its exact duplicates (Flickr8k repeats each photo for its five captions)
     are left out, as a new input would not find itself among the anchors."""
+    # imported here: the projection module loads torch, and the command line reads this
+    # module's constants while building its parser (commands without a model start fast)
+    from asif_index.projection import relative_weights
+
     a = anchor_matrix / np.linalg.norm(anchor_matrix, axis=1, keepdims=True)
     s = a[rows] @ a.T
     s[s > 1 - 1e-6] = -np.inf
