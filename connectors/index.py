@@ -46,6 +46,52 @@ from connectors.versioning import (
 )
 
 
+def project_records(anchors: AnchorSet, embeddings: np.ndarray, modality: str,
+                    keys: Sequence[str], payloads: Sequence[dict],
+                    engine_options: dict | None = None, taggers: dict | None = None,
+                    device_embeddings=None) -> tuple[list[ItemRecord], list[InputError]]:
+    """Item records of embeddings float32 [n, d] at ``anchors``' version: ids from the
+    content ``keys``, payloads checked, rows with an all-zero relative vector (no anchor with
+    positive similarity) reported instead of stored. What :meth:`Index.records` does, as a
+    function of the anchor set alone, so a worker holding only the anchors can run it."""
+    if modality not in ("image", "text"):
+        raise ModalityError(f"modality must be 'image' or 'text'; got '{modality}'")
+    x = device_embeddings if device_embeddings is not None else embeddings
+    sb = anchors.project(x, modality, **(engine_options or {}))
+    recs = point_records(sb, [item_id(modality, k) for k in keys], modality, embeddings,
+                         payloads, anchors.manifest.version)
+    for name, head in (taggers or {}).items():
+        labels, probs = head.predict(sb, modality)
+        for r, lb, pr in zip(recs, labels, probs):
+            r.payload = {**r.payload, f"tag_{name}": lb,
+                         f"tag_{name}_p": round(float(pr.max()), 4)}
+    errors, kept = [], []
+    for key, r in zip(keys, recs):
+        problem = item_payload_problem(r.payload)
+        if problem:
+            errors.append(InputError(f"{modality} item '{key}': {problem}", key))
+        elif r.sparse_indices.size == 0:
+            errors.append(InputError(f"{modality} item '{key}' has no anchor with positive "
+                                     "similarity; add anchors closer to it", key))
+        else:
+            kept.append(r)
+    return kept, errors
+
+
+class _NoEncoder:
+    """Stands in for the encoders of an index opened with :meth:`Index.open_writer`."""
+
+    def __init__(self, modality: str) -> None:
+        self.modality = modality
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # copy, pickle and hasattr probes
+            raise AttributeError(name)
+        raise ConfigError(f"this index was opened to write projected records "
+                          f"(Index.open_writer) and has no {self.modality} encoder; open it "
+                          "with Index.open(store, image_encoder, text_encoder) to embed inputs")
+
+
 @dataclass
 class Explanation:
     """Why an item matches a query: the shared anchors, largest contribution first."""
@@ -142,6 +188,21 @@ class Index:
         idx.cache_dir = cache_dir
         return idx
 
+    @classmethod
+    def open_writer(cls, store: VectorStore, cache_dir: str | None = None,
+                    **engine_options) -> "Index":
+        """Open at the live anchor version without encoders: an index that writes records
+        projected elsewhere (:func:`project_records`, as distributed ingestion's writers do),
+        re-projecting them from their raw embeddings if the live version moved. Calls that
+        embed an input raise :class:`ConfigError`."""
+        from connectors.readonly import live_manifest
+
+        man = live_manifest(store)
+        idx = cls(store, cached_anchors_at(store, man, man.version, cache_dir),
+                  _NoEncoder("image"), _NoEncoder("text"), **engine_options)
+        idx.cache_dir = cache_dir
+        return idx
+
     def refresh(self) -> None:
         """Move to the live anchor version (after another process updated the anchors)."""
         man = self.store.read_manifest()
@@ -215,32 +276,10 @@ class Index:
 
         ``device_embeddings``: the same rows as a tensor on the GPU (an encoder's output),
         projected there instead of uploading ``embeddings`` again."""
-        if modality not in ("image", "text"):
-            raise ModalityError(f"modality must be 'image' or 'text'; got '{modality}'")
         # One snapshot of the anchor set: a writer thread may adopt a new version meanwhile,
         # and the records must carry the version they were projected at.
-        anchors = self.anchors
-        x = device_embeddings if device_embeddings is not None else embeddings
-        sb = anchors.project(x, modality, **self.engine_options)
-        recs = point_records(sb, [item_id(modality, k) for k in keys], modality, embeddings,
-                             payloads, anchors.manifest.version)
-        if self.taggers:
-            for name, head in self.taggers.items():
-                labels, probs = head.predict(sb, modality)
-                for r, lb, pr in zip(recs, labels, probs):
-                    r.payload = {**r.payload, f"tag_{name}": lb,
-                                 f"tag_{name}_p": round(float(pr.max()), 4)}
-        errors, kept = [], []
-        for key, r in zip(keys, recs):
-            problem = item_payload_problem(r.payload)
-            if problem:
-                errors.append(InputError(f"{modality} item '{key}': {problem}", key))
-            elif r.sparse_indices.size == 0:
-                errors.append(InputError(f"{modality} item '{key}' has no anchor with positive "
-                                         "similarity; add anchors closer to it", key))
-            else:
-                kept.append(r)
-        return kept, errors
+        return project_records(self.anchors, embeddings, modality, keys, payloads,
+                               self.engine_options, self.taggers, device_embeddings)
 
     def add_items(self, items: Sequence[Any], modality: Literal["image", "text"],
                   payloads: Sequence[dict] | None = None) -> tuple[list[str], list[InputError]]:
