@@ -231,6 +231,8 @@ def _classify_with_head(args) -> int:
 def cmd_ingest(args) -> int:
     from connectors.pipeline import ingest_items
 
+    if args.ray is not None:
+        return _ingest_on_ray(args)
     idx = _open(args)
     for name in args.tag_with or []:
         idx.taggers[name] = idx.text_head(name)
@@ -239,6 +241,36 @@ def cmd_ingest(args) -> int:
     s = ingest_items(idx, src, args.modality, args.batch_size, args.checkpoint, name,
                      index_key=_settings(args).collection)
     print(s.report())
+    return 0
+
+
+def _ingest_on_ray(args) -> int:
+    """``ingest --ray``: the same stages on a Ray cluster (connectors.distributed.ingest)."""
+    from pydantic import ValidationError
+
+    from asif_index.config import describe_validation
+    from asif_index.errors import ConfigError
+    from connectors.distributed.ingest import RayIngestOptions, ingest_on_ray
+
+    if args.tag_with:
+        raise ConfigError("--tag-with runs in the single-process ingest only; drop --ray, or "
+                          "tag afterwards with a single-process re-ingest of the same source")
+    try:
+        opts = RayIngestOptions(
+            address=None if args.ray == "local" else args.ray, encoders=args.ray_encoders,
+            projectors=args.ray_projectors, writers=args.ray_writers,
+            gpus_per_encoder=args.ray_gpus_per_encoder, batch_size=args.batch_size or 256,
+            checkpoint=args.checkpoint)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation(exc)) from None
+    s = _settings(args)
+    if getattr(args, "webdataset", None):
+        summary = ingest_on_ray(s, None, args.modality, opts, ",".join(args.webdataset),
+                                webdataset=args.webdataset, restart=args.restart)
+    else:
+        src, name = _source(args)
+        summary = ingest_on_ray(s, src, args.modality, opts, name, restart=args.restart)
+    print(summary.report())
     return 0
 
 
@@ -560,6 +592,22 @@ def register(sub, common) -> None:
     p.add_argument("--tag-with", action="append", metavar="HEAD",
                    help="label every item with this text-trained head: payload fields "
                    "tag_HEAD and tag_HEAD_p, filterable (repeatable)")
+    r = p.add_argument_group(
+        "on a Ray cluster (pip install 'asif-index[ray]')",
+        "with --ray, --checkpoint is a directory on storage every node sees (default: "
+        "<cache-dir>/ray-checkpoints); --batch-size is rows per Ray batch (default 256)")
+    r.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run the stages on Ray: alone, a local Ray (or the cluster RAY_ADDRESS "
+                        "names); with an address, that cluster (ray://host:10001, host:6379)")
+    r.add_argument("--ray-encoders", type=positive_int, default=1, metavar="N",
+                   help="encode actors per modality, one model each (default 1)")
+    r.add_argument("--ray-projectors", type=positive_int, default=1, metavar="N",
+                   help="project actors, each holding the anchor engine (default 1)")
+    r.add_argument("--ray-writers", type=positive_int, metavar="N",
+                   help="writer actors (default: 1 for an embedded database, which admits "
+                        "only one; 2 for a server)")
+    r.add_argument("--ray-gpus-per-encoder", type=float, metavar="G",
+                   help="GPUs per encode actor (default: 1 when the cluster has GPUs, else 0)")
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("search", help="search items with a text, an image or a stored item",

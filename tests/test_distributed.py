@@ -1,6 +1,7 @@
 """Past one machine on Ray: anchors sharded across actors give the same relative vectors as one
-engine. Ray runs locally here (a head on loopback, small object store); skipped without
-the [ray] extra."""
+engine; a distributed ingest writes what the single-process one writes, survives a killed
+worker and resumes after a killed driver. Ray runs locally here (a head on loopback, small
+object store); skipped without the [ray] extra."""
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ def local_ray():
     # can run out (seen in CI), so a start is tried three times before it counts as failed
     for attempt in range(3):
         try:
-            ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
+            # logical CPUs beyond the 2 real ones: a distributed ingest holds an encode actor
+            # per modality and a project actor while its read and write tasks run
+            ray.init(num_cpus=6, include_dashboard=False, object_store_memory=100 * 2**20,
                      log_to_driver=False, configure_logging=False)
             break
         except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception here
@@ -75,3 +78,271 @@ def test_sharding_refuses_what_cannot_work(local_ray):
         ShardedProjector(anchors, "image", 6)
     with pytest.raises(ConfigError, match="shards"):
         ShardedProjector(anchors, "image", 0)
+
+
+# ------------------------------------------------------------------ distributed ingestion
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """A captions table beside 120 distinct drawings, one corrupt file and one missing."""
+    from tests.test_pipeline import COLORS, SHAPES, draw
+
+    root = tmp_path_factory.mktemp("dist")
+    (root / "img").mkdir()
+    rows, n = ["image\tcaption"], 0
+    for rep in range(10):
+        for color in COLORS:
+            for shape in SHAPES:
+                draw(color, shape, 1000 + n).save(root / "img" / f"{n:03d}.png")
+                rows.append(f"{n:03d}.png\ta {color} {shape} number {rep}")
+                n += 1
+    (root / "img" / "corrupt.png").write_bytes(b"\x89PNG broken")
+    rows += ["corrupt.png\ta broken picture", "missing.png\ta picture that is not there"]
+    (root / "captions.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def source(root, n=None):
+    from connectors.pipeline import read_captions_table
+
+    return list(read_captions_table(root / "captions.tsv", root / "img"))[:n]
+
+
+def build_index(settings, encoders, root):
+    """An index with 24 anchors from the first drawings (closed again: the driver lets go)."""
+    from connectors import close_embedded, open_store
+    from connectors.index import Index
+    from connectors.pipeline import ingest_anchors
+
+    idx = Index.create(open_store(settings), *encoders, k=20, p=8.0)
+    ingest_anchors(idx, source(root)[:48:2], batch_size=12, progress=False)
+    idx.close()
+    close_embedded()
+    return idx
+
+
+def reference(encoders, root, modality, src):
+    """The single-process ingest of the same source into memory: {point id: record}."""
+    from connectors.index import Index
+    from connectors.memory import MemoryStore
+    from connectors.pipeline import ingest_anchors, ingest_items
+
+    idx = Index.create(MemoryStore("ref"), *encoders, k=20, p=8.0)
+    ingest_anchors(idx, source(root)[:48:2], batch_size=12, progress=False)
+    ingest_items(idx, src, modality, batch_size=16, progress=False)
+    return {r.id: r for batch in idx.store.scroll_items() for r in batch}
+
+
+def stored(settings):
+    from connectors import close_embedded, open_store
+
+    store = open_store(settings, must_exist=True)
+    out = {r.id: r for batch in store.scroll_items() for r in batch}
+    close_embedded()
+    return out
+
+
+def assert_same(got, want):
+    """Same points, vectors and raw embeddings; the same payloads (every item here has one
+    source row per content, so no payload is a matter of write order)."""
+    assert got.keys() == want.keys(), (len(got), len(want))
+    for k, r in want.items():
+        np.testing.assert_array_equal(got[k].sparse_indices, r.sparse_indices)
+        # a model's output moves at float32 rounding (1e-7) with its batch's make-up, which
+        # differs between the two pipelines; p = 8 multiplies that in the relative vector
+        np.testing.assert_allclose(got[k].sparse_values, r.sparse_values, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got[k].embedding, r.embedding, rtol=1e-4, atol=1e-6)
+        assert got[k].payload == r.payload and got[k].valid_from == r.valid_from
+
+
+def settings_for(kind, tmp_path, server=None):
+    from asif_index.config import AsifSettings
+
+    common = dict(collection="dist", cache_dir=str(tmp_path / "cache"))
+    if kind == "qdrant-embedded":
+        pytest.importorskip("qdrant_edge")
+        return AsifSettings(backend="qdrant", path=str(tmp_path / "edge"), **common)
+    return AsifSettings(backend="milvus", url=server.uri, **common)
+
+
+@pytest.fixture()
+def milvus_server(tmp_path):
+    pytest.importorskip("milvus_lite")
+    from connectors.servers import MilvusLiteServer
+
+    server = MilvusLiteServer(tmp_path / "srv.db").start()
+    yield server
+    server.kill()
+
+
+@pytest.mark.parametrize("kind", ["qdrant-embedded", "milvus-server"])
+def test_distributed_ingest_equals_single_process(local_ray, kind, pictures, encoders,
+                                                  tmp_path, request):
+    """Both modalities through decode tasks, encode/project actors and the writer actors:
+    the same ids, vectors and payloads as the single-process ingest; the corrupt and the
+    missing image reported; a rerun with another block size skips everything."""
+    from connectors.distributed.ingest import RayIngestOptions, ingest_on_ray
+
+    server = request.getfixturevalue("milvus_server") if kind == "milvus-server" else None
+    settings = settings_for(kind, tmp_path, server)
+    build_index(settings, encoders, pictures)
+    src = source(pictures, 40) + source(pictures)[-2:]  # 40 drawings, the corrupt, the missing
+    want = reference(encoders, pictures, "both", src)
+    s = ingest_on_ray(settings, src, "both", RayIngestOptions(batch_size=8, writers=None),
+                      source_name="pictures", progress=False)
+    assert s.source_items == 42 and s.ingested == 40 + 42 and s.updated == 0, s.report()
+    assert sorted(k.split("|")[0] for k, _ in s.skipped) == ["corrupt.png", "missing.png"]
+    assert any("cannot be decoded" in r for _, r in s.skipped)
+    assert_same(stored(settings), want)
+    again = ingest_on_ray(settings, src, "both", RayIngestOptions(batch_size=5),
+                          source_name="pictures", progress=False)
+    assert again.resumed_at == 42 and again.ingested == again.updated == 0, again.report()
+
+
+def test_ingest_refuses_what_cannot_work(local_ray, tmp_path, pictures, encoders):
+    from asif_index.config import AsifSettings
+    from asif_index.errors import ConfigError
+    from connectors.distributed.ingest import RayIngestOptions, ingest_on_ray
+
+    settings = settings_for("qdrant-embedded", tmp_path)
+    build_index(settings, encoders, pictures)
+    with pytest.raises(ConfigError, match="one writer"):
+        ingest_on_ray(settings, source(pictures, 4), "image", RayIngestOptions(writers=2))
+    with pytest.raises(ConfigError, match="one of them"):
+        ingest_on_ray(settings, None, "image")
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        RayIngestOptions(encoders=0)
+    wrong = AsifSettings(**{**settings.model_dump(), "text_encoder": "hf:/nonexistent"})
+    with pytest.raises(ConfigError):
+        ingest_on_ray(wrong, source(pictures, 4), "text", progress=False)
+
+
+def worker_pids(name):
+    """PIDs of the Ray worker processes whose title names ``name`` (an actor's class)."""
+    from pathlib import Path
+
+    out = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if name.encode() in (proc / "cmdline").read_bytes():
+                out.append(int(proc.name))
+        except OSError:  # the process ended meanwhile
+            pass
+    return out
+
+
+def test_killed_worker_loses_nothing(local_ray, tmp_path, pictures, encoders, milvus_server):
+    """An encode actor is SIGKILLed mid-run: Ray restarts it and retries its blocks; the
+    ingest completes with every item once, equal to the single-process ingest."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from connectors.distributed.ingest import RayIngestOptions, checkpoint_dir, ingest_on_ray
+
+    settings = settings_for("milvus-server", tmp_path, milvus_server)
+    build_index(settings, encoders, pictures)
+    src = source(pictures, 120)
+    opts = RayIngestOptions(batch_size=4)
+    ck = checkpoint_dir(settings, opts, "pictures", settings.collection, "image")
+    result, killed = {}, []
+    run = threading.Thread(target=lambda: result.update(s=ingest_on_ray(
+        settings, src, "image", opts, source_name="pictures", progress=False)))
+    run.start()
+    deadline = time.time() + 240
+    while run.is_alive() and time.time() < deadline and not killed:
+        if ck.is_dir() and any(ck.glob("*.parquet")):  # blocks are landing: mid-run
+            for pid in worker_pids("EncodeActor"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        time.sleep(0.05)
+    run.join(300)
+    assert killed, "the run ended before an encode actor could be killed; give it more rows"
+    s = result["s"]
+    assert s.ingested + s.updated == 120 and s.ingested == 120, s.report()
+    assert_same(stored(settings), reference(encoders, pictures, "image", src))
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, {root!r})
+import ray
+from asif_index.config import AsifSettings
+from connectors.distributed.ingest import RayIngestOptions, ingest_on_ray
+from connectors.pipeline import read_captions_table
+ray.init(address={address!r}, log_to_driver=False, configure_logging=False)
+src = list(read_captions_table({table!r}, {images!r}))[:120]
+ingest_on_ray(AsifSettings(**{settings!r}), src, "image", RayIngestOptions(batch_size=4),
+              source_name="pictures", progress=False)
+"""
+
+
+def test_killed_driver_resumes_and_converges(local_ray, tmp_path, pictures, encoders,
+                                             milvus_server):
+    """The driver (its own process, on the running cluster) is SIGKILLed after some blocks
+    landed; a new driver resumes from the checkpoint and the index equals the single-process
+    ingest, nothing lost, nothing duplicated."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from connectors.distributed.ingest import RayIngestOptions, checkpoint_dir, ingest_on_ray
+
+    settings = settings_for("milvus-server", tmp_path, milvus_server)
+    build_index(settings, encoders, pictures)
+    opts = RayIngestOptions(batch_size=4)
+    ck = checkpoint_dir(settings, opts, "pictures", settings.collection, "image")
+    script = DRIVER.format(root=str(Path(__file__).resolve().parents[1]),
+                           address=ray.get_runtime_context().gcs_address,
+                           table=str(pictures / "captions.tsv"), images=str(pictures / "img"),
+                           settings=settings.model_dump(mode="json"))
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while driver.poll() is None and time.time() < deadline:
+        if ck.is_dir() and len(list(ck.glob("*.parquet"))) >= 2:
+            break
+        time.sleep(0.05)
+    assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
+    driver.kill()
+    driver.wait()
+    src = source(pictures, 120)
+    s = ingest_on_ray(settings, src, "image", opts, source_name="pictures", progress=False)
+    assert 0 < s.resumed_at < 120 and s.source_items == 120, s.report()
+    assert s.ingested + s.updated == 120 - s.resumed_at, s.report()
+    assert_same(stored(settings), reference(encoders, pictures, "image", src))
+
+
+def test_cli_ingest_on_ray(local_ray, tmp_path, pictures, capfd):
+    """``asif-index ingest --ray``: on the running Ray, into an embedded Qdrant; the index
+    then answers searches; what --ray cannot do is refused before any work."""
+    pytest.importorskip("qdrant_edge")
+    import json
+
+    from asif_cli.main import main
+
+    a = ["--backend", "qdrant", "--path", str(tmp_path / "q"), "--name", "cli",
+         "--cache-dir", str(tmp_path / "cache")]
+    assert main(["init", "--k", "10"] + a) == 0
+    half = tmp_path / "half.tsv"
+    half.write_text("\n".join((pictures / "captions.tsv").read_text().splitlines()[:25]) + "\n")
+    assert main(["anchors", "add", "--captions", str(half), "--images",
+                 str(pictures / "img")] + a) == 0
+    capfd.readouterr()
+    assert main(["ingest", "--ray", "--captions", str(pictures / "captions.tsv"), "--images",
+                 str(pictures / "img"), "--batch-size", "32"] + a) == 0
+    out = capfd.readouterr().out
+    assert "ingested 120 new" in out and "skipped 2 of 122" in out, out
+    assert main(["search", "--text", "a blue circle number 3", "--limit", "3", "--json"]
+                + a) == 0
+    hits = json.loads(capfd.readouterr().out)["hits"]
+    assert len(hits) == 3 and all(h["payload"]["path"].endswith(".png") for h in hits)
+    assert main(["ingest", "--ray", "--folder", str(pictures / "img"), "--tag-with", "x"]
+                + a) == 2
+    assert "--tag-with runs in the single-process ingest only" in capfd.readouterr().err
+    assert main(["ingest", "--ray", "--folder", str(pictures / "img"), "--ray-writers", "3"]
+                + a) == 2
+    assert "admits one writer" in capfd.readouterr().err

@@ -186,18 +186,26 @@ class EncodeActor:
         from asif_index.encoders import image_encoder_from_spec, text_encoder_from_spec
         from asif_index.encoders.image import set_max_image_pixels
 
+        self.modality, self.failed = modality, None
         set_max_image_pixels(max_image_pixels)
         make = image_encoder_from_spec if modality == "image" else text_encoder_from_spec
-        # no embedding cache: a SQLite file is one machine's; a worker encodes each item once
-        self.encoder = make(spec, device=None if device == "auto" else device,
-                            batch_size=encoder_batch, cache=None)
-        if self.encoder.name != expected_name:
-            raise ConfigError(f"the index was built with {modality} encoder '{expected_name}' "
-                              f"but this worker loaded '{self.encoder.name}' (spec '{spec}'); "
-                              "give the index's encoder (--image-encoder / --text-encoder)")
-        self.modality = modality
+        try:
+            # no embedding cache: a SQLite file is one machine's; each item is encoded once
+            self.encoder = make(spec, device=None if device == "auto" else device,
+                                batch_size=encoder_batch, cache=None)
+            if self.encoder.name != expected_name:
+                raise ConfigError(f"the index was built with {modality} encoder "
+                                  f"'{expected_name}' but this worker loaded "
+                                  f"'{self.encoder.name}' (spec '{spec}'); give the index's "
+                                  "encoder (--image-encoder / --text-encoder)")
+        except AsifError as exc:
+            # raised from the first batch instead: Ray keeps the cause of a failed task (the
+            # driver re-raises it), not that of a failed actor constructor
+            self.failed = exc
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        if self.failed is not None:
+            raise self.failed
         t0 = time.perf_counter()
         m, n = self.modality, len(batch[ID_COLUMN])
         errors = [_get(batch, f"{m}_error", i) for i in range(n)]
@@ -413,6 +421,9 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
         raise ConfigError(f"modality must be image, text or both; got '{modality}'")
     if (source is None) == (webdataset is None):
         raise ConfigError("give source items or WebDataset shards (one of them)")
+    if not settings.url and (opts.writers or 1) != 1:
+        raise ConfigError(f"an embedded {settings.backend} database admits one writer; "
+                          f"--ray-writers {opts.writers} needs a server (--url)")
     items = None if source is None else list(source)
     if not ray.is_initialized():
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
@@ -445,9 +456,6 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     sdict = settings.model_dump(mode="json")
     n_writers = 1 if embedded else (opts.writers or 2)
-    if embedded and (opts.writers or 1) != 1:
-        raise ConfigError(f"an embedded {settings.backend} database admits one writer; "
-                          f"--writers {opts.writers} needs a server (--url)")
     here = ray.get_runtime_context().get_node_id()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -517,15 +525,29 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
 
 
 def _unwrapped(exc: Exception) -> Exception:
-    """The asif error a worker raised (Ray wraps it), so a user sees the cause and its fix."""
-    seen = exc
+    """The asif error a worker raised, so a user sees the cause and its fix. Ray Data wraps a
+    failed batch in a UserCodeException that keeps only the text of the original error, so
+    the error is rebuilt from that text when no exception object carries it."""
+    import re
+
+    from asif_index import errors
+
+    seen: BaseException | None = exc
     for _ in range(8):
         if isinstance(seen, AsifError):
             return seen
-        nxt = getattr(seen, "cause", None) or seen.__cause__
-        if nxt is None:
+        seen = getattr(seen, "cause", None) or seen.__cause__
+        if seen is None:
             break
-        seen = nxt
+    found = re.findall(r"asif_index\.errors\.(\w+): (.+)", str(exc))
+    if found:
+        name, message = found[-1]
+        cls = getattr(errors, name, None)
+        if isinstance(cls, type) and issubclass(cls, AsifError):
+            try:
+                return cls(message.strip())
+            except TypeError:  # an error class with other required arguments
+                pass
     return exc
 
 
