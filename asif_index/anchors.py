@@ -78,6 +78,10 @@ class AnchorSet:
         self.next_id = 0
         self._engines: dict[tuple, "TopKEngine"] = {}
 
+    def __getstate__(self) -> dict:
+        # an engine is one process's (its GPU memory): a copy sent to a worker builds its own
+        return {**self.__dict__, "_engines": {}}
+
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
         return len(self.ids)

@@ -1,7 +1,13 @@
-"""Sharded anchors on Ray against one engine in the driver (issue 12, part 2).
+"""Past one machine on Ray (issue 12): sharded anchors, and distributed ingestion.
 
-    python -m benchmarks.distributed [--anchors 30000] [--dim 1280] [--queries 512]
+    python -m benchmarks.distributed [--part all|shards|ingest] [--anchors 30000] [--dim 1280]
+        [--queries 512] [--images 256] [--gpu-encode-rate 10000]
 
+Part ``ingest`` (benchmarks/distributed_ingest.py): Flickr8k photos through the single-process
+pipeline and through Ray with 1 and 2 encode actors, then a cost model for 10^8 images;
+writes docs/results/distributed_ingest.json.
+
+Part ``shards``:
 Relative vectors of the same queries from one in-process TopKEngine and from 1, 2 and 4 shard
 actors on a local Ray (this machine's cores). It checks that every sharded row equals the
 single engine's, and prints queries per second. On one machine sharding buys nothing but
@@ -26,7 +32,23 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=512)
     ap.add_argument("--shards", default="1,2,4")
     ap.add_argument("--out", default="docs/results/distributed.json")
+    ap.add_argument("--part", choices=["all", "shards", "ingest"], default="all")
+    ap.add_argument("--images", type=int, default=256, help="photos per ingest run")
+    ap.add_argument("--gpu-encode-rate", type=float, default=10000.0,
+                    help="images/s per GPU for the cost model (an assumption until measured)")
+    ap.add_argument("--ingest-out", default="docs/results/distributed_ingest.json")
     a = ap.parse_args()
+    if a.part in ("all", "ingest"):
+        from benchmarks.distributed_ingest import run
+
+        doc = run(a.ingest_out, a.images, a.gpu_encode_rate)
+        print(doc["markdown"])
+        write_json({"machine": machine(), **doc}, a.ingest_out)
+    if a.part in ("all", "shards"):
+        shards(a)
+
+
+def shards(a) -> None:
     import ray
 
     from asif_index.anchors import AnchorManifest, AnchorPayload, AnchorSet

@@ -33,6 +33,26 @@ T = TypeVar("T")
 FOREVER = 2**62  # valid_to of a point that no anchor update has superseded
 
 
+IdRange = tuple[str | None, str | None]
+
+
+def id_ranges(n: int) -> list[IdRange]:
+    """``n`` disjoint ranges covering every point id. Ids are UUIDs from SHA-1 (uniform), so
+    the ranges hold about the same number of points; a canonical UUID's text orders as its
+    128-bit value, which is the order both Qdrant engines scroll in."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1; got {n}")
+    cuts = [str(uuid.UUID(int=(i << 128) // n)) for i in range(1, n)]
+    return list(zip([None, *cuts], [*cuts, None]))
+
+
+def in_range(point: str, id_range: IdRange | None) -> bool:
+    if id_range is None:
+        return True
+    lo, hi = id_range
+    return (lo is None or point >= lo) and (hi is None or point < hi)
+
+
 def item_id(modality: str, content_key: str) -> str:
     """Deterministic logical id of an item from its content hash (re-ingest = update)."""
     return str(uuid.UUID(hashlib.sha1(f"{modality}:{content_key}".encode()).hexdigest()[:32]))
@@ -259,8 +279,11 @@ class VectorStore(ABC):
         """Points visible at ``version`` by descending sparse dot product."""
 
     @abstractmethod
-    def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
-        """Points visible at ``version`` (all when None), in batches."""
+    def scroll_items(self, batch: int = 256, version: int | None = None,
+                     id_range: IdRange | None = None) -> Iterator[list[ItemRecord]]:
+        """Points visible at ``version`` (all when None), in batches; with ``id_range``
+        (lo, hi), only points whose id is in [lo, hi) (None: unbounded), so that workers can
+        scroll disjoint parts of one collection (see :func:`id_ranges`)."""
 
     def close(self) -> None:  # noqa: B027 - optional
         pass

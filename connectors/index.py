@@ -223,15 +223,23 @@ class Index:
 
     # -- anchors -------------------------------------------------------------------------
     def add_anchor_embeddings(self, image_emb: np.ndarray, text_emb: np.ndarray,
-                              payloads: list[AnchorPayload]) -> np.ndarray:
+                              payloads: list[AnchorPayload], item_pass=None) -> np.ndarray:
         """Append anchor pairs (already embedded) as a new anchor version; stored items are
-        brought to exactly the state a rebuild would give (see ``connectors.updates``)."""
+        brought to exactly the state a rebuild would give (see ``connectors.updates``).
+        item_pass: run the pass over the stored items elsewhere (e.g.
+        ``connectors.distributed.updates.RayItemPass``)."""
         return update_anchors(self, add=(image_emb, text_emb, payloads),
-                              timing=self.timing).added_ids
+                              timing=self.timing, item_pass=item_pass).added_ids
 
-    def remove_anchors(self, ids, progress=None) -> UpdateResult:
+    def resume_update(self, item_pass=None) -> UpdateResult:
+        """Finish an interrupted anchor update (its journal says what it was); a no-op
+        result at the live version when none is pending."""
+        return update_anchors(self, timing=self.timing, item_pass=item_pass)
+
+    def remove_anchors(self, ids, progress=None, item_pass=None) -> UpdateResult:
         """Remove anchors by id (one update per 4,096 ids); stored items stay exact.
-        ``progress(items scanned)`` is called during each update's item pass."""
+        ``progress(items scanned)`` is called during each update's item pass (when it runs
+        here, not in an ``item_pass``)."""
         ids = np.unique(np.asarray(ids, np.int64))
         if not len(ids):
             raise AnchorError("no anchor ids to remove")
@@ -239,7 +247,7 @@ class Index:
         res = None
         for s in range(0, len(ids), MAX_REMOVE_PER_UPDATE):
             r = update_anchors(self, remove=ids[s:s + MAX_REMOVE_PER_UPDATE], timing=self.timing,
-                               progress=progress)
+                               progress=progress, item_pass=item_pass)
             if res is None:
                 res = r
             else:

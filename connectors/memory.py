@@ -19,6 +19,7 @@ from connectors.base import (
     ItemRecord,
     VectorStore,
     filter_matches,
+    in_range,
 )
 
 
@@ -180,9 +181,11 @@ class MemoryStore(VectorStore):
         return [Hit(recs[j].item, float(scores[j]), recs[j].modality, recs[j].payload)
                 for j in order]
 
-    def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
+    def scroll_items(self, batch: int = 256, version: int | None = None,
+                     id_range=None) -> Iterator[list[ItemRecord]]:
         # No copies: stored records are never mutated in place (set_valid_to replaces them).
         with self._lock:
-            items = [r for r in self._items.values() if r.visible(version)]
+            items = [r for r in self._items.values()
+                     if r.visible(version) and in_range(r.id, id_range)]
         for s in range(0, len(items), batch):
             yield items[s : s + batch]

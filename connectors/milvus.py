@@ -405,11 +405,19 @@ class MilvusStore(VectorStore):
                                      dict(e["payload"] or {}))
         return sorted(out.values(), key=lambda x: -x.score)[:limit]
 
-    def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
+    def scroll_items(self, batch: int = 256, version: int | None = None,
+                     id_range=None) -> Iterator[list[ItemRecord]]:
         if not self._nonempty(self.items):
             return
+        expr = self._expr(None, version)
+        if id_range:
+            lo, hi = id_range
+            parts = [expr] if expr else []
+            parts += [f'id >= "{lo}"'] if lo else []
+            parts += [f'id < "{hi}"'] if hi else []
+            expr = " and ".join(parts)
         it = self._call("query", self.client.query_iterator, self.items, batch_size=batch,
-                        filter=self._expr(None, version), output_fields=self._FIELDS)
+                        filter=expr, output_fields=self._FIELDS)
         while True:
             rows = self._call("scroll", it.next)
             if not rows:

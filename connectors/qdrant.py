@@ -20,6 +20,7 @@ from connectors.base import (
     ItemRecord,
     VectorStore,
     with_retries,
+    in_range,
 )
 from connectors.qdrant_layout import item_payload, item_record, user_payload
 
@@ -285,15 +286,19 @@ class QdrantStore(VectorStore):
         return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
                     user_payload(p.payload)) for p in res.points]
 
-    def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
-        offset = None
+    def scroll_items(self, batch: int = 256, version: int | None = None,
+                     id_range=None) -> Iterator[list[ItemRecord]]:
+        # Qdrant scrolls in id order: a range starts at its low id and ends at its high one
+        offset = id_range[0] if id_range else None
         flt = self._filter(None, version)
         while True:
             pts, offset = self._call("scroll", self.client.scroll, self.items, scroll_filter=flt,
                                      limit=batch, offset=offset, with_payload=True, with_vectors=True)
-            if pts:
-                yield [self._record(p) for p in pts]
-            if offset is None:
+            recs = [self._record(p) for p in pts]
+            kept = [r for r in recs if in_range(r.id, id_range)]
+            if kept:
+                yield kept
+            if offset is None or (id_range and id_range[1] and str(offset) >= id_range[1]):
                 return
 
     def close(self) -> None:

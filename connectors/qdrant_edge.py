@@ -24,7 +24,15 @@ import numpy as np
 from asif_index._optional import require
 from asif_index.anchors import AnchorManifest
 from asif_index.errors import BackendError, BackendUnavailableError, CollectionError
-from connectors.base import FOREVER, AnchorRecord, Filter, Hit, ItemRecord, VectorStore
+from connectors.base import (
+    FOREVER,
+    AnchorRecord,
+    Filter,
+    Hit,
+    ItemRecord,
+    VectorStore,
+    in_range,
+)
 from connectors.qdrant_layout import item_payload, item_record, user_payload
 
 _BATCH = 256  # points per update operation
@@ -295,9 +303,8 @@ class QdrantEdgeStore(VectorStore):
                 for r in self._scroll(self.meta, flt, 256, False)
                 if r.payload["key"].startswith(kind + ":")}
 
-    def _scroll(self, coll: str, flt, batch: int, vectors: bool) -> Iterator:
+    def _scroll(self, coll: str, flt, batch: int, vectors: bool, offset=None) -> Iterator:
         q = self._q
-        offset = None
         while True:  # the shard is looked up per page: optimize() may reopen it in between
             recs, offset = self._on(coll, "scroll", "scroll", q.ScrollRequest(
                 offset=offset, limit=batch, filter=flt, with_payload=True, with_vector=vectors))
@@ -426,10 +433,19 @@ class QdrantEdgeStore(VectorStore):
                     user_payload(p.payload))
                 for p in res if p.score > 0]
 
-    def scroll_items(self, batch: int = 256, version: int | None = None) -> Iterator[list[ItemRecord]]:
+    def scroll_items(self, batch: int = 256, version: int | None = None,
+                     id_range=None) -> Iterator[list[ItemRecord]]:
         out: list[ItemRecord] = []
-        for p in self._scroll(self.items, self._filter(None, version), batch, True):
-            out.append(self._record(p))
+        # the shard scrolls in id order: a range starts at its low id and ends at its high one
+        start, end = id_range if id_range else (None, None)
+        for p in self._scroll(self.items, self._filter(None, version), batch, True,
+                              offset=start):
+            rec = self._record(p)
+            if end is not None and rec.id >= end:
+                break
+            if not in_range(rec.id, id_range):
+                continue
+            out.append(rec)
             if len(out) == batch:
                 yield out
                 out = []

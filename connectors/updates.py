@@ -79,11 +79,15 @@ class UpdateResult:
 def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = None,
                    batch: int = 512, timing: Coordination = DEFAULT,
                    _fail_after_batches: int | None = None,
-                   progress: Callable[[int], None] | None = None) -> UpdateResult:
+                   progress: Callable[[int], None] | None = None,
+                   item_pass: ItemPass | None = None) -> UpdateResult:
     """Apply one anchor update (add and/or remove) exactly; resumes an interrupted one.
 
     add: (image embeddings [n, d_i], text embeddings [n, d_t], payloads); remove: anchor ids.
     progress: called with the items scanned so far after each batch of the item pass.
+    item_pass: runs steps 3-4 elsewhere (``connectors.distributed.updates``): called with the
+    :class:`ItemPassPlan` and a heartbeat to call at least every ``timing.heartbeat_ttl``,
+    it returns (items scanned, items touched); the journal, anchors and the switch stay here.
     Raises :class:`UpdateInProgressError` while another process's update is alive.
     """
     store = index.store
@@ -106,7 +110,7 @@ def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = 
                 f"an anchor update to version {journal.get('target')} is running on {where} "
                 f"({describe(journal)}); wait for it to finish, then re-run")
         result = _update(index, store, where, owner, journal, add, remove, batch, timing,
-                         _fail_after_batches, progress)
+                         _fail_after_batches, progress, item_pass)
         journal = None
         return result
     except BaseException:
@@ -121,6 +125,84 @@ def update_anchors(index, add: tuple | None = None, remove: np.ndarray | None = 
         _try(drop_lease, store, UPDATER, owner)
 
 
+@dataclass
+class ItemPassPlan:
+    """What the item pass of one update needs, picklable so workers can run parts of it:
+    items visible at ``version`` are checked against the anchors of ``target``."""
+
+    version: int
+    target: int
+    new_set: AnchorSet
+    add_ids: np.ndarray  # int64
+    rem_ids: np.ndarray  # int64
+    old_n: int  # anchors at ``version``
+    k: int
+    p: float
+    engine_options: dict
+
+
+ItemPass = Callable[[ItemPassPlan, Callable[[], None]], tuple[int, int]]
+
+
+def _local_hooks(heartbeat, progress, fail_after):
+    def on_batch(n_batch: int, scanned: int) -> None:
+        if fail_after is not None and n_batch >= fail_after:
+            raise KeyboardInterrupt("simulated crash during the item pass")
+        heartbeat()
+        if progress is not None:
+            progress(scanned)
+    return on_batch
+
+
+def pass_items(store: VectorStore, plan: ItemPassPlan, batch: int = 512, id_range=None,
+               on_batch: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+    """Steps 3-4 of an update over the items whose point id is in ``id_range`` (all: None):
+    every item whose top-k can change gets a new point valid from the target version and its
+    old point closed there. -> (items scanned, items touched). Deterministic, so re-running
+    a range (a retried worker, a resumed update) rewrites identical points.
+    on_batch(batch number, items scanned so far) runs before each batch is processed."""
+    new_set, add_ids, rem_ids, target = plan.new_set, plan.add_ids, plan.rem_ids, plan.target
+    recipe = new_set.recipe
+    new_rows = new_set.rows_of(add_ids) if len(add_ids) else np.zeros(0, np.int64)
+    scanned = touched = 0
+    for n_batch, recs in enumerate(store.scroll_items(batch, plan.version, id_range)):
+        scanned += len(recs)
+        if on_batch is not None:
+            on_batch(n_batch, scanned)
+        for mod in ("image", "text"):
+            group = [r for r in recs if r.modality == mod]
+            if not group:
+                continue
+            k, p = recipe.kp(mod, plan.k, plan.p)
+            hit, sims = affected(group, new_set.engine_matrix(mod)[new_rows], rem_ids,
+                                 plan.old_n, k, center=new_set.center_of(mod))
+            todo = np.flatnonzero(hit)
+            if not len(todo):
+                continue
+            # Add-only updates merge each item's recovered top-k with its similarities to the
+            # new anchors: O(k + n_new) per item instead of a projection over all N anchors.
+            # Merging beat re-projecting the affected items at every size measured, even at
+            # n_new = 3000 > k (benchmarks/incremental.py: 3.5 s vs 11 s, 26 s vs 38 s).
+            use_merge = len(rem_ids) == 0 and sims is not None
+            mergeable = (np.array([mergeable_record(group[j], plan.old_n, k) for j in todo],
+                                  bool) if use_merge else np.zeros(len(todo), bool))
+            fresh: list[ItemRecord] = []
+            if mergeable.any():
+                rows = todo[mergeable]
+                merged, unsure = merge_new_anchors([group[j] for j in rows], sims[rows],
+                                                   add_ids, k, p, target)
+                fresh += merged
+                mergeable[np.flatnonzero(mergeable)[unsure]] = False
+            full = [group[j] for j in todo[~mergeable]]
+            if full:
+                fresh += reproject(new_set, full, mod, target, plan.engine_options)
+            store.upsert_items(fresh)
+            store.set_valid_to([group[j].id for j in todo if group[j].valid_from < target],
+                               target)
+            touched += len(todo)
+    return scanned, touched
+
+
 def _try(fn, *args):
     try:
         return fn(*args)
@@ -130,7 +212,8 @@ def _try(fn, *args):
 
 def _update(index, store: VectorStore, where: str, owner: str, journal: dict | None, add,
             remove, batch: int, timing: Coordination, fail_after: int | None,
-            progress: Callable[[int], None] | None = None) -> UpdateResult:
+            progress: Callable[[int], None] | None = None,
+            item_pass: ItemPass | None = None) -> UpdateResult:
     t0 = time.perf_counter()
     live = store.read_manifest()
     if journal and journal["target"] == live.version:  # flipped, journal not yet cleared
@@ -214,48 +297,14 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
         new_set = anchors_at(store, man, target)
     new_set.manifest.version = target
 
-    # 3-4. the affected items (k, p and the similarity space are the recipe's, per modality)
-    old_n = len(index.anchors)
-    recipe = new_set.recipe
-    new_rows = new_set.rows_of(add_ids) if len(add_ids) else np.zeros(0, np.int64)
-    scanned = touched = 0
-    for n_batch, recs in enumerate(store.scroll_items(batch, version=v)):
-        if fail_after is not None and n_batch >= fail_after:
-            raise KeyboardInterrupt("simulated crash during the item pass")
-        heartbeat()
-        scanned += len(recs)
-        if progress is not None:
-            progress(scanned)
-        for mod in ("image", "text"):
-            group = [r for r in recs if r.modality == mod]
-            if not group:
-                continue
-            k, p = recipe.kp(mod, man.k, man.p)
-            hit, sims = affected(group, new_set.engine_matrix(mod)[new_rows], rem_ids, old_n, k,
-                                 center=new_set.center_of(mod))
-            todo = np.flatnonzero(hit)
-            if not len(todo):
-                continue
-            # Add-only updates merge each item's recovered top-k with its similarities to the
-            # new anchors: O(k + n_new) per item instead of a projection over all N anchors.
-            # Merging beat re-projecting the affected items at every size measured, even at
-            # n_new = 3000 > k (benchmarks/incremental.py: 3.5 s vs 11 s, 26 s vs 38 s).
-            use_merge = len(rem_ids) == 0 and sims is not None
-            mergeable = (np.array([mergeable_record(group[j], old_n, k) for j in todo], bool)
-                         if use_merge else np.zeros(len(todo), bool))
-            fresh: list[ItemRecord] = []
-            if mergeable.any():
-                rows = todo[mergeable]
-                merged, unsure = merge_new_anchors([group[j] for j in rows], sims[rows],
-                                                   add_ids.astype(np.int64), k, p, target)
-                fresh += merged
-                mergeable[np.flatnonzero(mergeable)[unsure]] = False
-            full = [group[j] for j in todo[~mergeable]]
-            if full:
-                fresh += reproject(new_set, full, mod, target, index.engine_options)
-            store.upsert_items(fresh)
-            store.set_valid_to([group[j].id for j in todo if group[j].valid_from < target], target)
-            touched += len(todo)
+    # 3-4. the affected items, by this process or by workers (``item_pass``)
+    plan = ItemPassPlan(v, target, new_set, add_ids.astype(np.int64), rem_ids,
+                        len(index.anchors), man.k, man.p, dict(index.engine_options))
+    if item_pass is None:
+        scanned, touched = pass_items(store, plan, batch, None,
+                                      _local_hooks(heartbeat, progress, fail_after))
+    else:
+        scanned, touched = item_pass(plan, heartbeat)
 
     # 5. the atomic switch
     if "centers" in new_set.manifest.extra:  # frozen by the first anchors of a centred recipe

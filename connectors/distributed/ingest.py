@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from asif_index._optional import require
 from asif_index.errors import AsifError, ConfigError
+from connectors.distributed.errors import asif_error_of
 from connectors.pipeline.ingest import IngestSummary
 from connectors.pipeline.readers import SourceItem
 
@@ -502,7 +503,7 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
             warnings.filterwarnings("ignore", message=".*post-write checkpointing.*")
             ds.write_datasink(sink)
     except Exception as exc:
-        raise _unwrapped(exc) from exc
+        raise asif_error_of(exc) from exc
     finally:
         ctx.checkpoint_config, ctx.enable_progress_bars = saved
         for w in writers:
@@ -522,33 +523,6 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
                  "encode_s": sum(v for k, v in tm.items() if k.startswith("t_encode")),
                  "project_s": tm.get("t_project", 0.0), "write_s": tot["write_s"]}
     return s
-
-
-def _unwrapped(exc: Exception) -> Exception:
-    """The asif error a worker raised, so a user sees the cause and its fix. Ray Data wraps a
-    failed batch in a UserCodeException that keeps only the text of the original error, so
-    the error is rebuilt from that text when no exception object carries it."""
-    import re
-
-    from asif_index import errors
-
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if isinstance(seen, AsifError):
-            return seen
-        seen = getattr(seen, "cause", None) or seen.__cause__
-        if seen is None:
-            break
-    found = re.findall(r"asif_index\.errors\.(\w+): (.+)", str(exc))
-    if found:
-        name, message = found[-1]
-        cls = getattr(errors, name, None)
-        if isinstance(cls, type) and issubclass(cls, AsifError):
-            try:
-                return cls(message.strip())
-            except TypeError:  # an error class with other required arguments
-                pass
-    return exc
 
 
 __all__ = ["ItemSource", "RayIngestOptions", "checkpoint_dir", "checkpointed", "ingest_on_ray"]

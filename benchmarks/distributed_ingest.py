@@ -1,0 +1,154 @@
+"""Distributed ingestion on Ray against the single-process pipeline, and a cost model for 10^8
+images (issue 12, part 1). Run through ``python -m benchmarks.distributed --part ingest``.
+
+Measured here: Flickr8k dev photos (224x224 JPEG) ingested into one embedded Qdrant index
+with the 30,000 train pairs as anchors (k = 800), three disjoint slices of the same size:
+the single-process ``ingest_items`` (the peer: one process, torch on both cores) and
+``ingest_on_ray`` with 1 and 2 encode actors (Ray gives each actor one core, so one thread
+each). No embedding cache anywhere: every image is decoded and encoded. Ray's start (actors
+created, models loaded) is timed apart from the steady state.
+
+The cost model then predicts hours and nodes for 10^8 images from per-stage rates: the
+stages run as a pipeline, so the slowest stage's total capacity sets the rate. Rates that
+this machine measured are labelled so; the GPU projection rate comes from the GPU benchmark
+(docs/results/topk_gpu.json); the GPU encode rate was not measured (see the markdown).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import table
+
+IMAGES = 10**8
+
+
+def measure(per_run: int = 256, batch: int = 64) -> dict:
+    import ray
+
+    from asif_index.config import AsifSettings
+    from asif_index.datasets import flickr8k, shared_data_dir
+    from asif_index.encoders import image_encoder_from_spec, text_encoder_from_spec
+    from benchmarks.common import flickr_anchors
+    from connectors import close_embedded, open_store
+    from connectors.distributed.ingest import RayIngestOptions, ingest_on_ray
+    from connectors.index import Index
+    from connectors.pipeline import ingest_items
+    from connectors.pipeline.readers import SourceItem
+
+    data = shared_data_dir()
+    if data is None:
+        raise SystemExit("no ../shared/data: nothing to measure")
+    cached_img, cached_txt = AsifSettings.load().encoders()  # anchors from the cache
+    _, dev, a_img, a_txt, payloads = flickr_anchors(data, cached_img, cached_txt)
+    photos = sorted({r.image for r in dev})[: 3 * per_run]
+    slices = [photos[i * per_run:(i + 1) * per_run] for i in range(3)]
+    tmp = Path(tempfile.mkdtemp(prefix="asif-dist-"))
+    s = AsifSettings(backend="qdrant", path=str(tmp / "edge"), collection="bench",
+                     cache_dir=str(tmp / "cache"))
+    rows = []
+    try:
+        idx = Index.create(open_store(s), cached_img, cached_txt, k=800, p=8.0)
+        t0 = time.perf_counter()
+        idx.add_anchor_embeddings(a_img, a_txt, payloads)
+        anchors_s = time.perf_counter() - t0
+        # the peer: encoders without a cache, as the workers have
+        img = image_encoder_from_spec("default", cache=None)
+        peer = Index(idx.store, idx.anchors, img, text_encoder_from_spec("default", cache=None))
+        src = [SourceItem(p.name, image=p, payload={"path": str(p)}) for p in slices[0]]
+        sm = ingest_items(peer, src, "image", batch_size=batch, progress=False)
+        rows.append(_row("single process (torch on 2 cores)", 0, sm, sm.seconds, 0.0))
+        write_rate = (sm.ingested + sm.updated) / max(sm.timings["write_s"], 1e-9)
+        decode_rate = len(src) / max(sm.timings["decode_s"], 1e-9)
+        encode_rate = len(src) / max(sm.timings["encode_s"], 1e-9)
+        idx.close()
+        close_embedded()
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        try:
+            for n_enc, part in ((1, slices[1]), (2, slices[2])):
+                opts = RayIngestOptions(encoders=n_enc, batch_size=batch,
+                                        checkpoint=tmp / f"ck{n_enc}")
+                warm = [SourceItem(p.name, image=p, payload={"path": str(p)})
+                        for p in part[:batch]]
+                t0 = time.perf_counter()
+                ingest_on_ray(s, warm, "image", opts, source_name=f"warm{n_enc}",
+                              progress=False)
+                start = time.perf_counter() - t0  # actors, models, one batch
+                src = [SourceItem(p.name, image=p, payload={"path": str(p)}) for p in part]
+                sm = ingest_on_ray(s, src, "image", opts, source_name=f"run{n_enc}",
+                                   progress=False)
+                rows.append(_row(f"Ray, {n_enc} encode actor{'s' if n_enc > 1 else ''}",
+                                 n_enc, sm, sm.seconds, start))
+                print(rows[-1], flush=True)
+        finally:
+            ray.shutdown()
+    finally:
+        close_embedded()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"rows": rows, "anchors": len(a_img), "anchors_s": anchors_s,
+            "per_run": per_run, "batch": batch,
+            "rates": {"decode_per_core": decode_rate, "encode_cpu_2cores": encode_rate,
+                      "write_embedded_qdrant": write_rate}}
+
+
+def _row(setting: str, encoders: int, sm, wall: float, start: float) -> dict:
+    n = sm.ingested + sm.updated
+    return {"setting": setting, "encoders": encoders, "images": n, "wall_s": wall,
+            "images_per_s": n / wall if wall else 0.0, "start_s": start,
+            "encode_share": sm.timings["encode_s"] / max(sum(sm.timings.values()), 1e-9),
+            "skipped": len(sm.skipped)}
+
+
+def gpu_projection_rate(anchors: int, path: str = "docs/results/topk_gpu.json"
+                        ) -> tuple[float, str]:
+    """Measured queries/s of the GPU top-k at the largest batch, for the anchor count nearest
+    ``anchors`` (d = 768)."""
+    doc = json.loads(Path(path).read_text())
+    rows = [r for r in doc["rows"] if r["d"] == 768 and r["batch"] >= 1024]
+    best = min(rows, key=lambda r: (abs(np.log10(r["N"]) - np.log10(anchors)), -r["asif_qps"]))
+    return float(best["asif_qps"]), f"{doc['machine']['gpu']}, N={best['N']:.0e}, d=768"
+
+
+def cost_model(rates: dict, gpu_encode_rate: float, anchors: int = 10**6,
+               db_nodes: tuple[int, ...] = (1, 3, 9), gpus: tuple[int, ...] = (1, 8, 32, 64),
+               cpus_per_gpu: int = 8) -> tuple[list[dict], dict]:
+    """Hours for ``IMAGES`` images: 1 / rate of the slowest stage's total capacity."""
+    proj, proj_src = gpu_projection_rate(anchors)
+    out = []
+    for g in gpus:
+        for d in db_nodes:
+            cap = {"decode": rates["decode_per_core"] * cpus_per_gpu * g,
+                   "encode": gpu_encode_rate * g, "project": proj * g,
+                   "write": rates["write_embedded_qdrant"] * d}
+            bound = min(cap, key=cap.get)
+            out.append({"gpus": g, "db_nodes": d, "cpu_cores": cpus_per_gpu * g,
+                        "images_per_s": cap[bound], "hours": IMAGES / cap[bound] / 3600,
+                        "bound_by": bound})
+    return out, {"gpu_projection_q_s": proj, "gpu_projection_source": proj_src}
+
+
+def run(out: str, per_run: int, gpu_encode_rate: float) -> dict:
+    m = measure(per_run)
+    model, src = cost_model(m["rates"], gpu_encode_rate)
+    md = table(m["rows"], ["setting", "images", "wall_s", "images_per_s", "start_s",
+                           "encode_share", "skipped"])
+    r = m["rates"]
+    md += ("\n\nRates measured in the single-process run (per item): decode "
+           f"{r['decode_per_core']:.0f}/s on one core, encode {r['encode_cpu_2cores']:.1f}/s on "
+           f"2 cores, write {r['write_embedded_qdrant']:.0f}/s into the embedded Qdrant.\n\n"
+           f"Cost model for {IMAGES:.0e} images (k = 800, 10^6 anchors): GPU projection "
+           f"{src['gpu_projection_q_s']:.0f} q/s per GPU measured ({src['gpu_projection_source']}"
+           f"); GPU encode {gpu_encode_rate:.0f} images/s per GPU ASSUMED, not measured "
+           "(no GPU here; `--gpu-encode-rate`); decode at this machine's per-core rate, 8 "
+           "cores per GPU; write at this machine's embedded-Qdrant rate per database node "
+           "(a server node on real hardware is faster: a lower bound).\n\n")
+    md += table(model, ["gpus", "db_nodes", "cpu_cores", "images_per_s", "hours", "bound_by"])
+    return {"measured": m, "cost_model": model, "cost_inputs": {**src,
+            "gpu_encode_rate_assumed": gpu_encode_rate, "images": IMAGES}, "markdown": md}
