@@ -140,10 +140,25 @@ def cmd_anchors_add(args) -> int:
     src, name = _source(args)
     _restart(args)
     s = ingest_anchors(idx, src, batch_size=args.batch_size, checkpoint=args.checkpoint,
-                       source_name=name, index_key=_settings(args).collection)
+                       source_name=name, index_key=_settings(args).collection,
+                       item_pass=_item_pass(args, idx))
     print(s.report())
     print(f"anchors: {len(idx.anchors)} (version {idx.anchors.version})")
     return 0
+
+
+def _item_pass(args, idx):
+    """--ray: the update's pass over the stored items runs on Ray workers, one id range each."""
+    if getattr(args, "ray", None) is None:
+        return None
+    from asif_index._optional import require
+    from connectors.distributed.updates import RayItemPass
+
+    ray = require("ray", "anchor updates on Ray")
+    if not ray.is_initialized():
+        ray.init(address=None if args.ray == "local" else args.ray, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    return RayItemPass(_settings(args), idx.store.name, workers=args.ray_workers)
 
 
 def cmd_anchors_remove(args) -> int:
@@ -153,20 +168,21 @@ def cmd_anchors_remove(args) -> int:
 
     idx = _open(args)
     idx.anchors.rows_of(np.unique(np.asarray(args.ids, np.int64)))  # unknown ids: error first
+    rp = _item_pass(args, idx)
     with tqdm(total=idx.store.count_items(version=idx.version), unit="item",
-              desc="re-project", dynamic_ncols=True) as bar:
-        r = idx.remove_anchors(args.ids, progress=lambda n: bar.update(n - bar.n))
+              desc="re-project", dynamic_ncols=True, disable=rp is not None) as bar:
+        r = idx.remove_anchors(args.ids, progress=lambda n: bar.update(n - bar.n), item_pass=rp)
     print(f"removed {len(r.removed_ids)} anchors: version {r.version}, re-projected "
           f"{r.items_touched} of {r.items_scanned} items in {r.seconds:.2f}s")
     return 0
 
 
 def cmd_anchors_status(args) -> int:
-    from connectors.updates import status, update_anchors
+    from connectors.updates import status
 
     if args.resume:
         idx = _open(args)
-        r = update_anchors(idx)
+        r = idx.resume_update(item_pass=_item_pass(args, idx))
         print(f"resumed: version {r.version}, re-projected {r.items_touched} items")
         store, n = idx.store, len(idx.anchors)
     else:
@@ -523,6 +539,15 @@ def register(sub, common) -> None:
                             "database and encoders here (default: ASIF_SERVICE_URL; its key "
                             "from ASIF_SERVICE_KEY)")
 
+    def ray_update_options(p):
+        g = p.add_argument_group(
+            "item pass on a Ray cluster (pip install 'asif-index[ray]'; index on a server)")
+        g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="re-project the stored items on Ray workers, one range of point "
+                            "ids each (alone: a local Ray, or the cluster RAY_ADDRESS names)")
+        g.add_argument("--ray-workers", type=positive_int, default=4, metavar="N",
+                       help="id ranges, one Ray task each (default 4)")
+
     def source(p):
         p.add_argument("--captions", help="captions table (csv/tsv/jsonl/parquet)")
         p.add_argument("--images", help="folder the table's image paths are relative to")
@@ -555,15 +580,18 @@ def register(sub, common) -> None:
     p.add_argument("--batch-size", type=positive_int, default=4096,
                    help="pairs per anchor update (default 4096): each update re-projects the "
                         "stored items it touches once, so fewer, larger batches cost less")
+    ray_update_options(p)
     p.set_defaults(func=cmd_anchors_add)
     p = a.add_parser("remove", help="remove anchors by id (stored items re-projected exactly)")
     db(p)
     p.add_argument("--ids", required=True, type=anchor_ids,
                    help="anchor ids: comma-separated, ranges allowed (17,42,100-120)")
+    ray_update_options(p)
     p.set_defaults(func=cmd_anchors_remove)
     p = a.add_parser("status", help="live version, pending update, stored points")
     db(p)
     p.add_argument("--resume", action="store_true", help="finish an interrupted update")
+    ray_update_options(p)
     p.set_defaults(func=cmd_anchors_status)
     p = a.add_parser("list", help="anchor ids with captions, image references and sources "
                      "(the ids 'anchors remove' takes)",

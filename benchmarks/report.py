@@ -97,6 +97,19 @@ SECTIONS.append(
      "spread of this shared 2-core machine (an earlier run gave 732 / 493 / 549 / 474 q/s for "
      "the same four rows); more shards than cores lose to contention. Per-GPU shards on a "
      "cluster are not measured."))
+SECTIONS.append(
+    ("distributed_ingest.json", "12b. Distributed ingestion on Ray, and a cost model for 10^8 "
+     "images",
+     "`python -m benchmarks.distributed --part ingest` (issue 12, part 1: Flickr8k dev photos, "
+     "224x224 JPEG, into one embedded Qdrant index with the 30,000 train pairs as anchors, "
+     "k = 800; no embedding cache; three disjoint slices). The peer is the single-process "
+     "`ingest_items` in the same run. Each Ray run starts its own actors, so each setting runs "
+     "on 64 and on all photos of its slice: `steady_images_per_s` is the difference of the two, "
+     "`start_s` the rest of the short run (actors started, models loaded). Every setting is "
+     "bound by the same 2 cores, so the steady rates match: on this machine Ray adds its start "
+     "per run and no measurable steady cost, and a second encode actor has no core to use. "
+     "`encode_share` sums worker-seconds. The cost model's assumptions are listed under it and "
+     "in docs/deployment.md."))
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"  # JSON kept with the docs
 
 

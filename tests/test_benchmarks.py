@@ -99,3 +99,22 @@ def test_gpu_stage_benchmarks_and_append_run_on_this_machine(tmp_path, monkeypat
     merged = topk_gpu.run([2000], [16], [20], [4], 1, out, device=dev, tflops_size=128,
                           append=True)
     assert [r["batch"] for r in merged["rows"]] == [1, 4]
+
+
+def test_distributed_cost_model_meets_each_target_with_the_fewest_nodes():
+    """The 10^8-image model: each target's GPU and database node counts meet it, one node
+    fewer of the bounding kind would not, and the GPU rate comes from the measured file."""
+    from benchmarks.distributed_ingest import IMAGES, cost_model, gpu_projection_rate
+
+    rates = {"decode_per_core": 800.0, "encode_cpu_2cores": 23.0,
+             "write_embedded_qdrant": 2000.0}
+    rows, src = cost_model(rates, gpu_encode_rate=5000.0, targets_h=(24, 6, 1))
+    proj, where = gpu_projection_rate(10**6)
+    assert src["gpu_projection_q_s"] == proj > 10_000 and "N=1e+06" in where
+    per_gpu = min(5000.0, 800.0 * 8, proj)
+    assert [r["gpu_bound_by"] for r in rows] == ["encode"] * 3
+    for r in rows:
+        need = IMAGES / (r["target_hours"] * 3600)
+        assert r["hours_with_them"] <= r["target_hours"] + 1e-9
+        assert r["gpu_nodes"] * per_gpu >= need > (r["gpu_nodes"] - 1) * per_gpu
+        assert r["db_nodes"] * 2000.0 >= need > (r["db_nodes"] - 1) * 2000.0

@@ -60,6 +60,26 @@ def test_qdrant_cluster_profile_bootstraps_three_nodes_off_by_default():
         assert cmd[cmd.index("--bootstrap") + 1] == "http://qdrant-node1:6335"
 
 
+def test_milvus_cluster_profile_runs_every_role_on_one_message_queue_off_by_default():
+    services = compose()["services"]
+    nodes = {n: s for n, s in services.items() if "milvus-cluster" in s.get("profiles", [])}
+    roles = {n: s for n, s in nodes.items() if s["image"].startswith("milvusdb/milvus:")}
+    assert {s["command"][-1] for s in roles.values()} == {"mixcoord", "proxy", "querynode",
+                                                          "datanode", "indexnode"}
+    assert services["milvus"]["image"] in {s["image"] for s in roles.values()}, "one version"
+    for name, svc in roles.items():
+        env = svc["environment"]
+        assert env["PULSAR_ADDRESS"] == "pulsar://milvus-pulsar:6650", name
+        assert env["ETCD_ENDPOINTS"] == "etcd:2379" and env["MINIO_ADDRESS"] == "minio:9000"
+        assert env["MINIO_SECRETACCESSKEY"].startswith("${MINIO_ROOT_PASSWORD")
+        assert "milvus-mixcoord" in svc.get("depends_on", {}) or name == "milvus-mixcoord"
+    assert set(nodes["milvus-mixcoord"]["depends_on"]) == {"etcd", "minio", "milvus-pulsar"}
+    # only the proxy is reachable, on loopback, beside the standalone's 19530
+    published = {n: s["ports"] for n, s in nodes.items() if s.get("ports")}
+    assert published == {"milvus-proxy": ["127.0.0.1:19531:19530"]}
+    assert "pulsar_data" in compose()["volumes"]
+
+
 def test_cluster_options_are_checked_and_accepted_by_both_clients(tmp_path):
     import pytest
     from pydantic import ValidationError

@@ -198,6 +198,38 @@ def test_distributed_ingest_equals_single_process(local_ray, kind, pictures, enc
     assert again.resumed_at == 42 and again.ingested == again.updated == 0, again.report()
 
 
+def test_webdataset_shards_read_on_workers(local_ray, tmp_path, pictures, encoders):
+    """WebDataset shards, one read task each: the same items as the single-process ingest of
+    the same shards, a corrupt member reported, an empty source a no-op."""
+    import io
+
+    from PIL import Image
+
+    from connectors.distributed.ingest import RayIngestOptions, ingest_on_ray
+    from connectors.pipeline import read_webdataset
+    from connectors.pipeline.readers import write_webdataset
+
+    shards = []
+    for n in range(2):
+        samples = []
+        for i in range(6):
+            buf = io.BytesIO()
+            Image.open(pictures / "img" / f"{n * 6 + i:03d}.png").convert("RGB").save(
+                buf, format="JPEG")
+            samples.append((f"s{n}-{i}", buf.getvalue(), f"picture {n * 6 + i}"))
+        samples.append((f"s{n}-bad", b"not a jpeg", "a broken one"))
+        shards.append(write_webdataset(tmp_path / f"{n:05d}.tar", samples))
+    settings = settings_for("qdrant-embedded", tmp_path)
+    build_index(settings, encoders, pictures)
+    s = ingest_on_ray(settings, None, "both", RayIngestOptions(batch_size=4),
+                      source_name="wds", webdataset=[str(x) for x in shards], progress=False)
+    # 12 photos, 12 captions and "a broken one" (one text item, in both shards)
+    assert s.ingested == 12 + 13 and len(s.skipped) == 2, s.report()
+    assert_same(stored(settings), reference(encoders, pictures, "both",
+                                            list(read_webdataset(shards))))
+    assert ingest_on_ray(settings, [], "image").source_items == 0
+
+
 def test_ingest_refuses_what_cannot_work(local_ray, tmp_path, pictures, encoders):
     from asif_index.config import AsifSettings
     from asif_index.errors import ConfigError
@@ -310,7 +342,9 @@ def test_killed_driver_resumes_and_converges(local_ray, tmp_path, pictures, enco
     driver.kill()
     driver.wait()
     src = source(pictures, 120)
-    s = ingest_on_ray(settings, src, "image", opts, source_name="pictures", progress=False)
+    # another block size on the rerun: the checkpoint is keyed by item, not by block
+    s = ingest_on_ray(settings, src, "image", RayIngestOptions(batch_size=6),
+                      source_name="pictures", progress=False)
     assert 0 < s.resumed_at < 120 and s.source_items == 120, s.report()
     assert s.ingested + s.updated == 120 - s.resumed_at, s.report()
     assert_same(stored(settings), reference(encoders, pictures, "image", src))
@@ -517,3 +551,35 @@ def test_update_resumes_after_a_killed_driver(local_ray, milvus_server, updated_
     res = again.remove_anchors(np.arange(0, 50, 2), item_pass=rp)
     assert res.version == ref.version and store.get_doc(JOURNAL) is None
     assert_same(visible(store, ref.version), want)
+
+
+def test_cli_anchor_update_on_ray(local_ray, milvus_server, pictures, tmp_path, capfd):
+    """``anchors add|remove --ray``: the item passes run as Ray tasks against a server; the
+    stored items stay visible and exact counts are reported; an embedded index is refused."""
+    import json
+
+    from asif_cli.main import main
+
+    a = ["--backend", "milvus", "--url", milvus_server.uri, "--name", "cliupd",
+         "--cache-dir", str(tmp_path / "cache")]
+    rows = (pictures / "captions.tsv").read_text().splitlines()
+    (tmp_path / "a.tsv").write_text("\n".join(rows[:21]) + "\n")
+    (tmp_path / "b.tsv").write_text("\n".join(rows[:1] + rows[21:31]) + "\n")
+    assert main(["init", "--k", "8"] + a) == 0
+    assert main(["anchors", "add", "--captions", str(tmp_path / "a.tsv"), "--images",
+                 str(pictures / "img")] + a) == 0
+    assert main(["ingest", "--captions", str(pictures / "captions.tsv"), "--images",
+                 str(pictures / "img"), "--modality", "both"] + a) == 0
+    capfd.readouterr()
+    assert main(["anchors", "add", "--captions", str(tmp_path / "b.tsv"), "--images",
+                 str(pictures / "img"), "--ray", "--ray-workers", "3"] + a) == 0
+    assert "anchors: 30 (version 2)" in capfd.readouterr().out
+    assert main(["anchors", "remove", "--ids", "0-4", "--ray", "--ray-workers", "2"] + a) == 0
+    out = capfd.readouterr().out
+    assert "removed 5 anchors: version 3" in out and "of 242 items" in out, out
+    assert main(["anchors", "status"] + a) == 0
+    st = json.loads(capfd.readouterr().out)
+    assert st["pending_update"] is None and st["visible_items"] == 242 and st["anchors"] == 25
+    q = ["--backend", "qdrant", "--path", str(tmp_path / "q"), "--name", "x"]
+    assert main(["init"] + q) == 0
+    assert main(["anchors", "remove", "--ids", "0", "--ray"] + q) == 2

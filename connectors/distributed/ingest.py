@@ -76,16 +76,18 @@ class RayIngestOptions(BaseModel):
 # ------------------------------------------------------------------------------- reading
 class ItemSource:
     """Source items as a Ray Data source: a list of items (paths and captions, not pixels)
-    split over read tasks, or WebDataset shards, one read task per shard."""
+    split over read tasks, or WebDataset shards, one read task per shard. Each task yields
+    blocks of ``block_rows`` rows: a block goes to one actor, so blocks the size of a batch
+    let every encode actor work."""
 
     def __new__(cls, *args, **kwargs):  # subclass Datasource only once Ray is imported
         from ray.data import Datasource
 
         class _Source(Datasource):
             def __init__(self, items: list[SourceItem] | None = None,
-                         shards: list[str] | None = None) -> None:
+                         shards: list[str] | None = None, block_rows: int = 256) -> None:
                 super().__init__()
-                self.items, self.shards = items, shards
+                self.items, self.shards, self.block_rows = items, shards, block_rows
 
             def estimate_inmemory_data_size(self) -> int | None:
                 return None
@@ -100,12 +102,13 @@ class ItemSource:
                                                       exec_stats=None, input_files=None),
                                     per_task_row_limit=per_task_row_limit)
 
+                rows = self.block_rows
                 if self.shards is not None:
-                    return [task(lambda s=s: [_rows(_shard_items(s))], None)
+                    return [task(lambda s=s: _blocks(_shard_items(s), rows), None)
                             for s in self.shards]
-                n = max(1, min(parallelism, len(self.items)))
+                n = max(1, min(parallelism, -(-len(self.items) // rows)))
                 bounds = np.linspace(0, len(self.items), n + 1).astype(int)
-                return [task(lambda c=self.items[lo:hi]: [_rows(c)], int(hi - lo))
+                return [task(lambda c=self.items[lo:hi]: _blocks(c, rows), int(hi - lo))
                         for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
 
         return _Source(*args, **kwargs)
@@ -115,6 +118,11 @@ def _shard_items(shard: str) -> list[SourceItem]:
     from connectors.pipeline.readers import read_webdataset
 
     return list(read_webdataset([shard]))
+
+
+def _blocks(items: list[SourceItem], rows: int):
+    for s in range(0, len(items), rows):
+        yield _rows(items[s:s + rows])
 
 
 def _rows(items: list[SourceItem]):
@@ -426,6 +434,8 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
         raise ConfigError(f"an embedded {settings.backend} database admits one writer; "
                           f"--ray-writers {opts.writers} needs a server (--url)")
     items = None if source is None else list(source)
+    if items == [] or webdataset == []:
+        return IngestSummary()
     if not ray.is_initialized():
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
@@ -476,7 +486,8 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
     sink = _sink(writers)
     try:
         ds = ray.data.read_datasource(
-            ItemSource(items=items, shards=[str(s) for s in webdataset or []] or None),
+            ItemSource(items=items, shards=[str(s) for s in webdataset or []] or None,
+                       block_rows=opts.batch_size),
             override_num_blocks=opts.read_tasks)
         if "image" in mods:
             ds = ds.map_batches(decode_batch, batch_size=opts.batch_size, batch_format="numpy",

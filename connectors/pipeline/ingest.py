@@ -260,9 +260,10 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
                    checkpoint: str | Path | None = None, source_name: str = "",
                    progress: bool = True,
                    on_batch: Callable[[IngestSummary], None] | None = None,
-                   index_key: str | None = None) -> IngestSummary:
+                   index_key: str | None = None, item_pass=None) -> IngestSummary:
     """Add image-caption pairs as anchors. A pair already in the set (same image bytes and
-    caption) is skipped as a duplicate, so re-runs and resumes never duplicate anchors."""
+    caption) is skipped as a duplicate, so re-runs and resumes never duplicate anchors.
+    item_pass: where each update's pass over the stored items runs (``update_anchors``)."""
     ck = Checkpoint(checkpoint, _fingerprint(source_name, "anchors", index.store.backend,
                                              index_key or getattr(index.store, "name", "")))
     s = ck.summary
@@ -304,7 +305,7 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
         payloads = [_anchor_payload(x, source_name, key_of[id(x)]) for x in kept_t]
         t0 = time.perf_counter()
         if payloads:
-            index.add_anchor_embeddings(emb_i[rows], emb_t, payloads)
+            index.add_anchor_embeddings(emb_i[rows], emb_t, payloads, item_pass=item_pass)
         s.timings["write_s"] += time.perf_counter() - t0
         s.ingested += len(payloads)
         s.skipped += skip_i + skip_t
