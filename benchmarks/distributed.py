@@ -1,7 +1,7 @@
 """Past one machine on Ray (issue 12): sharded anchors, and distributed ingestion.
 
     python -m benchmarks.distributed [--part all|shards|ingest] [--anchors 30000] [--dim 1280]
-        [--queries 512] [--images 256] [--gpu-encode-rate 10000]
+        [--queries 512] [--images 256] [--gpu-encode-rate R]
 
 Part ``ingest`` (benchmarks/distributed_ingest.py): Flickr8k photos through the single-process
 pipeline and through Ray with 1 and 2 encode actors, then a cost model for 10^8 images;
@@ -34,8 +34,10 @@ def main() -> None:
     ap.add_argument("--out", default="docs/results/distributed.json")
     ap.add_argument("--part", choices=["all", "shards", "ingest"], default="all")
     ap.add_argument("--images", type=int, default=256, help="photos per ingest run")
-    ap.add_argument("--gpu-encode-rate", type=float, default=10000.0,
-                    help="images/s per GPU for the cost model (an assumption until measured)")
+    ap.add_argument("--gpu-encode-rate", type=float,
+                    help="images/s per GPU for the cost model (default: docs/results/"
+                         "encode_rate_gpu.json from benchmarks.encode_rate on a GPU, else an "
+                         "assumed 10,000)")
     ap.add_argument("--ingest-out", default="docs/results/distributed_ingest.json")
     a = ap.parse_args()
     if a.part in ("all", "ingest"):

@@ -120,6 +120,24 @@ def gpu_projection_rate(anchors: int, path: str = "docs/results/topk_gpu.json"
     return float(best["asif_qps"]), f"{doc['machine']['gpu']}, N={best['N']:.0e}, d=768"
 
 
+ASSUMED_GPU_ENCODE = 10000.0  # images/s per GPU, until benchmarks/encode_rate.py ran on one
+
+
+def gpu_encode_rate(given: float | None = None,
+                    path: str = "docs/results/encode_rate_gpu.json") -> tuple[float, str]:
+    """(images/s per GPU, where it comes from): ``given``, else the encoder path measured by
+    ``benchmarks.encode_rate`` on a GPU, else the stated assumption."""
+    if given is not None:
+        return given, "given on the command line"
+    f = Path(path)
+    if f.is_file():
+        doc = json.loads(f.read_text())
+        rows = [r for r in doc["rows"] if r["device"].startswith("cuda")]
+        if rows:
+            return float(rows[-1]["images_per_s"]), f"measured ({doc['machine'].get('gpu')})"
+    return ASSUMED_GPU_ENCODE, "ASSUMED, not measured (no GPU run of benchmarks.encode_rate yet)"
+
+
 def cost_model(rates: dict, gpu_encode_rate: float, anchors: int = 10**6,
                targets_h: tuple[float, ...] = (24, 6, 1), cpus_per_gpu: int = 8
                ) -> tuple[list[dict], dict]:
@@ -146,9 +164,10 @@ def cost_model(rates: dict, gpu_encode_rate: float, anchors: int = 10**6,
                  "per_gpu_node": per_gpu}
 
 
-def run(out: str, per_run: int, gpu_encode_rate: float) -> dict:
+def run(out: str, per_run: int, encode_rate: float | None) -> dict:
     m = measure(per_run)
-    model, src = cost_model(m["rates"], gpu_encode_rate)
+    rate, rate_src = gpu_encode_rate(encode_rate)
+    model, src = cost_model(m["rates"], rate)
     md = table(m["rows"], ["setting", "images", "wall_s", "steady_images_per_s", "start_s",
                            "encode_share", "skipped"])
     r = m["rates"]
@@ -157,11 +176,12 @@ def run(out: str, per_run: int, gpu_encode_rate: float) -> dict:
            f"2 cores, write {r['write_embedded_qdrant']:.0f}/s into the embedded Qdrant.\n\n"
            f"Cost model for {IMAGES:.0e} images (k = 800, 10^6 anchors): GPU projection "
            f"{src['gpu_projection_q_s']:.0f} q/s per GPU measured ({src['gpu_projection_source']}"
-           f"); GPU encode {gpu_encode_rate:.0f} images/s per GPU ASSUMED, not measured "
-           "(no GPU here; `--gpu-encode-rate`); decode at this machine's per-core rate, 8 "
+           f"); GPU encode {rate:.0f} images/s per GPU, {rate_src}; decode at this machine's "
+           "per-core rate, 8 "
            "cores per GPU; write at this machine's embedded-Qdrant rate per database node "
            "(a server node on real hardware is faster: a lower bound).\n\n")
     md += table(model, ["target_hours", "images_per_s_needed", "gpu_nodes", "gpu_bound_by",
                         "db_nodes", "hours_with_them"])
     return {"measured": m, "cost_model": model, "cost_inputs": {**src,
-            "gpu_encode_rate_assumed": gpu_encode_rate, "images": IMAGES}, "markdown": md}
+            "gpu_encode_rate": rate, "gpu_encode_rate_source": rate_src, "images": IMAGES},
+            "markdown": md}

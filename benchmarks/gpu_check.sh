@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check of issue 8 as one command, for a lent H100/H200 (its python3 has torch, Triton,
-# numba, pytest and hypothesis; nothing to install). About 5 minutes:
+# numba, pytest and hypothesis; nothing to install). About 6 minutes:
 #   bash benchmarks/gpu_check.sh                 # results in $OUT (device tool) or runs/bench
 # 1. the CUDA tests (the fused kernel against the float64 reference on the GPU);
 # 2. python -m benchmarks.topk --device cuda --sweep: the engine against torch fp32 / fp16 and the fp16
@@ -26,3 +26,7 @@ timeout "${SELECT_TIMEOUT:-150}" "$PY" -m benchmarks.select_kernels \
     --out "$OUT/select_kernels.json" 2>&1 | tee "$OUT/select_kernels.log"
 timeout "${TOPK_TIMEOUT:-270}" "$PY" -m benchmarks.topk --device cuda --sweep \
     --out "$OUT/topk_gpu.json" ${TOPK_ARGS:-} 2>&1 | tee "$OUT/topk_gpu.log"
+# 4. the image encoder's throughput on the GPU (the ingestion cost model's per-GPU encode rate;
+#    copy encode_rate.json to docs/results/encode_rate_gpu.json)
+timeout "${ENCODE_TIMEOUT:-90}" "$PY" -m benchmarks.encode_rate --device cuda \
+    --out "$OUT/encode_rate.json" 2>&1 | tee "$OUT/encode_rate.log"

@@ -118,3 +118,20 @@ def test_distributed_cost_model_meets_each_target_with_the_fewest_nodes():
         assert r["hours_with_them"] <= r["target_hours"] + 1e-9
         assert r["gpu_nodes"] * per_gpu >= need > (r["gpu_nodes"] - 1) * per_gpu
         assert r["db_nodes"] * 2000.0 >= need > (r["db_nodes"] - 1) * 2000.0
+
+
+def test_encode_rate_benchmark_measures_both_paths(tmp_path):
+    """The per-GPU encode rate of the cost model, run here on the CPU: both paths measured,
+    and the cost model takes a measured GPU figure over its assumption."""
+    from benchmarks.distributed_ingest import ASSUMED_GPU_ENCODE, gpu_encode_rate
+    from benchmarks.encode_rate import measure
+
+    rows = measure("cpu", batch=4, seconds=0.2)
+    assert [r["device"] for r in rows] == ["cpu", "cpu"]
+    assert all(r["images_per_s"] > 0 for r in rows)
+    assert gpu_encode_rate(None, str(tmp_path / "none.json"))[0] == ASSUMED_GPU_ENCODE
+    doc = {"machine": {"gpu": "NVIDIA H100"}, "rows": [
+        {"device": "cuda:0", "images_per_s": 20000.0}, {"device": "cuda:0", "images_per_s": 9000.0}]}
+    (tmp_path / "gpu.json").write_text(json.dumps(doc))
+    assert gpu_encode_rate(None, str(tmp_path / "gpu.json")) == (9000.0, "measured (NVIDIA H100)")
+    assert gpu_encode_rate(123.0)[0] == 123.0
