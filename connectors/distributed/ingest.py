@@ -440,6 +440,12 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     mods = ["image", "text"] if modality == "both" else [modality]
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1 and opts.checkpoint is None:
+        # write tasks record the checkpoint where they run: a driver-local default would
+        # scatter it over the nodes and a rerun would not see it
+        raise ConfigError(f"this Ray cluster has {nodes} nodes: give --checkpoint a directory "
+                          "every node mounts (NFS, a shared volume), so a rerun can resume")
 
     # The driver reads the anchors and which physical index the name means, then lets go of
     # an embedded database: its writer actor must be its only opener.
