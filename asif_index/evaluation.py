@@ -20,7 +20,7 @@ from asif_index.datasets import flickr8k, read_class_folder
 from asif_index.encoders.base import Encoder
 from asif_index.errors import ConfigError
 from asif_index.recipe import Recipe
-from asif_index.search import prompts, rank, recall_at, zero_shot_classify
+from asif_index.search import score_matrix, prompts, rank, recall_at, zero_shot_classify
 
 CIFAR_TEMPLATES = (
     "a photo of a {}.",
@@ -162,6 +162,42 @@ def evaluate_point(data: EvalData, text_encoder: Encoder, k: int, p: float,
     res.update({f"i2t_{m}": v for m, v in recall_at(order_i, rel_i).items()})
     res["score"] = res["cifar10_acc_mean"] + (res["t2i_R@10"] + res["i2t_R@10"]) / 2
     return res
+
+
+def qbnorm_grid(data: EvalData, text_encoder: Encoder, recipes: Sequence[tuple],
+                temperatures: Sequence[float], log=print) -> list[dict]:
+    """Query-bank normalisation (:mod:`asif_index.methods.qbnorm`) against each recipe's plain
+    ranking. recipes: (Recipe, k, p) points; each row is one (point, temperature or None):
+    CIFAR-10 (which the correction leaves alone: it re-ranks items for one query, and a
+    classification ranks classes for one image), Flickr8k dev R@1/5/10 both ways over the
+    whole dev split (the exact path: the database's top 100, re-ranked, give the same
+    lists), and ``score`` as :func:`evaluate_point`'s."""
+    from asif_index.methods.qbnorm import QueryBank
+
+    rows = []
+    for recipe, k, p in recipes:
+        base = evaluate_point(data, text_encoder, k, p, recipe)
+        anchors = data.anchors.with_recipe(recipe, min(k, len(data.anchors)), p)
+        qt = anchors.project(data.dev_txt, "text")
+        iv = anchors.project(data.dev_img, "image")
+        s = score_matrix(qt, iv).astype(np.float64)
+        banks = {m: QueryBank(anchors, m) for m in ("text", "image")}
+        rel_t = [{int(i)} for i in data.dev_txt_img]
+        rel_i = [set(np.flatnonzero(data.dev_txt_img == i).tolist()) for i in range(len(iv))]
+        for t in [None, *temperatures]:
+            row = {"recipe": base["recipe"], "k": base["k"], "p": p, "temperature": t,
+                   "bank": len(banks["text"]), "cifar10": base["cifar10_acc_mean"]}
+            st = s if t is None else banks["text"].rescore_matrix(s, iv, t)
+            si = s.T if t is None else banks["image"].rescore_matrix(s.T, qt, t)
+            for name, sc, rel in (("t2i", st, rel_t), ("i2t", si, rel_i)):
+                order = np.argsort(-sc, axis=1, kind="stable")[:, :10]
+                row.update({f"{name}_{m}": v for m, v in recall_at(order, rel).items()})
+            row["score"] = row["cifar10"] + (row["t2i_R@10"] + row["i2t_R@10"]) / 2
+            rows.append(row)
+            log(f"{row['recipe']} k={row['k']} p={p:g} T={t}: cifar10={row['cifar10']:.4f} "
+                f"t2i R@10={row['t2i_R@10']:.3f} i2t R@10={row['i2t_R@10']:.3f} "
+                f"score={row['score']:.4f}")
+    return rows
 
 
 def run_evaluation(

@@ -49,6 +49,8 @@ def test_cli_lifecycle(backend, pairs, tmp_path, capfd):
                                     "--images", str(pairs / "img"))
     first = run("search", "--text", "a blue square", "--limit", "3").splitlines()
     assert len(first) == 3 and all("blue" in line for line in first)
+    normalised = run("search", "--text", "a blue square", "--limit", "3", "--qbnorm")
+    assert len(normalised.splitlines()) == 3 and "blue" in normalised.splitlines()[0]
     item = first[0].split()[2]
     assert "shared anchors" in run("explain", "--item", item, "--text", "a blue square")
     assert "green square" in run("classify", "--images", str(pairs / "img" / "6.png"),

@@ -48,7 +48,7 @@ def visible(store, version):
     return {r.id: r for b in store.scroll_items(version=version) for r in b}
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def updated_reference():
     """The same update applied in one process to an in-memory index: {point id: record}."""
     from connectors.memory import MemoryStore
