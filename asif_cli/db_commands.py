@@ -327,11 +327,6 @@ def cmd_search(args) -> int:
     _check_search_inputs(args)
 
     if remote.service_url(args):
-        if args.qbnorm is not None:
-            from asif_index.errors import ConfigError
-
-            raise ConfigError("--qbnorm runs against the database here; the service does not "
-                              "offer it yet: unset --service / ASIF_SERVICE_URL")
         return remote.search(args, _filter(args.filter))
     idx = _open(args)
     keep = args.query_keep

@@ -81,6 +81,10 @@ def search(args, flt: dict) -> int:
     r.announce()
     keep = args.query_keep
     body = {"limit": args.limit, "filter": flt, "query_keep": keep}
+    if getattr(args, "qbnorm", None) is not None:
+        if args.image or args.item or args.queries:
+            raise ConfigError("--qbnorm through the service takes one --text query")
+        body["qbnorm"] = args.qbnorm
 
     def ask(**query) -> list:
         return _hits(r.call("POST", "/search", json={**body, **query}))

@@ -59,6 +59,10 @@ def test_search_classify_explain_through_the_service(served):
     want = idx.search(text="a cat", limit=4)
     assert [h["id"] for h in got] == [h.id for h in want]
     assert [h["score"] for h in got] == pytest.approx([h.score for h in want], abs=1e-5)
+    r = cli("search", "--text", "a cat", "--limit", "4", "--json", "--qbnorm", url=base)
+    assert r.returncode == 0, r.stderr
+    want = idx.search(text="a cat", limit=4, qbnorm=0.05)
+    assert [h["id"] for h in json.loads(r.stdout)["hits"]] == [h.id for h in want]
     # an image query (uploaded) and a filter, then more-like-this
     r = cli("search", "--image", str(paths[30]), "--filter", "modality=image", "--json",
             "--limit", "3", url=base)

@@ -60,6 +60,13 @@ def test_text_search_returns_items_with_thumbnails(served):
     # the same ranking as the Python API
     assert [x["id"] for x in body["hits"]] == [x.id for x in idx.search(
         text=captions_of(idx)[0], limit=5, filter={"modality": "image"})]
+    # query-bank normalisation: the Python API's re-ranking, and refused with an item query
+    qb = client.post("/search", json={"text": captions_of(idx)[0], "limit": 5,
+                                      "modality": "image", "qbnorm": 0.05}, headers=h()).json()
+    assert [x["id"] for x in qb["hits"]] == [x.id for x in idx.search(
+        text=captions_of(idx)[0], limit=5, filter={"modality": "image"}, qbnorm=0.05)]
+    assert client.post("/search", json={"item_id": body["hits"][0]["id"], "qbnorm": 0.05},
+                       headers=h()).status_code == 422
     thumb = client.get(body["hits"][0]["thumbnail_url"], headers=h())
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256

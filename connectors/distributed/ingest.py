@@ -460,6 +460,9 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
         from connectors import close_embedded
 
         close_embedded()
+        for s in (store, getattr(store, "registry", None)):  # a Milvus Lite file's clients
+            if s is not None:
+                s.close()
     ck = checkpoint_dir(settings, opts, source_name, settings.collection, modality)
     if restart and ck.exists():
         import shutil

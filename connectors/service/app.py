@@ -230,6 +230,13 @@ def create_app(index, settings: ServiceSettings | None = None, *,
         check_text(req.text)
         if req.limit > s.max_limit:
             raise HTTPException(422, f"limit is over {s.max_limit}")
+        if req.qbnorm is not None:
+            image = resolve_under(req.image_path, s.image_roots) if req.image_path else None
+            version = idx.version
+            hits = idx.search(text=req.text, image=image, limit=req.limit,
+                              filter=query_filter(req.filter, req.modality), qbnorm=req.qbnorm)
+            return SearchResponse(query="text" if req.text is not None else "image",
+                                  anchor_version=version, hits=hits_out(hits))
         if req.item_id is not None:
             (q, version), kind = idx.item_vector(req.item_id), "item"
         else:
