@@ -14,6 +14,8 @@ EXAMPLES: dict[str, str] = {
     "evaluate-text-classifier": "asif-index evaluate-text-classifier --data ../shared/data "
                                 "--noise 0,0.04,0.12",
     "evaluate-rerank": "asif-index evaluate-rerank --data ../shared/data --m 50 --weights 0.02",
+    "evaluate-qbnorm": "asif-index evaluate-qbnorm --data ../shared/data --temperatures "
+                       "0.04,0.05 --docs docs/evaluation.md",
     "init": "asif-index init --path ./asif-qdrant --name photos --k 800 --p 8",
     "anchors remove": "asif-index anchors remove --ids 17,42,100-120 --name photos",
     "anchors status": "asif-index anchors status --name photos   (--resume finishes an "

@@ -193,6 +193,9 @@ def test_ingest_refuses_what_cannot_work(local_ray, tmp_path, pictures, encoders
     build_index(settings, encoders, pictures)
     with pytest.raises(ConfigError, match="one writer"):
         ingest_on_ray(settings, source(pictures, 4), "image", RayIngestOptions(writers=2))
+    with pytest.raises(ConfigError, match="milvus-lite server"):
+        ingest_on_ray(AsifSettings(backend="milvus", path=str(tmp_path / "m.db")),
+                      source(pictures, 4), "image")
     with pytest.raises(ConfigError, match="one of them"):
         ingest_on_ray(settings, None, "image")
     from pydantic import ValidationError

@@ -20,8 +20,9 @@ keeps the last in source order).
 On a CPU-only cluster Ray fuses decoding into the encode actors (same resources, one hop
 fewer); when encoders take a GPU, decoding stays in CPU tasks beside them.
 
-An embedded database (a Qdrant folder, a Milvus Lite file) admits one process: its single
-writer actor runs on the driver's node and the driver lets go of the database meanwhile. A
+An embedded Qdrant admits one process: its single writer actor runs on the driver's node and
+the driver lets go of the database meanwhile. A Milvus Lite file is refused (pymilvus ties it
+to the process that opened it first): serve it with ``milvus-lite server`` and use ``--url``. A
 server or cluster (``--url``) gets ``writers`` writer actors anywhere.
 
 Rows carry bytes, not Python objects, between stages (Arrow stores them without pickling):
@@ -430,6 +431,11 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
         raise ConfigError(f"modality must be image, text or both; got '{modality}'")
     if (source is None) == (webdataset is None):
         raise ConfigError("give source items or WebDataset shards (one of them)")
+    if settings.backend == "milvus" and not settings.url:
+        # pymilvus runs a Milvus Lite file in a server process tied to the first process that
+        # opened it, which the driver cannot hand over to its writer actor
+        raise ConfigError("a Milvus Lite file cannot be written from Ray workers: serve it "
+                          "with 'milvus-lite server' and pass its address with --url")
     if not settings.url and (opts.writers or 1) != 1:
         raise ConfigError(f"an embedded {settings.backend} database admits one writer; "
                           f"--ray-writers {opts.writers} needs a server (--url)")
@@ -460,9 +466,6 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
         from connectors import close_embedded
 
         close_embedded()
-        for s in (store, getattr(store, "registry", None)):  # a Milvus Lite file's clients
-            if s is not None:
-                s.close()
     ck = checkpoint_dir(settings, opts, source_name, settings.collection, modality)
     if restart and ck.exists():
         import shutil
