@@ -723,10 +723,8 @@ def register(sub, common, db) -> None:
                        "over a bank of anchor queries) against the plain ranking: CIFAR-10 and "
                        "Flickr8k dev, both directions, published and per-modality recipes")
     common(p)
-    p.add_argument("--data", help="data folder with flickr8k/ and cifar10-test/ (default "
-                   "../shared/data)")
-    p.add_argument("--limit-anchor-images", type=positive_int,
-                   help="use only the first N train photos as anchors (x5 captions)")
+    _dev_data_options(p, "data folder with flickr8k/ and cifar10-test/ (default "
+                      "../shared/data)", kp=False)
     p.add_argument("--limit-cifar", type=positive_int, help="CIFAR-10 images (default all)")
     p.add_argument("--temperatures", type=lambda t: [float(x) for x in t.split(",") if x],
                    default=[0.03, 0.04, 0.05, 0.06, 0.08],
