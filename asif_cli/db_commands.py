@@ -151,14 +151,16 @@ def _item_pass(args, idx):
     """--ray: the update's pass over the stored items runs on Ray workers, one id range each."""
     if getattr(args, "ray", None) is None:
         return None
-    from asif_index._optional import require
+    from connectors.distributed import connect
     from connectors.distributed.updates import RayItemPass
 
-    ray = require("ray", "anchor updates on Ray")
-    if not ray.is_initialized():
-        ray.init(address=None if args.ray == "local" else args.ray, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+    connect(_ray_address(args))
     return RayItemPass(_settings(args), idx.store.name, workers=args.ray_workers)
+
+
+def _ray_address(args) -> str | None:
+    """--ray alone means "local" (None: a local Ray, or the cluster RAY_ADDRESS names)."""
+    return None if args.ray == "local" else args.ray
 
 
 def cmd_anchors_remove(args) -> int:
@@ -273,7 +275,7 @@ def _ingest_on_ray(args) -> int:
                           "tag afterwards with a single-process re-ingest of the same source")
     try:
         opts = RayIngestOptions(
-            address=None if args.ray == "local" else args.ray, encoders=args.ray_encoders,
+            address=_ray_address(args), encoders=args.ray_encoders,
             projectors=args.ray_projectors, writers=args.ray_writers,
             gpus_per_encoder=args.ray_gpus_per_encoder, batch_size=args.batch_size or 256,
             checkpoint=args.checkpoint)

@@ -20,7 +20,7 @@ from asif_index.datasets import flickr8k, read_class_folder
 from asif_index.encoders.base import Encoder
 from asif_index.errors import ConfigError
 from asif_index.recipe import Recipe
-from asif_index.search import score_matrix, prompts, rank, recall_at, zero_shot_classify
+from asif_index.search import prompts, recall_at, score_matrix, zero_shot_classify
 
 CIFAR_TEMPLATES = (
     "a photo of a {}.",
@@ -154,14 +154,24 @@ def evaluate_point(data: EvalData, text_encoder: Encoder, k: int, p: float,
     qt = anchors.project(data.dev_txt, "text")
     iv = anchors.project(data.dev_img, "image")
     res["project_s"] = time.perf_counter() - t0
-    _, order = rank(qt, iv, 10)
-    rel = [{int(i)} for i in data.dev_txt_img]
-    res.update({f"t2i_{m}": v for m, v in recall_at(order, rel).items()})
-    _, order_i = rank(iv, qt, 10)
-    rel_i = [set(np.flatnonzero(data.dev_txt_img == i).tolist()) for i in range(len(iv))]
-    res.update({f"i2t_{m}": v for m, v in recall_at(order_i, rel_i).items()})
+    s = score_matrix(qt, iv)
+    res.update(retrieval_recalls(s, s.T, data.dev_txt_img))
     res["score"] = res["cifar10_acc_mean"] + (res["t2i_R@10"] + res["i2t_R@10"]) / 2
     return res
+
+
+def retrieval_recalls(t2i: np.ndarray, i2t: np.ndarray, caption_image: np.ndarray
+                      ) -> dict[str, float]:
+    """Flickr8k dev R@1/5/10 both ways from score matrices t2i [captions, photos] and i2t
+    [photos, captions]; ``caption_image``: each caption's photo. Ties rank by position, as
+    in :func:`asif_index.search.rank`."""
+    rel_t = [{int(i)} for i in caption_image]
+    rel_i = [set(np.flatnonzero(caption_image == i).tolist()) for i in range(t2i.shape[1])]
+    out = {}
+    for name, sc, rel in (("t2i", t2i, rel_t), ("i2t", i2t, rel_i)):
+        order = np.argsort(-sc, axis=1, kind="stable")[:, :10]
+        out.update({f"{name}_{m}": v for m, v in recall_at(order, rel).items()})
+    return out
 
 
 def qbnorm_grid(data: EvalData, text_encoder: Encoder, recipes: Sequence[tuple],
@@ -182,16 +192,12 @@ def qbnorm_grid(data: EvalData, text_encoder: Encoder, recipes: Sequence[tuple],
         iv = anchors.project(data.dev_img, "image")
         s = score_matrix(qt, iv).astype(np.float64)
         banks = {m: QueryBank(anchors, m) for m in ("text", "image")}
-        rel_t = [{int(i)} for i in data.dev_txt_img]
-        rel_i = [set(np.flatnonzero(data.dev_txt_img == i).tolist()) for i in range(len(iv))]
         for t in [None, *temperatures]:
             row = {"recipe": base["recipe"], "k": base["k"], "p": p, "temperature": t,
                    "bank": len(banks["text"]), "cifar10": base["cifar10_acc_mean"]}
             st = s if t is None else banks["text"].rescore_matrix(s, iv, t)
             si = s.T if t is None else banks["image"].rescore_matrix(s.T, qt, t)
-            for name, sc, rel in (("t2i", st, rel_t), ("i2t", si, rel_i)):
-                order = np.argsort(-sc, axis=1, kind="stable")[:, :10]
-                row.update({f"{name}_{m}": v for m, v in recall_at(order, rel).items()})
+            row.update(retrieval_recalls(st, si, data.dev_txt_img))
             row["score"] = row["cifar10"] + (row["t2i_R@10"] + row["i2t_R@10"]) / 2
             rows.append(row)
             log(f"{row['recipe']} k={row['k']} p={p:g} T={t}: cifar10={row['cifar10']:.4f} "

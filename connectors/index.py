@@ -125,6 +125,7 @@ class Index:
         self.taggers: dict[str, Any] = {}
         self.owner = new_owner()  # names this process's leases in the database
         self._renew_at = 0.0  # reader lease: renew (and check retirement) after this time
+        self._banks: dict[tuple, Any] = {}  # (version, modality, set) -> its QueryBank
 
     @property
     def where(self) -> str:
@@ -448,21 +449,25 @@ class Index:
         hits = self.search_vectors(q, max(CANDIDATES, limit), filter, version=version)[0]
         if not hits:
             return hits
-        heads = self.store.heads([h.id for h in hits])
-        recs = [heads[h.id] if h.id in heads and heads[h.id].visible(version)
-                else self.item(h.id, version) for h in hits]
+        recs = self._stored(hits, version)
         scores = self._bank(anchors, modality).rescore(
             [h.score for h in hits], [(r.sparse_indices, r.sparse_values) for r in recs], qbnorm)
         order = np.lexsort((np.arange(len(hits)), -scores))[:limit]
         return [Hit(hits[i].id, float(scores[i]), hits[i].modality, hits[i].payload)
                 for i in order]
 
+    def _stored(self, hits: list[Hit], version: int) -> list[ItemRecord]:
+        """The stored points of ``hits`` as of ``version`` (their vectors, for re-ranking)."""
+        heads = self.store.heads([h.id for h in hits])
+        return [heads[h.id] if h.id in heads and heads[h.id].visible(version)
+                else self.item(h.id, version) for h in hits]
+
     def _bank(self, anchors: AnchorSet, modality: str):
         """The query bank of ``modality`` at ``anchors``' version (built once per version)."""
         from asif_index.methods.qbnorm import QueryBank
 
         key = (anchors.manifest.version, modality, id(anchors))
-        banks = self.__dict__.setdefault("_banks", {})
+        banks = self._banks
         if key not in banks:
             for old in [k for k in banks if k[0] != key[0] or k[2] != key[2]]:
                 del banks[old]  # another version's: an update's new banks replace them
@@ -493,9 +498,7 @@ class Index:
         # under a centred recipe) rows against the query, centred the same way
         e = emb[0] - (c if (c := anchors.center_of(modality)) is not None else 0)
         sims = anchors.engine_matrix(modality) @ (e / max(float(np.linalg.norm(e)), 1e-30))
-        heads = self.store.heads([h.id for h in hits])
-        recs = [heads.get(h.id) if h.id in heads and heads[h.id].visible(version)
-                else self.item(h.id, version) for h in hits]
+        recs = self._stored(hits, version)
         # each candidate's values were powered with its own modality's p
         local = np.array([local_cka_scores(sims, anchors.rows_of,
                                            [(r.sparse_indices, r.sparse_values)],

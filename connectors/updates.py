@@ -136,8 +136,6 @@ class ItemPassPlan:
     add_ids: np.ndarray  # int64
     rem_ids: np.ndarray  # int64
     old_n: int  # anchors at ``version``
-    k: int
-    p: float
     engine_options: dict
 
 
@@ -162,7 +160,6 @@ def pass_items(store: VectorStore, plan: ItemPassPlan, batch: int = 512, id_rang
     a range (a retried worker, a resumed update) rewrites identical points.
     on_batch(batch number, items scanned so far) runs before each batch is processed."""
     new_set, add_ids, rem_ids, target = plan.new_set, plan.add_ids, plan.rem_ids, plan.target
-    recipe = new_set.recipe
     new_rows = new_set.rows_of(add_ids) if len(add_ids) else np.zeros(0, np.int64)
     scanned = touched = 0
     for n_batch, recs in enumerate(store.scroll_items(batch, plan.version, id_range)):
@@ -173,7 +170,7 @@ def pass_items(store: VectorStore, plan: ItemPassPlan, batch: int = 512, id_rang
             group = [r for r in recs if r.modality == mod]
             if not group:
                 continue
-            k, p = recipe.kp(mod, plan.k, plan.p)
+            k, p = new_set.kp(mod)
             hit, sims = affected(group, new_set.engine_matrix(mod)[new_rows], rem_ids,
                                  plan.old_n, k, center=new_set.center_of(mod))
             todo = np.flatnonzero(hit)
@@ -299,7 +296,7 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
 
     # 3-4. the affected items, by this process or by workers (``item_pass``)
     plan = ItemPassPlan(v, target, new_set, add_ids.astype(np.int64), rem_ids,
-                        len(index.anchors), man.k, man.p, dict(index.engine_options))
+                        len(index.anchors), dict(index.engine_options))
     if item_pass is None:
         scanned, touched = pass_items(store, plan, batch, None,
                                       _local_hooks(heartbeat, progress, fail_after))

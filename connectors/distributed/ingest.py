@@ -32,7 +32,6 @@ Rows carry bytes, not Python objects, between stages (Arrow stores them without 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import time
@@ -45,8 +44,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from asif_index._optional import require
 from asif_index.errors import AsifError, ConfigError
+from connectors.distributed import connect
 from connectors.distributed.errors import asif_error_of
-from connectors.pipeline.ingest import IngestSummary
+from connectors.pipeline.ingest import IngestSummary, _fingerprint
 from connectors.pipeline.readers import SourceItem
 
 ID_COLUMN = "source_id"
@@ -173,10 +173,8 @@ def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
                 p = Path(path)
                 if not p.is_file():
                     raise ImageDecodeError(f"image file '{p}' does not exist", path)
-                raw = p.read_bytes()
-            # from the path when there is one, so an error names the file as PIL read it
-            img = np.asarray(load_image(path if path is not None else bytes(raw),
-                                        path or batch[ID_COLUMN][i]))
+                raw = p.read_bytes()  # once: these bytes are both decoded and hashed
+            img = np.asarray(load_image(bytes(raw), path or batch[ID_COLUMN][i]))
         except ImageDecodeError as exc:
             errors[i] = str(exc)
             continue
@@ -279,10 +277,7 @@ class ProjectActor:
                     rows.append(i)
             if not rows:
                 continue
-            dim = self.anchors.manifest.image_dim if m == "image" else \
-                self.anchors.manifest.text_dim
             emb = np.stack([np.frombuffer(batch[f"emb_{m}"][i], np.float32) for i in rows])
-            assert emb.shape[1] == dim, (emb.shape, dim)
             kept, errs = project_records(
                 self.anchors, emb, m, [batch[f"{m}_key"][i] for i in rows],
                 [json.loads(batch["payload"][i]) for i in rows], self.engine_options)
@@ -294,7 +289,7 @@ class ProjectActor:
             for e in errs:
                 i = row_of_item[_item(m, e.item)]
                 skipped[i].append([batch[ID_COLUMN][i], str(e)])
-        keep = [k for k in batch if k in (ID_COLUMN,) or k.startswith("t_")]
+        keep = [k for k in batch if k == ID_COLUMN or k.startswith("t_")]
         return {**{k: batch[k] for k in keep},
                 "records": np.array([pickle.dumps(r) for r in recs], dtype=object),
                 "skipped": np.array([json.dumps(s) for s in skipped], dtype=object),
@@ -338,6 +333,20 @@ class WriterActor:
         close_embedded()
 
 
+def _tally(into: dict | None = None, **part) -> dict[str, Any]:
+    """Write counts: a new tally, or ``part`` (the same fields) added into ``into``."""
+    if into is None:
+        into = {"rows": 0, "new": 0, "updated": 0, "skipped": [], "write_s": 0.0,
+                "timings": {}}
+    for k, v in part.items():
+        if k == "timings":
+            for name, secs in v.items():
+                into["timings"][name] = into["timings"].get(name, 0.0) + secs
+        else:
+            into[k] += v
+    return into
+
+
 def _sink(writers: list):
     from ray.data import Datasink
 
@@ -352,37 +361,27 @@ def _sink(writers: list):
         def write(self, blocks, ctx) -> dict[str, Any]:
             import ray
 
-            out: dict[str, Any] = {"rows": 0, "new": 0, "updated": 0, "skipped": [],
-                                   "write_s": 0.0, "timings": {}}
-            writer = self.writers[ctx.task_idx % len(self.writers)]
             from ray.data.block import BlockAccessor
 
+            out = _tally()
+            writer = self.writers[ctx.task_idx % len(self.writers)]
             for block in blocks:
                 cols = BlockAccessor.for_block(block).to_arrow().to_pydict()
                 records = [r for b in cols["records"] for r in pickle.loads(b)]
                 t0 = time.perf_counter()
-                if records:
-                    new, upd = ray.get(writer.write.remote(records))
-                    out["new"] += new
-                    out["updated"] += upd
-                out["write_s"] += time.perf_counter() - t0
-                out["rows"] += len(cols[ID_COLUMN])
-                out["skipped"] += [tuple(x) for s in cols["skipped"] for x in json.loads(s)]
-                for k, v in cols.items():
-                    if k.startswith("t_"):
-                        out["timings"][k] = out["timings"].get(k, 0.0) + float(sum(v))
+                new, upd = ray.get(writer.write.remote(records)) if records else (0, 0)
+                _tally(out, rows=len(cols[ID_COLUMN]), new=new, updated=upd,
+                       write_s=time.perf_counter() - t0,
+                       skipped=[tuple(x) for s in cols["skipped"] for x in json.loads(s)],
+                       timings={k: float(sum(v)) for k, v in cols.items()
+                                if k.startswith("t_")})
             return out
 
         def on_write_complete(self, write_result) -> None:
-            t: dict[str, Any] = {"rows": 0, "new": 0, "updated": 0, "skipped": [],
-                                 "write_s": 0.0, "timings": {}}
-            for r in write_result.write_returns:
-                for k in ("rows", "new", "updated", "write_s"):
-                    t[k] += r[k]
-                t["skipped"] += r["skipped"]
-                for k, v in r["timings"].items():
-                    t["timings"][k] = t["timings"].get(k, 0.0) + v
-            self.totals = t
+            total = _tally()
+            for part in write_result.write_returns:
+                _tally(total, **part)
+            self.totals = total
 
     return IndexSink()
 
@@ -392,8 +391,7 @@ def checkpoint_dir(settings, options: RayIngestOptions, source_name: str, index_
                    modality: str) -> Path:
     """Where this ingest's resume record lives: one folder per (source, database, index,
     modality), so another ingest never skips this one's items."""
-    fp = hashlib.sha1("|".join(map(str, (source_name, settings.backend, index_key, modality))
-                                ).encode()).hexdigest()[:16]
+    fp = _fingerprint(source_name, settings.backend, index_key, modality)
     base = options.checkpoint or Path(settings.cache_dir) / "ray-checkpoints"
     return Path(base).resolve() / fp
 
@@ -418,7 +416,7 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
     these); source: source items (a reader's output: paths and captions); or webdataset:
     shard paths, read one per task on the workers. A rerun after an interruption skips the
     items already written (``restart`` forgets them)."""
-    ray = require("ray", "distributed ingestion")
+    require("ray", "distributed ingestion")
     require("ray.data", "distributed ingestion")
     from ray.data import ActorPoolStrategy, DataContext
     from ray.data.checkpoint import CheckpointConfig
@@ -442,9 +440,7 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
     items = None if source is None else list(source)
     if items == [] or webdataset == []:
         return IngestSummary()
-    if not ray.is_initialized():
-        ray.init(address=opts.address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+    ray = connect(opts.address)
     mods = ["image", "text"] if modality == "both" else [modality]
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     if nodes > 1 and opts.checkpoint is None:
@@ -535,8 +531,7 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
             except Exception:  # noqa: BLE001 - a dead writer has nothing left to close
                 pass
             ray.kill(w)
-    tot = sink.totals or {"rows": 0, "new": 0, "updated": 0, "skipped": [], "write_s": 0.0,
-                          "timings": {}}
+    tot = sink.totals or _tally()
     s = IngestSummary(ingested=tot["new"], updated=tot["updated"],
                       skipped=sorted(tot["skipped"]), source_items=tot["rows"] + resumed,
                       seconds=time.perf_counter() - t0, resumed_at=resumed)
