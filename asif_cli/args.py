@@ -113,3 +113,15 @@ def query_lines(path_text: str):
     if not path.is_file():
         raise ConfigError(f"queries file '{path}' (--queries) does not exist")
     return [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def qbnorm_choice(args):
+    """--qbnorm [T] / --no-qbnorm as Index.search's qbnorm (None: the index's default)."""
+    from asif_index.errors import ConfigError
+
+    if args.no_qbnorm and args.qbnorm is not None:
+        raise ConfigError("give --qbnorm or --no-qbnorm, not both")
+    if args.qbnorm is not None and (args.item or (args.text and args.image)):
+        raise ConfigError("--qbnorm re-ranks one --text or one --image query (or --queries); "
+                          "drop it for --item or a composed query")
+    return False if args.no_qbnorm else args.qbnorm

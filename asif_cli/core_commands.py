@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asif_cli.args import kp_options, positive_int, positive_ints
+from asif_cli.args import kp_options, positive_float, positive_int, positive_ints
 
 
 def _settings(args):
@@ -206,9 +206,10 @@ def cmd_evaluate(args) -> int:
         extra = [(Recipe(center=c, p_image=pi, p_text=pt), 800, 8.0)
                  for c in (False, True) for pi in pis for pt in pts if pi != pt]
         # image-side k apart too: CIFAR-10 gains from wide image vectors, retrieval from a
-        # text side at p=4 (each image item then stores k_image entries)
-        extra += [(Recipe(k_image=ki, p_image=8.0, k_text=kt, p_text=4.0), 800, 8.0)
-                  for ki in args.image_ks for kt in (400, 800)]
+        # text side at p=4 (each image item then stores k_image entries); each with and
+        # without query-bank normalisation of the retrieval (the tuned recipe is one point)
+        extra += [(Recipe(k_image=ki, p_text=4.0, qbnorm=t), kt, 8.0)
+                  for ki in args.image_ks for kt in (400, 800) for t in (None, args.qbnorm)]
     if args.grouped:  # one anchor per image (its captions averaged) against the 5 pairs
         extra += [(r, k, p, True) for r in recipes for k in (400, 800, 1600) for p in (4.0, 8.0)]
     result = run_evaluation(data, txt_enc, ks, ps, recipes=recipes, extra_points=extra)
@@ -276,7 +277,10 @@ def register(sub, common) -> None:
     e.add_argument("--text-ps", default="4,8,12", help="text-side p values of that sweep")
     e.add_argument("--image-ks", type=positive_ints, default=[1600, 3200, 6400],
                    help="image-side k values of that sweep (image p=8, text k=400 and 800 at "
-                        "p=4)")
+                        "p=4, each plain and with query-bank normalisation)")
+    e.add_argument("--qbnorm", type=positive_float, default=0.05, metavar="T",
+                   help="the query-bank temperature of that sweep (default 0.05; "
+                        "'evaluate-qbnorm' sweeps T)")
     e.add_argument("--limit-anchor-images", type=positive_int, help="use at most this many "
                    "Flickr8k train images as anchors")
     e.add_argument("--limit-cifar", type=positive_int, help="at most this many CIFAR-10 images")

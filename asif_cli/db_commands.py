@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from asif_cli.args import (anchor_ids, kp_options, open_unit_float, positive_float, positive_int, query_keep,
-                           query_lines)
+from asif_cli.args import (anchor_ids, kp_options, open_unit_float, positive_float, positive_int,
+                           qbnorm_choice, query_keep, query_lines)
 from asif_cli.output import hit_dict, print_explanation, print_hits, print_prediction
 
 
@@ -42,7 +42,7 @@ def _open(args, create: bool = False):
 
 
 def _recipe(args):
-    """--recipe NAME|SETTINGS as a Recipe, or None (keep / the published one)."""
+    """--recipe NAME|SETTINGS as a Recipe, or None (keep the index's / the default one)."""
     text = getattr(args, "recipe", None)
     if not text:
         return None
@@ -333,30 +333,24 @@ def cmd_search(args) -> int:
     idx = _open(args)
     keep = args.query_keep
     flt = _filter(args.filter) or None
+    qb = qbnorm_choice(args)
     if args.queries:  # one process, many queries: one JSON line per query
         for line in query_lines(args.queries):
-            q, _, v = idx.query_vector(text=line)
-            hits = idx.search_vectors(q, args.limit, flt, keep, version=v)[0]
+            hits = idx.search(text=line, limit=args.limit, filter=flt, qbnorm=qb,
+                              query_keep=keep)
             print(json.dumps({"query": line, "hits": [hit_dict(h) for h in hits]}))
-        return 0
-    if args.qbnorm is not None:
-        from asif_index.errors import ConfigError
-
-        if args.item or args.queries or (args.text and args.image):
-            raise ConfigError("--qbnorm re-ranks one --text or one --image query")
-        hits = idx.search(text=args.text, image=args.image, limit=args.limit, filter=flt,
-                          qbnorm=args.qbnorm)
-        print_hits(hits, args.json, f"{args.text!r}" if args.text else f"image {args.image}")
         return 0
     if args.item:
         q, v = idx.item_vector(args.item)
-        what = f"item {args.item}"
-    else:
-        w = DEFAULT_IMAGE_WEIGHT if args.image_weight is None else args.image_weight
-        q, _, v = idx.query_vector(text=args.text, image=args.image, image_weight=w)
-        what = (f"image {args.image} (weight {w:g}) + {args.text!r}" if args.text and args.image
-                else repr(args.text) if args.text else f"image {args.image}")
-    print_hits(idx.search_vectors(q, args.limit, flt, keep, version=v)[0], args.json, what)
+        print_hits(idx.search_vectors(q, args.limit, flt, keep, version=v)[0], args.json,
+                   f"item {args.item}")
+        return 0
+    w = DEFAULT_IMAGE_WEIGHT if args.image_weight is None else args.image_weight
+    res = idx.search_result(text=args.text, image=args.image, limit=args.limit, filter=flt,
+                            image_weight=w, qbnorm=qb, query_keep=keep)
+    what = (f"image {args.image} (weight {w:g}) + {args.text!r}" if args.text and args.image
+            else repr(args.text) if args.text else f"image {args.image}")
+    print_hits(res.hits, args.json, what, res.qbnorm)
     return 0
 
 
@@ -539,9 +533,11 @@ def register(sub, common) -> None:
         p.add_argument("--timeout", type=positive_float, help="seconds one database request "
                        "may take (default 30; ASIF_REQUEST_TIMEOUT)")
 
-    def recipe_option(p, what="default: asif, the published recipe"):
-        p.add_argument("--recipe", help="how inputs become relative vectors: asif (published), "
-                       f"centered, or settings like center,p_image=4,p_text=8 ({what}; "
+    def recipe_option(p, what="default: tuned, chosen on the dev data"):
+        p.add_argument("--recipe", help="how inputs become relative vectors: tuned (image "
+                       "k=3200, text p=4, cross-modal results re-ranked by query-bank "
+                       "normalisation), asif (the paper's, published), centered, or settings "
+                       f"like center,k_image=3200,p_text=4,qbnorm=0.05 ({what}; "
                        "docs/evaluation.md compares them)")
 
     def service(p):
@@ -657,10 +653,14 @@ def register(sub, common) -> None:
     p.add_argument("--text", help="query text (with --image: a composed query)")
     p.add_argument("--image", help="query image file (with --text: a composed query, e.g. "
                    "this photo + 'at night')")
-    p.add_argument("--qbnorm", nargs="?", const=0.05, type=positive_float, metavar="T",
+    p.add_argument("--qbnorm", nargs="?", const=True, type=positive_float, metavar="T",
                    help="re-rank the top 100 by query-bank normalisation at temperature T "
-                        "(alone: 0.05, the best on Flickr8k dev with per-modality k and p; "
-                        "docs/evaluation.md); scores become normalised scores")
+                        "whatever the results' modality (alone: the recipe's, 0.05). By "
+                        "default an index with the tuned recipe applies it when the results "
+                        "are all of the other modality (a text query over photos); scores "
+                        "then are normalised scores (docs/evaluation.md)")
+    p.add_argument("--no-qbnorm", action="store_true",
+                   help="the database's plain ranking, even where the recipe re-ranks")
     p.add_argument("--image-weight", type=open_unit_float, default=None,
                    help="the image's share of a composed --image + --text query (default 0.15, "
                    "the best on Flickr8k dev: an image matches photos far more strongly than "

@@ -4,18 +4,29 @@ running service did (``asif_cli.remote``)."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Mapping, Sequence
 
 
 def hit_dict(h) -> dict:
-    return {"id": h.id, "score": round(float(h.score), 6), "modality": h.modality,
-            "payload": h.payload}
+    d = {"id": h.id, "score": round(float(h.score), 6), "modality": h.modality,
+         "payload": h.payload}
+    if getattr(h, "similarity", None) is not None:  # a re-ranked hit's dot product
+        d["similarity"] = round(float(h.similarity), 6)
+    return d
 
 
-def print_hits(hits, as_json: bool, query: str) -> None:
+def print_hits(hits, as_json: bool, query: str, qbnorm: float | None = None) -> None:
+    """qbnorm: the temperature the hits were re-ranked at (None: the plain ranking)."""
     if as_json:
-        print(json.dumps({"query": query, "hits": [hit_dict(h) for h in hits]}))
+        doc = {"query": query, "hits": [hit_dict(h) for h in hits]}
+        if qbnorm is not None:
+            doc["qbnorm"] = qbnorm
+        print(json.dumps(doc))
         return
+    if qbnorm is not None:
+        print(f"re-ranked by query-bank normalisation (T={qbnorm:g}; scores are normalised "
+              "scores); --no-qbnorm for the plain ranking", file=sys.stderr)
     if not hits:
         print(f"no results for {query}: the index has no items matching the filter, or none "
               "with a positive similarity (add items, or anchors closer to the query)")

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from asif_cli.args import query_lines
+from asif_cli.args import qbnorm_choice, query_lines
 from asif_cli.output import hit_dict, print_explanation, print_hits, print_prediction
 from asif_index.errors import BackendUnavailableError, ConfigError
 
@@ -71,8 +71,8 @@ class Remote:
 
 
 def _hits(doc: dict) -> list[SimpleNamespace]:
-    return [SimpleNamespace(**{k: h[k] for k in ("id", "score", "modality", "payload")})
-            for h in doc["hits"]]
+    return [SimpleNamespace(**{k: h[k] for k in ("id", "score", "modality", "payload")},
+                            similarity=h.get("similarity")) for h in doc["hits"]]
 
 
 def search(args, flt: dict) -> int:
@@ -81,13 +81,15 @@ def search(args, flt: dict) -> int:
     r.announce()
     keep = args.query_keep
     body = {"limit": args.limit, "filter": flt, "query_keep": keep}
-    if getattr(args, "qbnorm", None) is not None:
-        if args.image or args.item or args.queries:
-            raise ConfigError("--qbnorm through the service takes one --text query")
-        body["qbnorm"] = args.qbnorm
+    qb = qbnorm_choice(args)
+    if qb is not None and not args.item:
+        body["qbnorm"] = qb
 
     def ask(**query) -> list:
         return _hits(r.call("POST", "/search", json={**body, **query}))
+
+    def show(doc: dict, what: str) -> None:
+        print_hits(_hits(doc), args.json, what, doc.get("qbnorm"))
 
     if args.queries:
         for line in query_lines(args.queries):
@@ -108,15 +110,17 @@ def search(args, flt: dict) -> int:
                 data["image_weight"] = str(args.image_weight)
         if "modality" in flt:
             data["modality"] = flt["modality"]
+        if qb is not None:
+            data["qbnorm"] = "on" if qb is True else "off" if qb is False else str(qb)
         with path.open("rb") as f:
             doc = r.call("POST", "/search/image", files={"file": (path.name, f)}, data=data)
-        print_hits(_hits(doc), args.json, f"image {args.image}"
-                   + (f" + {args.text!r}" if args.text else ""))
+        show(doc, f"image {args.image}" + (f" + {args.text!r}" if args.text else ""))
         return 0
     if args.item:
-        print_hits(ask(item_id=args.item), args.json, f"item {args.item}")
+        show(r.call("POST", "/search", json={**body, "item_id": args.item}),
+             f"item {args.item}")
     else:
-        print_hits(ask(text=args.text), args.json, repr(args.text))
+        show(r.call("POST", "/search", json={**body, "text": args.text}), repr(args.text))
     return 0
 
 

@@ -110,6 +110,15 @@ SECTIONS.append(
      "per run and no measurable steady cost, and a second encode actor has no core to use. "
      "`encode_share` sums worker-seconds. The cost model's assumptions are listed under it and "
      "in docs/deployment.md."))
+SECTIONS.append(
+    ("recipe_cost.json", "13. What the default recipe costs: published and tuned side by side",
+     "`python -m benchmarks.recipe_cost` (issue 13: Flickr8k's 30,000 train pairs as anchors, "
+     "the 1,000 dev photos and 5,000 dev captions stored in one embedded Qdrant (Qdrant Edge) "
+     "index per recipe, k = 800, p = 8; 500 seeded queries per direction through "
+     "`Index.search` with a `modality` filter, the query embedding cached so the encoder is "
+     "left out of `p50_ms` / `p95_ms`; `search`: `default` is what the index does unasked, "
+     "`plain` the tuned recipe without its re-ranking; `entries_per_*`: stored non-zeros per "
+     "item; `db_MB`: the database folder; `project_*_per_s`: the items' projection rate)."))
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"  # JSON kept with the docs
 
 

@@ -154,6 +154,9 @@ class Hit:
     score: float
     modality: str
     payload: dict[str, Any]
+    # the relative vectors' dot product, when ``score`` is another ranking's (a re-ranked
+    # hit's normalised score); None: the score is that similarity
+    similarity: float | None = None
 
 
 Filter = dict[str, Any]  # field -> required value (equality), ANDed

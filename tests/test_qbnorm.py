@@ -98,3 +98,55 @@ def test_search_through_the_database_equals_the_exact_path(kind, tmp_path):
     assert [h.id for h in hits] == exact(sc["q_img"][1])[0]
     with pytest.raises(ConfigError, match="composed"):
         idx.search(image=sc["q_img"][0], text="x", qbnorm=0.05)
+
+
+@pytest.mark.parametrize("kind", ["memory", "qdrant-edge"])
+def test_the_default_recipe_reranks_cross_modal_results_only(kind, tmp_path):
+    """A new index gets the tuned recipe: a search whose candidates are all of the other
+    modality is re-ranked at the recipe's temperature (as an explicit qbnorm=0.05 is); one
+    whose candidates include the query's modality, a composed query and qbnorm=False keep
+    the plain ranking; an index with the published recipe never re-ranks unasked."""
+    from tests.test_congruence import DI, DT, K, FakeEncoder, make_scenario
+    from asif_index.recipe import DEFAULT, PUBLISHED
+    from connectors.index import Index
+
+    sc = make_scenario()
+    store = make_store(kind, tmp_path)
+    idx = Index.create(store, FakeEncoder("image", DI), FakeEncoder("text", DT), k=K, p=8.0)
+    assert idx.anchors.recipe == DEFAULT and DEFAULT.qbnorm is not None
+    assert store.read_manifest().extra["recipe"] == DEFAULT.to_dict()
+    idx.add_anchor_embeddings(sc["anchor_img"][:300], sc["anchor_txt"][:300],
+                              [AnchorPayload(f"c{i}") for i in range(300)])
+    for mod, emb in (("text", sc["item_txt"][:60]), ("image", sc["item_img"][:60])):
+        recs, _ = idx.records(emb, mod, [f"{mod}{i}" for i in range(60)], [{} for _ in range(60)])
+        idx.write(recs)
+    moved = 0
+    for q in sc["q_img"][:6]:
+        res = idx.search_result(image=q, limit=10, filter={"modality": "text"})
+        assert res.qbnorm == DEFAULT.qbnorm and res.query == "image"
+        explicit = idx.search(image=q, limit=10, filter={"modality": "text"},
+                              qbnorm=DEFAULT.qbnorm)
+        assert [(h.id, h.score) for h in res.hits] == [(h.id, h.score) for h in explicit]
+        plain = idx.search(image=q, limit=10, filter={"modality": "text"}, qbnorm=False)
+        moved += [h.id for h in plain] != [h.id for h in res.hits]
+        mixed = idx.search_result(image=q, limit=10)  # candidates hold images too
+        assert mixed.qbnorm is None
+        assert [h.id for h in mixed.hits] == [h.id for h in idx.search(image=q, limit=10,
+                                                                        qbnorm=False)]
+    assert moved, "the normalisation re-ranked none of the queries"
+    from types import SimpleNamespace
+
+    idx.encoders["text"] = SimpleNamespace(encode=lambda texts: sc["q_txt"][:1])
+    composed = idx.search_result(image=sc["q_img"][0], text="a caption",
+                                 filter={"modality": "text"})
+    assert composed.query == "composed" and composed.qbnorm is None
+    with pytest.raises(ConfigError, match="temperature"):
+        idx.search(text="x", qbnorm=-1.0)
+    pub = Index.create(make_store("memory", tmp_path / "pub"), FakeEncoder("image", DI),
+                       FakeEncoder("text", DT), k=K, p=8.0, recipe=PUBLISHED)
+    pub.add_anchor_embeddings(sc["anchor_img"][:300], sc["anchor_txt"][:300],
+                              [AnchorPayload(f"c{i}") for i in range(300)])
+    recs, _ = pub.records(sc["item_txt"][:60], "text", [f"t{i}" for i in range(60)],
+                          [{} for _ in range(60)])
+    pub.write(recs)
+    assert pub.search_result(image=sc["q_img"][0], filter={"modality": "text"}).qbnorm is None

@@ -108,17 +108,26 @@ def test_evaluation_on_a_slice_of_real_data(data_dir, encoders, tmp_path):
     d = load_eval_data(data_dir, img_enc, txt_enc, limit_anchor_images=60, limit_cifar=60,
                        limit_dev_images=20, log=lambda *_: None)
     assert len(d.anchors) == 300  # 60 images x 5 captions
-    from asif_index.recipe import Recipe
+    import dataclasses
+
+    from asif_index.recipe import TUNED, Recipe
 
     res = run_evaluation(d, txt_enc, ks=(50, 800), ps=(8.0,), log=lambda *_: None,
                          recipes=(Recipe(), Recipe(center=True)),
                          extra_points=[(Recipe(p_image=2.0), 800, 8.0),
-                                       (Recipe(), 800, 8.0, True)])
+                                       (Recipe(), 800, 8.0, True), (TUNED, 800, 8.0),
+                                       (dataclasses.replace(TUNED, qbnorm=None), 800, 8.0)])
     assert res["default"]["k"] == 300 and res["default"]["recipe"] == "asif"  # k capped at N
-    assert res["configurations"] == 6
+    assert res["chosen"]["recipe"] == "tuned" and res["chosen"]["k"] == 300
+    assert res["configurations"] == 8
     assert [g["recipe"] for g in res["grid"]] == ["asif"] * 2 + ["centered"] * 2 + \
-        ["image(k=-,p=2.0)", "asif /grouped"]
-    assert res["grid"][-1]["anchors"] == 60 and res["grid"][-1]["k"] == 60  # one per image
+        ["image(k=-,p=2.0)", "asif /grouped", "tuned", "image(k=3200,p=-)+text(k=-,p=4.0)"]
+    # the tuned recipe's re-ranking moves retrieval only, never CIFAR-10
+    tuned, unranked = res["grid"][-2:]
+    assert tuned["cifar10_acc_mean"] == unranked["cifar10_acc_mean"]
+    assert (tuned["t2i_R@1"], tuned["t2i_R@5"], tuned["i2t_R@1"], tuned["i2t_R@5"]) != \
+        (unranked["t2i_R@1"], unranked["t2i_R@5"], unranked["i2t_R@1"], unranked["i2t_R@5"])
+    assert res["grid"][5]["anchors"] == 60 and res["grid"][5]["k"] == 60  # one per image
     for g in res["grid"]:
         assert 0.0 <= g["cifar10_acc_mean"] <= 1.0
         assert g["t2i_R@1"] <= g["t2i_R@5"] <= g["t2i_R@10"]
@@ -131,5 +140,7 @@ def test_evaluation_on_a_slice_of_real_data(data_dir, encoders, tmp_path):
     j, m = write_report(res, tmp_path)
     assert json.loads(j.read_text())["anchors"] == 300
     text = m.read_text()
-    assert "| asif | 300 | 8 |" in text and "| centered | 300 | 8 |" in text
-    assert "Best by score:" in text and "6 configurations" in text
+    assert "| asif (published) | 300 | 8 |" in text and "| centered | 300 | 8 |" in text
+    assert "| tuned **(default)** | 300 | 8 |" in text
+    assert "Best by score:" in text and "8 configurations" in text
+    assert "**Chosen default: `tuned`**" in text

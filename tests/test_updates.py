@@ -1,11 +1,13 @@
 """Incremental anchors: after adds and removes every visible item equals a fresh rebuild."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from asif_index.anchors import AnchorPayload
 from asif_index.errors import AnchorError, ConfigError, UpdateInterruptedError
-from asif_index.recipe import Recipe
+from asif_index.recipe import TUNED, Recipe
 from connectors.index import Index
 from connectors.rebuild import rebuild, resolve_alias, set_alias
 from connectors.updates import status, update_anchors
@@ -23,7 +25,9 @@ def data(seed, n):
     return img.astype(np.float32), txt.astype(np.float32)
 
 
-def build(kind, tmp_path, n_anchors=120, n_items=300, recipe=None):
+def build(kind, tmp_path, n_anchors=120, n_items=300, recipe=Recipe()):
+    """An index with anchors and items; the published recipe unless another is given (it
+    stays the reference of these tests)."""
     store = make_store(kind, tmp_path)
     idx = Index.create(store, FakeEncoder("image", DI), FakeEncoder("text", DT), k=K, p=8.0,
                        recipe=recipe)
@@ -213,7 +217,10 @@ def test_deleted_items_leave_the_live_version_but_not_a_pinned_reader(kind, tmp_
 
 VARIANTS = {"centered": Recipe(center=True),
             "per-modality": Recipe(k_image=K - 10, p_image=2.0, k_text=K + 5, p_text=6.0),
-            "centered+per-modality": Recipe(center=True, k_image=K - 10, p_image=3.0)}
+            "centered+per-modality": Recipe(center=True, k_image=K - 10, p_image=3.0),
+            # the default recipe's shape at this scale (its k_image=3200 would hold every
+            # one of these 120 anchors)
+            "tuned": dataclasses.replace(TUNED, k_image=2 * K)}
 
 
 @pytest.mark.parametrize("kind", ["memory", "qdrant-edge"])

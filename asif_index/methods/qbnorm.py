@@ -69,7 +69,7 @@ class QueryBank:
         float64 [n_items]."""
         import scipy.sparse as sp
 
-        _check(temperature)
+        check_temperature(temperature)
         if not items:
             return np.zeros(0)
         idx = [np.asarray(i, np.int64) for i, _ in items]
@@ -96,9 +96,12 @@ class QueryBank:
         return np.asarray(scores, np.float64) / temperature - logz[None, :]
 
 
-def _check(temperature: float) -> None:
-    if not (temperature > 0 and np.isfinite(temperature)):
-        raise ConfigError(f"the bank temperature must be a positive number; got {temperature}")
+def check_temperature(temperature: float) -> None:
+    """A bank temperature must be a positive, finite number (ConfigError naming it)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
+            or not (temperature > 0 and np.isfinite(temperature)):
+        raise ConfigError(f"the bank temperature (qbnorm) must be a positive number, e.g. "
+                          f"{DEFAULT_TEMPERATURE}; got {temperature!r}")
 
 
-__all__ = ["BANK_STRIDE", "CANDIDATES", "DEFAULT_TEMPERATURE", "QueryBank"]
+__all__ = ["BANK_STRIDE", "CANDIDATES", "DEFAULT_TEMPERATURE", "QueryBank", "check_temperature"]

@@ -184,8 +184,27 @@ def create_app(index, settings: ServiceSettings | None = None, *,
             raise HTTPException(422, f"upload '{f.filename}' is empty")
         return data
 
+    def form_qbnorm(value: str | None):
+        """The upload form's qbnorm field as Index.search's (None, True, False or T)."""
+        if value is None or not value.strip():
+            return None
+        v = value.strip().lower()
+        if v in ("on", "true"):
+            return True
+        if v in ("off", "false"):
+            return False
+        try:
+            t = float(v)
+        except ValueError:
+            t = float("nan")
+        if not 0 < t <= 10:
+            raise HTTPException(422, f"qbnorm must be 'on', 'off' or a temperature in (0, 10]; "
+                                f"got {value!r}")
+        return t
+
     def hits_out(hits) -> list[Hit]:
         return [Hit(id=h.id, score=h.score, modality=h.modality, payload=h.payload,
+                    similarity=getattr(h, "similarity", None),
                     thumbnail_url=item_thumb(h.payload, h.id)) for h in hits]
 
     def query_filter(req_filter: dict, modality: str | None) -> dict | None:
@@ -230,22 +249,20 @@ def create_app(index, settings: ServiceSettings | None = None, *,
         check_text(req.text)
         if req.limit > s.max_limit:
             raise HTTPException(422, f"limit is over {s.max_limit}")
-        if req.qbnorm is not None:
-            image = resolve_under(req.image_path, s.image_roots) if req.image_path else None
-            version = idx.version
-            hits = idx.search(text=req.text, image=image, limit=req.limit,
-                              filter=query_filter(req.filter, req.modality), qbnorm=req.qbnorm)
-            return SearchResponse(query="text" if req.text is not None else "image",
-                                  anchor_version=version, hits=hits_out(hits))
+        flt = query_filter(req.filter, req.modality)
         if req.item_id is not None:
-            (q, version), kind = idx.item_vector(req.item_id), "item"
-        else:
-            image = resolve_under(req.image_path, s.image_roots) if req.image_path else None
-            q, kind, version = idx.query_vector(text=req.text, image=image)
-        # query and items on one anchor version, even while an update job lands
-        hits = idx.search_vectors(q, req.limit, query_filter(req.filter, req.modality),
-                                  req.query_keep, version=version)[0]
-        return SearchResponse(query=kind, anchor_version=version, hits=hits_out(hits))
+            q, version = idx.item_vector(req.item_id)
+            # query and items on one anchor version, even while an update job lands
+            hits = idx.search_vectors(q, req.limit, flt, req.query_keep, version=version)[0]
+            return SearchResponse(query="item", anchor_version=version, hits=hits_out(hits))
+        image = resolve_under(req.image_path, s.image_roots) if req.image_path else None
+        return answer(idx.search_result(text=req.text, image=image, limit=req.limit,
+                                        filter=flt, qbnorm=req.qbnorm,
+                                        query_keep=req.query_keep))
+
+    def answer(res) -> SearchResponse:
+        return SearchResponse(query=res.query, anchor_version=res.anchor_version,
+                              hits=hits_out(res.hits), qbnorm=res.qbnorm)
 
     @app.post("/search/image", response_model=SearchResponse, tags=["search"],
               dependencies=[reader])
@@ -255,16 +272,23 @@ def create_app(index, settings: ServiceSettings | None = None, *,
                      text: str | None = Form(None, max_length=2000, description=(
                          "with the image: a composed query, e.g. 'at night'")),
                      image_weight: float = Form(DEFAULT_IMAGE_WEIGHT, gt=0, lt=1, description=(
-                         "the image's share of a composed query"))) -> SearchResponse:
+                         "the image's share of a composed query")),
+                     qbnorm: str | None = Form(None, description=(
+                         "query-bank normalisation: unset, the index's default; a "
+                         "temperature, or 'on' for the recipe's; 'off': the plain ranking"))
+                     ) -> SearchResponse:
         """Items ranked for an uploaded image, or for the image composed with a text."""
         idx = fresh()
+        qb = form_qbnorm(qbnorm)
         data = read_upload(file)
         if text is not None:
             check_text(text)
-        q, kind, version = idx.query_vector(text=text, image=data, image_weight=image_weight)
-        hits = idx.search_vectors(q, min(limit, s.max_limit), query_filter({}, modality),
-                                  version=version)[0]
-        return SearchResponse(query=kind, anchor_version=version, hits=hits_out(hits))
+            if qb not in (None, False):
+                raise HTTPException(422, "qbnorm re-ranks single-modality queries; drop it "
+                                    "(or set it 'off') for a composed query")
+        return answer(idx.search_result(text=text, image=data, limit=min(limit, s.max_limit),
+                                        filter=query_filter({}, modality),
+                                        image_weight=image_weight, qbnorm=qb))
 
     @app.post("/classify", response_model=ClassifyResponse, tags=["search"],
               dependencies=[reader])

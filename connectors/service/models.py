@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -23,20 +23,21 @@ class SearchRequest(BaseModel):
     limit: int = Field(10, ge=1, le=1000)
     query_keep: int | Literal["all"] | None = Field(
         None, description="largest query entries sent to the database (default: the index's)")
-    qbnorm: float | None = Field(
-        None, gt=0, le=10, examples=[0.05], description="re-rank the top 100 by query-bank "
-        "normalisation at this temperature (0.05: the best on Flickr8k dev with per-side k "
-        "and p); scores become normalised scores")
+    qbnorm: Union[Literal[True, False], Annotated[float, Field(gt=0, le=10)], None] = Field(
+        None, examples=[0.05, False], description="query-bank normalisation of the top 100 "
+        "(docs/evaluation.md). Unset: the index recipe's default (the tuned recipe re-ranks "
+        "results that are all of the other modality, T=0.05); a temperature, or true for the "
+        "recipe's: re-rank whatever the results' modality; false: the plain ranking. "
+        "Re-ranked scores are normalised scores (log-odds against the bank)")
 
     @model_validator(mode="after")
     def _one_query(self):
         given = [x for x in (self.text, self.image_path, self.item_id) if x is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of text, image_path or item_id")
-        if self.qbnorm is not None and (self.item_id is not None
-                                        or self.query_keep is not None):
-            raise ValueError("qbnorm re-ranks a text or image_path query with the full "
-                             "query; drop item_id or query_keep")
+        if self.qbnorm not in (None, False) and self.item_id is not None:
+            raise ValueError("qbnorm re-ranks a text or image_path query; drop it for an "
+                             "item_id query")
         if isinstance(self.query_keep, int) and self.query_keep < 1:
             raise ValueError("query_keep must be a positive integer or 'all'")
         return self
@@ -47,6 +48,8 @@ class Hit(BaseModel):
     score: float
     modality: str
     payload: dict[str, Any]
+    similarity: float | None = Field(None, description="the relative vectors' dot product, "
+                                     "set when score is a re-ranked (normalised) score")
     thumbnail_url: str | None = Field(None, description="set when the item has a readable image")
 
 
@@ -54,6 +57,8 @@ class SearchResponse(BaseModel):
     query: Literal["text", "image", "item", "composed"]
     anchor_version: int
     hits: list[Hit]
+    qbnorm: float | None = Field(None, description="the temperature the hits were re-ranked "
+                                 "at by query-bank normalisation (null: the plain ranking)")
 
 
 class ExplainRequest(BaseModel):

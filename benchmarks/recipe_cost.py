@@ -1,0 +1,125 @@
+"""What the default recipe costs against the published one, through a real engine.
+
+    python -m benchmarks.recipe_cost [--queries 500] [--backend qdrant]
+
+The tuned recipe (``asif_index.recipe.TUNED``: image side k=3200, text side p=4, cross-modal
+results re-ranked by query-bank normalisation) wins on quality (docs/evaluation.md); this
+measures what it costs, the published recipe measured in the same run on the same data:
+Flickr8k's 30,000 train pairs as anchors, the 1,000 dev photos and 5,000 dev captions stored
+in one embedded index (Qdrant Edge by default), embeddings from the encoders' cache.
+
+* storage: stored entries per photo and per caption, and the database folder's bytes;
+* projection: the items' projection rate (what ingestion adds to encoding);
+* search: latency of ``Index.search`` per query (projection, database, re-ranking; the
+  query's embedding is cached so the encoder is left out), p50 and p95, for captions over
+  the photos and photos over the captions, and R@10 of the same queries through the
+  database, which for the tuned recipe must match docs/evaluation.md's exact figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import flickr_bench_setup, machine, table, write_json
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def make_store(kind: str, folder: Path, name: str):
+    if kind == "memory":
+        from connectors.memory import MemoryStore
+
+        return MemoryStore(name)
+    if kind == "qdrant":
+        from connectors.qdrant_edge import QdrantEdgeStore
+
+        return QdrantEdgeStore(name, path=str(folder))
+    raise SystemExit(f"--backend {kind}: use qdrant or memory (Milvus Lite's figures come "
+                     "from benchmarks.scale)")
+
+
+def measure(recipe_name: str, setup, kind: str, tmp: Path, n_queries: int, seed: int = 0
+            ) -> list[dict]:
+    from asif_index.recipe import RECIPES
+    from connectors.index import Index
+
+    img_enc, txt_enc, _train, dev, a_img, a_txt, payloads = setup
+    recipe = RECIPES[recipe_name]
+    folder = tmp / recipe_name
+    store = make_store(kind, folder, "cost")
+    idx = Index.create(store, img_enc, txt_enc, k=800, p=8.0, recipe=recipe)
+    idx.add_anchor_embeddings(a_img, a_txt, payloads)
+    photos = sorted({r.image for r in dev})
+    photo_of = {p: i for i, p in enumerate(photos)}
+    captions = [r.caption for r in dev]
+    caption_photo = np.array([photo_of[r.image] for r in dev])
+    e_img, e_txt = img_enc.encode(photos), txt_enc.encode(captions)
+    proj = {}
+    for mod, emb, keys in (("image", e_img, [p.name for p in photos]),
+                           ("text", e_txt, [f"cap{i}" for i in range(len(captions))])):
+        t0 = time.perf_counter()
+        recs, _ = idx.records(emb, mod, keys, [{"i": i} for i in range(len(keys))])
+        proj[mod] = len(recs) / (time.perf_counter() - t0)
+        idx.write(recs)
+    nnz = {m: float(np.mean([len(r.sparse_indices) for b in store.scroll_items(
+        version=idx.version) for r in b if r.modality == m])) for m in ("image", "text")}
+    size = folder_bytes(folder) if kind == "qdrant" else None
+    rng = np.random.default_rng(seed)
+    cap_q = rng.choice(len(captions), min(n_queries, len(captions)), replace=False)
+    img_q = rng.choice(len(photos), min(n_queries, len(photos)), replace=False)
+    rows = []
+    settings = [("default", None)] + ([("plain", False)] if recipe.qbnorm else [])
+    for label, qb in settings:
+        for direction, queries, target in (("T2I", cap_q, "image"), ("I2T", img_q, "text")):
+            lat, found = [], []
+            for q in queries:
+                kw = {"text": captions[q]} if direction == "T2I" else {"image": photos[q]}
+                t0 = time.perf_counter()
+                res = idx.search_result(limit=10, filter={"modality": target}, qbnorm=qb, **kw)
+                lat.append(time.perf_counter() - t0)
+                got = [h.payload["i"] for h in res.hits]
+                found.append(caption_photo[q] in got if direction == "T2I"
+                             else bool(set(np.flatnonzero(caption_photo == q)) & set(got)))
+            rows.append({
+                "recipe": recipe.name, "search": label, "direction": direction,
+                "queries": len(queries), "R@10": float(np.mean(found)),
+                "p50_ms": 1000 * float(np.percentile(lat, 50)),
+                "p95_ms": 1000 * float(np.percentile(lat, 95)),
+                "reranked": res.qbnorm is not None,
+                "entries_per_photo": nnz["image"], "entries_per_caption": nnz["text"],
+                "db_MB": None if size is None else size / 2**20,
+                "project_photos_per_s": proj["image"], "project_captions_per_s": proj["text"]})
+            print(table([rows[-1]], list(rows[-1])), flush=True)
+    store.close()
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--queries", type=int, default=500, help="queries per direction")
+    ap.add_argument("--backend", default="qdrant", choices=["qdrant", "memory"])
+    ap.add_argument("--out", default="runs/bench/recipe_cost.json")
+    a = ap.parse_args(argv)
+    setup = flickr_bench_setup()
+    if setup is None:
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="asif-recipe-cost-"))
+    rows = []
+    for name in ("asif", "tuned"):
+        rows += measure(name, setup, a.backend, tmp, a.queries)
+    md = table(rows, list(rows[0]))
+    print("\n" + md)
+    write_json({"machine": machine(), "backend": a.backend, "rows": rows, "markdown": md},
+               a.out)
+
+
+if __name__ == "__main__":
+    main()
