@@ -474,7 +474,9 @@ def cmd_evaluate_rerank(args) -> int:
 
             store, engine = MemoryStore("rerank"), "the in-memory reference store"
         found["engine"] = engine
-        idx = Index.create(store, img_enc, txt_enc, k=800, p=8.0)
+        from asif_index.recipe import PUBLISHED  # the section's figures: k=800, p=8
+
+        idx = Index.create(store, img_enc, txt_enc, k=800, p=8.0, recipe=PUBLISHED)
         try:
             t0 = time.perf_counter()
             idx.add_anchor_embeddings(anchors.matrix("image"), anchors.matrix("text"),

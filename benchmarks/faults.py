@@ -94,7 +94,9 @@ def open_index(engine: str, where: Path, create: bool = False):
 
         store = QdrantEdgeStore("faults", path=str(where / "q"))
     if create:
-        return Index.create(store, img, txt, k=K, p=8.0)
+        from asif_index.recipe import PUBLISHED  # the recorded figures: the published recipe
+
+        return Index.create(store, img, txt, k=K, p=8.0, recipe=PUBLISHED)
     return Index.open(store, img, txt)
 
 

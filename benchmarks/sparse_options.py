@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from asif_index.recipe import PUBLISHED  # the recorded figures are the published recipe's
 from benchmarks.common import flickr_bench_setup, machine, table, write_json
 from benchmarks.scale import du_mb, exact_top10, pct
 from connectors.index import Index
@@ -87,7 +88,7 @@ def main(argv=None):
                 from connectors.milvus import MilvusStore
 
                 store = MilvusStore("so", uri=str(d / "so.db"), timeout=120, **opts)
-            idx = Index.create(store, img_enc, txt_enc, k=800, p=8.0)
+            idx = Index.create(store, img_enc, txt_enc, k=800, p=8.0, recipe=PUBLISHED)
             idx.add_anchor_embeddings(a_img, a_txt, payloads)
             for sb, ids, emb, mod in ((sb_img, img_ids, e_img, "image"), (sb_txt, txt_ids, e_txt, "text")):
                 for s in range(0, len(ids), 1000):

@@ -528,7 +528,8 @@ class Index:
     def search_reranked(self, text: str | None = None, image: Any = None, limit: int = 10,
                         filter: Filter | None = None, candidates: int = 50, m: int = 50,
                         weight: float = 0.02) -> list[Hit]:
-        """:meth:`search`, then the database's top ``candidates`` re-ranked by score +
+        """The database's plain ranking (no query-bank normalisation), its top ``candidates``
+        re-ranked by score +
         ``weight`` x localized CKA (:func:`asif_index.methods.encoder_match.local_cka_scores`
         over each candidate's ``m`` strongest anchors, from its stored vector). Measured on
         Flickr8k dev in docs/evaluation.md: within noise of the plain ranking."""

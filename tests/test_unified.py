@@ -227,13 +227,13 @@ def test_reranked_search_reads_candidates_from_the_store(sample_index, sample_em
     recs, _ = idx.records(img, "image", [f"s{i}" for i in range(len(img))],
                           [{"label": lb} for lb in labels])
     idx.write(recs)
-    plain = idx.search(text="a cat", limit=5, filter={"modality": "image"})
+    plain = idx.search(text="a cat", limit=5, filter={"modality": "image"}, qbnorm=False)
     same = idx.search_reranked(text="a cat", limit=5, filter={"modality": "image"},
                                candidates=10, weight=0.0)
     moved = idx.search_reranked(text="a cat", limit=5, filter={"modality": "image"},
                                 candidates=10, weight=10.0)
     assert [h.id for h in same] == [h.id for h in plain]
     assert len(moved) == 5 and {h.id for h in moved} <= {h.id for h in idx.search(
-        text="a cat", limit=10, filter={"modality": "image"})}
+        text="a cat", limit=10, filter={"modality": "image"}, qbnorm=False)}
     with pytest.raises(ModalityError):
         idx.search_reranked(text="a cat", image=img[0])
