@@ -144,3 +144,21 @@ def test_evaluation_on_a_slice_of_real_data(data_dir, encoders, tmp_path):
     assert "| tuned **(default)** | 300 | 8 |" in text
     assert "Best by score:" in text and "8 configurations" in text
     assert "**Chosen default: `tuned`**" in text
+    # evaluate-qbnorm's grid on the same slice: each temperature beside the plain ranking,
+    # cross-modal and same-modality recall, CIFAR-10 untouched
+    from asif_cli.method_commands import qbnorm_markdown
+    from asif_index.evaluation import qbnorm_grid
+
+    rows = qbnorm_grid(d, txt_enc, [(dataclasses.replace(TUNED, qbnorm=None), 800, 8.0)],
+                       [0.05], log=lambda *_: None)
+    assert [r["temperature"] for r in rows] == [None, 0.05]
+    assert rows[0]["cifar10"] == rows[1]["cifar10"] == unranked["cifar10_acc_mean"]
+    assert rows[1]["t2i_R@10"] == pytest.approx(tuned["t2i_R@10"])  # the exact path, twice
+    for r in rows:
+        assert 0 <= r["t2t_R@10"] <= 1 and 0 <= r["i2i_R@10"] <= 1
+    md = qbnorm_markdown({"command": "x", "rows": rows, "anchors": 300, "cifar": 60,
+                          "dev_images": 20, "dev_captions": 100})
+    assert "| T2T R@10 | I2I R@10 |" in md
+    # the same-modality cost is stated when the best row is a re-ranked one
+    best = max(rows, key=lambda r: r["score"])
+    assert ("same-modality search by T2T R@10" in md) == (best["temperature"] is not None)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numba as nb
 import numpy as np
 
 from asif_index.anchors import AnchorSet, Modality
@@ -49,6 +50,7 @@ class QueryBank:
                                        **engine_options)
         self._n = int(anchors.ids.max()) + 1
         self._csr = self.queries.to_csr(self._n)
+        self._by_anchor = _by_anchor(self._csr)
 
     @classmethod
     def from_queries(cls, queries: SparseBatch, modality: Modality, version: int = 0
@@ -58,6 +60,7 @@ class QueryBank:
         bank.modality, bank.version, bank.queries = modality, version, queries
         bank._n = int(queries.indices.max(initial=0)) + 1
         bank._csr = queries.to_csr(bank._n)
+        bank._by_anchor = _by_anchor(bank._csr)
         return bank
 
     def __len__(self) -> int:
@@ -67,21 +70,20 @@ class QueryBank:
                       temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
         """log sum_b exp(s(b, x) / T) for each item x given as (anchor ids, values):
         float64 [n_items]."""
-        import scipy.sparse as sp
-
         check_temperature(temperature)
         if not items:
             return np.zeros(0)
         idx = [np.asarray(i, np.int64) for i, _ in items]
         val = [np.asarray(v, np.float64) for _, v in items]
         keep = [i < self._n for i in idx]  # anchors newer than the bank meet no bank query
-        x = sp.csr_matrix((np.concatenate([v[k] for v, k in zip(val, keep)]),
-                           np.concatenate([i[k] for i, k in zip(idx, keep)]),
-                           np.cumsum([0] + [int(k.sum()) for k in keep])),
-                          shape=(len(items), self._n))
-        s = (self._csr @ x.T).toarray() / temperature  # [bank, items]
-        top = s.max(axis=0)
-        return top + np.log(np.exp(s - top).sum(axis=0))
+        ptr = np.cumsum([0] + [int(k.sum()) for k in keep]).astype(np.int64)
+        out = np.empty(len(items), np.float64)
+        indptr, rows, vals = self._by_anchor
+        _log_partitions(indptr, rows, vals, ptr,
+                        np.concatenate([i[k] for i, k in zip(idx, keep)]).astype(np.int64),
+                        np.concatenate([v[k] for v, k in zip(val, keep)]),
+                        len(self.queries), 1.0 / float(temperature), out)
+        return out
 
     def rescore(self, scores: np.ndarray, items: Sequence[tuple[np.ndarray, np.ndarray]],
                 temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
@@ -94,6 +96,33 @@ class QueryBank:
         """Normalised scores [Q, n] of every query against every item (the exact path)."""
         logz = self.log_partition([items.row(r) for r in range(len(items))], temperature)
         return np.asarray(scores, np.float64) / temperature - logz[None, :]
+
+
+def _by_anchor(csr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bank by anchor (CSC: for each anchor, the bank queries holding it and their
+    weights), the layout an item's anchors index into."""
+    csc = csr.tocsc()
+    return (csc.indptr.astype(np.int64), csc.indices.astype(np.int64),
+            csc.data.astype(np.float64))
+
+
+@nb.njit(parallel=True, cache=True)
+def _log_partitions(indptr, rows, vals, item_ptr, item_idx, item_val, n_bank, inv_t, out):
+    """out[r] = log sum_b exp(s(b, x_r) / T): each item's dots with every bank query are
+    accumulated from its anchors' bank lists (the cost is the item's entries times the bank
+    queries per anchor, not the bank's size), then a stable log-sum-exp. Bank queries that
+    share no anchor with the item score 0 and count exp(0) = 1, as in the dense sum."""
+    for r in nb.prange(len(item_ptr) - 1):
+        acc = np.zeros(n_bank, np.float64)
+        for j in range(item_ptr[r], item_ptr[r + 1]):
+            a, v = item_idx[j], item_val[j]
+            for t in range(indptr[a], indptr[a + 1]):
+                acc[rows[t]] += v * vals[t]
+        top = acc.max() * inv_t
+        total = 0.0
+        for b in range(n_bank):
+            total += np.exp(acc[b] * inv_t - top)
+        out[r] = top + np.log(total)
 
 
 def check_temperature(temperature: float) -> None:
