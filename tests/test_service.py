@@ -67,6 +67,18 @@ def test_text_search_returns_items_with_thumbnails(served):
         text=captions_of(idx)[0], limit=5, filter={"modality": "image"}, qbnorm=0.05)]
     assert client.post("/search", json={"item_id": body["hits"][0]["id"], "qbnorm": 0.05},
                        headers=h()).status_code == 422
+    # the index's default re-ranked this cross-modal search; false gives the plain ranking
+    # and a temperature of 1 is a temperature, not true
+    assert body["qbnorm"] == idx.anchors.recipe.qbnorm and body["hits"][0]["similarity"]
+    plain = client.post("/search", json={"text": captions_of(idx)[0], "limit": 5,
+                                         "modality": "image", "qbnorm": False},
+                        headers=h()).json()
+    assert plain["qbnorm"] is None and plain["hits"][0]["similarity"] is None
+    assert [x["id"] for x in plain["hits"]] == [x.id for x in idx.search(
+        text=captions_of(idx)[0], limit=5, filter={"modality": "image"}, qbnorm=False)]
+    one = client.post("/search", json={"text": "a photo", "modality": "image", "qbnorm": 1},
+                      headers=h()).json()
+    assert one["qbnorm"] == 1.0
     thumb = client.get(body["hits"][0]["thumbnail_url"], headers=h())
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
@@ -86,6 +98,23 @@ def test_search_by_image_upload_path_and_item(served):
     assert [x["id"] for x in by_upload["hits"]] == [x["id"] for x in by_path["hits"]]
     top = by_path["hits"][0]
     assert top["payload"]["path"] == str(img) and top["score"] == pytest.approx(1.0, abs=1e-4)
+    # an uploaded image over the captions: re-ranked by the index's default, as the Python
+    # API does it; 'off' and a temperature through the form field; junk is a 422
+    upload = {"file": ("q.png", img.read_bytes())}
+    cross = client.post("/search/image", files=upload, data={"limit": "4", "modality": "text"},
+                        headers=h()).json()
+    want = idx.search_result(image=str(img), limit=4, filter={"modality": "text"})
+    assert cross["qbnorm"] == want.qbnorm == idx.anchors.recipe.qbnorm
+    assert [x["id"] for x in cross["hits"]] == [x.id for x in want.hits]
+    off = client.post("/search/image", files=upload, headers=h(),
+                      data={"limit": "4", "modality": "text", "qbnorm": "off"}).json()
+    assert off["qbnorm"] is None and [x["id"] for x in off["hits"]] == [x.id for x in idx.search(
+        image=str(img), limit=4, filter={"modality": "text"}, qbnorm=False)]
+    warm = client.post("/search/image", files=upload, headers=h(),
+                       data={"limit": "4", "modality": "text", "qbnorm": "0.5"}).json()
+    assert warm["qbnorm"] == 0.5
+    assert client.post("/search/image", files=upload, data={"qbnorm": "hot"},
+                       headers=h()).status_code == 422
     like = client.post("/search", json={"item_id": top["id"], "limit": 3}, headers=h()).json()
     assert like["query"] == "item" and like["hits"][0]["id"] == top["id"]
     # a filter on a payload field narrows the results

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 FilterValue = Union[str, int, float, bool]
 
@@ -23,7 +23,8 @@ class SearchRequest(BaseModel):
     limit: int = Field(10, ge=1, le=1000)
     query_keep: int | Literal["all"] | None = Field(
         None, description="largest query entries sent to the database (default: the index's)")
-    qbnorm: Union[Literal[True, False], Annotated[float, Field(gt=0, le=10)], None] = Field(
+    # StrictBool: a temperature of 1 stays 1.0, not true
+    qbnorm: Union[StrictBool, Annotated[float, Field(gt=0, le=10)], None] = Field(
         None, examples=[0.05, False], description="query-bank normalisation of the top 100 "
         "(docs/evaluation.md). Unset: the index recipe's default (the tuned recipe re-ranks "
         "results that are all of the other modality, T=0.05); a temperature, or true for the "
