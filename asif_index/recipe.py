@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from asif_index.errors import ConfigError
 
 
@@ -81,10 +83,8 @@ class Recipe:
                 raise ConfigError(f"k_{m} must be a positive integer; got {k!r}")
             if p is not None and not (float(p) > 0):
                 raise ConfigError(f"p_{m} must be a positive number; got {p!r}")
-        if r.qbnorm is not None and not (isinstance(r.qbnorm, (int, float))
-                                         and 0 < float(r.qbnorm) < float("inf")):
-            raise ConfigError(f"qbnorm (a temperature) must be a positive number; got "
-                              f"{r.qbnorm!r}")
+        if r.qbnorm is not None:
+            check_temperature(r.qbnorm)
         return r
 
     @classmethod
@@ -108,6 +108,15 @@ class Recipe:
             except ValueError:
                 raise ConfigError(f"recipe setting '{part}' needs a number") from None
         return cls.from_dict(doc)
+
+
+def check_temperature(temperature: float) -> None:
+    """A query-bank temperature (``qbnorm``) must be a positive, finite number; ConfigError
+    naming it otherwise (a recipe's, a search's, a bank's)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
+            or not (temperature > 0 and np.isfinite(temperature)):
+        raise ConfigError(f"the bank temperature (qbnorm) must be a positive number, e.g. "
+                          f"{TUNED.qbnorm}; got {temperature!r}")
 
 
 PUBLISHED = Recipe()

@@ -76,6 +76,20 @@ def zero_shot_classify(
 
     Returns (predicted class [n_images], scores float32 [n_images, n_classes]).
     """
+    if reduce not in ("max", "mean"):
+        raise ConfigError(f"reduce must be 'max' or 'mean'; got '{reduce}'")
+    s = template_scores(anchors, image_embeddings, class_text_embeddings, n_classes,
+                        n_templates, k, p)
+    scores = s.max(2) if reduce == "max" else s.mean(2)
+    return scores.argmax(1), scores
+
+
+def template_scores(anchors: AnchorSet, image_embeddings: np.ndarray,
+                    class_text_embeddings: np.ndarray, n_classes: int, n_templates: int,
+                    k: int | None = None, p: float | None = None) -> np.ndarray:
+    """Every image's dot product with every (class, template) prompt, float32
+    [n_images, n_classes, n_templates]: what :func:`zero_shot_classify` reduces, for callers
+    that reduce it more than one way (the images are projected once)."""
     if class_text_embeddings.shape[0] != n_classes * n_templates:
         raise ShapeError(
             f"{class_text_embeddings.shape[0]} prompt embeddings for {n_classes} classes x "
@@ -83,14 +97,7 @@ def zero_shot_classify(
         )
     img = anchors.project(image_embeddings, "image", k, p)
     txt = anchors.project(class_text_embeddings, "text", k, p)
-    s = score_matrix(img, txt).reshape(len(img), n_classes, n_templates)
-    if reduce == "max":
-        scores = s.max(2)
-    elif reduce == "mean":
-        scores = s.mean(2)
-    else:
-        raise ConfigError(f"reduce must be 'max' or 'mean'; got '{reduce}'")
-    return scores.argmax(1), scores
+    return score_matrix(img, txt).reshape(len(img), n_classes, n_templates)
 
 
 def prompts(labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> list[str]:
@@ -100,6 +107,13 @@ def prompts(labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES)
     if not templates or any("{}" not in t for t in templates):
         raise ConfigError("every template must contain '{}' where the label goes")
     return [t.format(lbl) for lbl in labels for t in templates]
+
+
+def recall_from_scores(scores: np.ndarray, relevant: Sequence[set[int]], ks=(1, 5, 10)
+                       ) -> dict[str, float]:
+    """:func:`recall_at` of the ranking of scores [Q, N] (descending; ties by position, as
+    :func:`rank` orders them)."""
+    return recall_at(np.argsort(-scores, axis=1, kind="stable")[:, :max(ks)], relevant, ks)
 
 
 def recall_at(ranked: np.ndarray, relevant: Sequence[set[int]], ks=(1, 5, 10)) -> dict[str, float]:

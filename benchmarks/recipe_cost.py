@@ -26,23 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import flickr_bench_setup, machine, table, write_json
-
-
-def folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def make_store(kind: str, folder: Path, name: str):
-    if kind == "memory":
-        from connectors.memory import MemoryStore
-
-        return MemoryStore(name)
-    if kind == "qdrant":
-        from connectors.qdrant_edge import QdrantEdgeStore
-
-        return QdrantEdgeStore(name, path=str(folder))
-    raise SystemExit(f"--backend {kind}: use qdrant or memory (Milvus Lite's figures come "
-                     "from benchmarks.scale)")
+from benchmarks.flickr_db import make_store
+from benchmarks.scale import du_mb
 
 
 def measure(recipe_name: str, setup, kind: str, tmp: Path, n_queries: int, seed: int = 0
@@ -52,8 +37,7 @@ def measure(recipe_name: str, setup, kind: str, tmp: Path, n_queries: int, seed:
 
     img_enc, txt_enc, _train, dev, a_img, a_txt, payloads = setup
     recipe = RECIPES[recipe_name]
-    folder = tmp / recipe_name
-    store = make_store(kind, folder, "cost")
+    store = make_store(kind, tmp, recipe_name)
     idx = Index.create(store, img_enc, txt_enc, k=800, p=8.0, recipe=recipe)
     idx.add_anchor_embeddings(a_img, a_txt, payloads)
     photos = sorted({r.image for r in dev})
@@ -70,7 +54,7 @@ def measure(recipe_name: str, setup, kind: str, tmp: Path, n_queries: int, seed:
         idx.write(recs)
     nnz = {m: float(np.mean([len(r.sparse_indices) for b in store.scroll_items(
         version=idx.version) for r in b if r.modality == m])) for m in ("image", "text")}
-    size = folder_bytes(folder) if kind == "qdrant" else None
+    size = du_mb(tmp / f"q-{recipe_name}") if kind == "qdrant" else None  # its folder
     rng = np.random.default_rng(seed)
     cap_q = rng.choice(len(captions), min(n_queries, len(captions)), replace=False)
     img_q = rng.choice(len(photos), min(n_queries, len(photos)), replace=False)
@@ -94,7 +78,7 @@ def measure(recipe_name: str, setup, kind: str, tmp: Path, n_queries: int, seed:
                 "p95_ms": 1000 * float(np.percentile(lat, 95)),
                 "reranked": res.qbnorm is not None,
                 "entries_per_photo": nnz["image"], "entries_per_caption": nnz["text"],
-                "db_MB": None if size is None else size / 2**20,
+                "db_MB": size,
                 "project_photos_per_s": proj["image"], "project_captions_per_s": proj["text"]})
             print(table([rows[-1]], list(rows[-1])), flush=True)
     store.close()

@@ -25,6 +25,7 @@ import numpy as np
 
 from asif_index.anchors import AnchorSet, Modality
 from asif_index.errors import ConfigError
+from asif_index.recipe import check_temperature
 from asif_index.sparse import SparseBatch
 
 DEFAULT_TEMPERATURE = 0.05  # Flickr8k dev: 0.04-0.06 is a plateau (docs/evaluation.md)
@@ -123,14 +124,6 @@ def _log_partitions(indptr, rows, vals, item_ptr, item_idx, item_val, n_bank, in
         for b in range(n_bank):
             total += np.exp(acc[b] * inv_t - top)
         out[r] = top + np.log(total)
-
-
-def check_temperature(temperature: float) -> None:
-    """A bank temperature must be a positive, finite number (ConfigError naming it)."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) \
-            or not (temperature > 0 and np.isfinite(temperature)):
-        raise ConfigError(f"the bank temperature (qbnorm) must be a positive number, e.g. "
-                          f"{DEFAULT_TEMPERATURE}; got {temperature!r}")
 
 
 __all__ = ["BANK_STRIDE", "CANDIDATES", "DEFAULT_TEMPERATURE", "QueryBank", "check_temperature"]

@@ -76,9 +76,9 @@ def compose(parts: Sequence[tuple[SparseBatch, float]]) -> SparseBatch:
 
 def _recall(scores: np.ndarray, relevant: Sequence[set[int]], ks: Sequence[int]) -> dict:
     """R@k from scores [Q, I] (ranked by score, ties by item position)."""
-    from asif_index.search import recall_at
+    from asif_index.search import recall_from_scores
 
-    return recall_at(np.argsort(-scores, axis=1, kind="stable")[:, :max(ks)], relevant, ks)
+    return recall_from_scores(scores, relevant, ks)
 
 
 def content_words(caption: str) -> set[str]:
