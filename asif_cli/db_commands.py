@@ -327,13 +327,13 @@ def cmd_search(args) -> int:
     from asif_index.methods.unified import DEFAULT_IMAGE_WEIGHT
 
     _check_search_inputs(args)
+    qb = qbnorm_choice(args)  # a bad combination fails before the database is opened
 
     if remote.service_url(args):
-        return remote.search(args, _filter(args.filter))
+        return remote.search(args, _filter(args.filter), qb)
     idx = _open(args)
     keep = args.query_keep
     flt = _filter(args.filter) or None
-    qb = qbnorm_choice(args)
     if args.queries:  # one process, many queries: one JSON line per query
         for line in query_lines(args.queries):
             hits = idx.search(text=line, limit=args.limit, filter=flt, qbnorm=qb,

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from asif_cli.args import qbnorm_choice, query_lines
+from asif_cli.args import query_lines
 from asif_cli.output import hit_dict, print_explanation, print_hits, print_prediction
 from asif_index.errors import BackendUnavailableError, ConfigError
 
@@ -75,13 +75,13 @@ def _hits(doc: dict) -> list[SimpleNamespace]:
                             similarity=h.get("similarity")) for h in doc["hits"]]
 
 
-def search(args, flt: dict) -> int:
-    """flt: the payload filter, parsed as the local search parses it."""
+def search(args, flt: dict, qb: float | bool | None = None) -> int:
+    """flt: the payload filter, parsed as the local search parses it; qb: the search's
+    qbnorm (``asif_cli.args.qbnorm_choice``)."""
     r = Remote(service_url(args))
     r.announce()
     keep = args.query_keep
     body = {"limit": args.limit, "filter": flt, "query_keep": keep}
-    qb = qbnorm_choice(args)
     if qb is not None and not args.item:
         body["qbnorm"] = qb
 
