@@ -297,15 +297,11 @@ def _restart(args) -> None:
         Path(args.checkpoint).unlink()
 
 
-def _filter(pairs):
-    out = {}
-    for p in pairs or []:
-        k, _, v = p.partition("=")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
+def _filter(texts):
+    """--filter values as one validated filter (connectors.filters), None for none."""
+    from connectors.filters import parse_cli
+
+    return parse_cli(texts)
 
 
 def _check_search_inputs(args) -> None:
@@ -328,12 +324,12 @@ def cmd_search(args) -> int:
 
     _check_search_inputs(args)
     qb = qbnorm_choice(args)  # a bad combination fails before the database is opened
+    flt = _filter(args.filter)  # so does a malformed filter
 
     if remote.service_url(args):
-        return remote.search(args, _filter(args.filter), qb)
+        return remote.search(args, flt, qb)
     idx = _open(args)
     keep = args.query_keep
-    flt = _filter(args.filter) or None
     if args.queries:  # one process, many queries: one JSON line per query
         for line in query_lines(args.queries):
             hits = idx.search(text=line, limit=args.limit, filter=flt, qbnorm=qb,
@@ -437,9 +433,10 @@ def cmd_items_delete(args) -> int:
 
         raise ConfigError("say which items: --ids ID,ID (as 'search' prints them) or --filter "
                           "field=value")
+    flt = _filter(args.filter)  # a malformed filter fails before the database is opened
     idx = _open(args)
     ids = [x.strip() for x in (args.ids or "").split(",") if x.strip()]
-    n = idx.delete_items(ids, _filter(args.filter) or None)
+    n = idx.delete_items(ids, flt)
     print(f"deleted {n} items (anchor version {idx.version}); "
           f"{idx.store.count_items(version=idx.version)} remain")
     return 0
@@ -671,7 +668,9 @@ def register(sub, common) -> None:
                    "in one process")
     p.add_argument("--limit", type=positive_int, default=10,
                    help="results per query (default 10)")
-    p.add_argument("--filter", action="append", help="payload field=value, ANDed (repeatable), "
+    p.add_argument("--filter", action="append", help="a condition, ANDed (repeatable): "
+                   "field=value, field!=value, 'year>=2010' (> >= < <=), 'album in [a,b]', "
+                   "'album not in [a,b]', 'field exists', or a JSON filter ({\"or\": [...]}); "
                    "e.g. --filter modality=image --filter label=cat")
     p.add_argument("--query-keep", type=query_keep, help="largest query entries sent to the database: a number, "
                    "or 'all' (default: ASIF_QUERY_KEEP, else all)")
@@ -724,7 +723,8 @@ def register(sub, common) -> None:
                       "asif-index items delete --filter source=old-crawl")
     db(p)
     p.add_argument("--ids", help="comma-separated item ids, as 'search' prints them")
-    p.add_argument("--filter", action="append", help="payload field=value, ANDed (repeatable)")
+    p.add_argument("--filter", action="append", help="a condition, ANDed (repeatable): as "
+                   "search --filter (field=value, 'year>=2010', 'album in [a,b]', JSON)")
     p.set_defaults(func=cmd_items_delete)
 
     p = sub.add_parser("indexes", help="list the asif indexes of a database",

@@ -75,13 +75,15 @@ def _hits(doc: dict) -> list[SimpleNamespace]:
                             similarity=h.get("similarity")) for h in doc["hits"]]
 
 
-def search(args, flt: dict, qb: float | bool | None = None) -> int:
-    """flt: the payload filter, parsed as the local search parses it; qb: the search's
-    qbnorm (``asif_cli.args.qbnorm_choice``)."""
+def search(args, flt, qb: float | bool | None = None) -> int:
+    """flt: the parsed filter (connectors.filters), as the local search parses it; qb: the
+    search's qbnorm (``asif_cli.args.qbnorm_choice``)."""
+    from connectors import filters
+
     r = Remote(service_url(args))
     r.announce()
     keep = args.query_keep
-    body = {"limit": args.limit, "filter": flt, "query_keep": keep}
+    body = {"limit": args.limit, "filter": filters.to_json(flt) or {}, "query_keep": keep}
     if qb is not None and not args.item:
         body["qbnorm"] = qb
 
@@ -96,7 +98,9 @@ def search(args, flt: dict, qb: float | bool | None = None) -> int:
             print(json.dumps({"query": line, "hits": [hit_dict(h) for h in ask(text=line)]}))
         return 0
     if args.image:
-        if set(flt) - {"modality"} or keep is not None:
+        modality = filters.only_modality(flt)
+        if (flt is not None and flt != filters.with_modality(None, modality)) or \
+                keep is not None:
             raise ConfigError("an image search through the service takes only --filter "
                               "modality=...; drop the other filters or --query-keep, or query "
                               "the database directly (unset --service / ASIF_SERVICE_URL)")
@@ -108,8 +112,8 @@ def search(args, flt: dict, qb: float | bool | None = None) -> int:
             data["text"] = args.text
             if args.image_weight is not None:
                 data["image_weight"] = str(args.image_weight)
-        if "modality" in flt:
-            data["modality"] = flt["modality"]
+        if modality:
+            data["modality"] = modality
         if qb is not None:
             data["qbnorm"] = "on" if qb is True else "off" if qb is False else str(qb)
         with path.open("rb") as f:

@@ -28,6 +28,10 @@ class InputError(AsifError, ValueError):
         self.item = item
 
 
+class FilterError(InputError):
+    """A search or delete filter that cannot run: a bad field name, operator or value."""
+
+
 class ImageDecodeError(InputError):
     """An image file is missing, unreadable, truncated or of an unsupported mode/size."""
 
@@ -62,6 +66,11 @@ class AnchorError(AsifError, ValueError):
 
 class BackendError(AsifError):
     """A vector-database operation failed."""
+
+
+class StorageError(BackendError):
+    """The database did not keep what it acknowledged (a full disk, a dropped write): found
+    by reading the write back, before anything that depends on it happens."""
 
 
 class BackendUnavailableError(BackendError):

@@ -159,7 +159,9 @@ class Hit:
     similarity: float | None = None
 
 
-Filter = dict[str, Any]  # field -> required value (equality), ANDed
+# A user filter: a parsed tree (connectors.filters) or any form filters.parse reads
+# ({"field": value} equality, operator objects, and/or/not). Stores parse it at their entry.
+Filter = Any
 
 
 class VectorStore(ABC):
@@ -338,10 +340,6 @@ def _first_line(exc: BaseException, n: int = 300) -> str:
 
 
 def filter_matches(payload: dict[str, Any], modality: str, flt: Filter | None) -> bool:
-    if not flt:
-        return True
-    for k, v in flt.items():
-        have = modality if k == "modality" else payload.get(k)
-        if have != v:
-            return False
-    return True
+    from connectors import filters
+
+    return filters.matches(filters.parse(flt), payload, modality)

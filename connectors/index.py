@@ -366,11 +366,14 @@ class Index:
         pinned at an older version keep their snapshot until it is retired). Fenced like a
         write: if an anchor update is running, it waits for it, so the update cannot bring a
         deleted item back in its re-projected copy."""
+        from connectors import filters
+
         targets = set(items)
-        if flt:
+        expr = filters.parse(flt)  # validated before anything is read or written
+        if expr is not None:
             for batch in self.store.scroll_items(version=self.version):
                 targets |= {r.item for r in batch
-                            if all(r.payload.get(k) == v for k, v in flt.items())}
+                            if filters.matches(expr, r.payload, r.modality)}
         if not targets:
             return 0
         found: list[int] = []  # visible at the first round (a repeat finds fewer)

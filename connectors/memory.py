@@ -137,6 +137,9 @@ class MemoryStore(VectorStore):
 
     @_locked
     def count_items(self, flt: Filter | None = None, version: int | None = None) -> int:
+        from connectors import filters
+
+        flt = filters.parse(flt)
         return sum(filter_matches(it.payload, it.modality, flt) and it.visible(version)
                    for it in self._items.values())
 
@@ -157,7 +160,10 @@ class MemoryStore(VectorStore):
         return self._cache
 
     def _mask(self, cache, flt: Filter | None, version: int | None) -> np.ndarray:
-        key = (version, tuple(sorted((flt or {}).items())))
+        from connectors import filters
+
+        flt = filters.parse(flt)
+        key = (version, filters.key(flt))
         if key not in cache["masks"]:
             cache["masks"][key] = np.array(
                 [r.visible(version) and filter_matches(r.payload, r.modality, flt)

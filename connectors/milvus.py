@@ -20,6 +20,7 @@ import numpy as np
 from asif_index._optional import require
 from asif_index.anchors import AnchorManifest
 from asif_index.errors import BackendError, BackendUnavailableError, CollectionError, ConfigError
+from connectors import filters
 from connectors.base import (
     FOREVER,
     AnchorRecord,
@@ -59,16 +60,6 @@ def check_lite_path(uri: str) -> None:
                           "create it or choose another --path")
 
 
-def _expr(flt: Filter | None) -> str:
-    if not flt:
-        return ""
-    parts = []
-    for k, v in flt.items():
-        field = "modality" if k == "modality" else f'payload["{k}"]'
-        parts.append(f"{field} == {json.dumps(v)}")
-    return " and ".join(parts)
-
-
 def _milvus_transient(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
@@ -84,6 +75,17 @@ def _milvus_transient(exc: BaseException) -> bool:
         return any(s in msg for s in ("UNAVAILABLE", "failed to connect", "Connection refused",
                                       "DEADLINE_EXCEEDED", "Retry run out", "Fail connecting"))
     return False
+
+
+def _stored_payload(payload: dict) -> dict:
+    """The user's fields and their type tags (see connectors.filters.TYPES_KEY)."""
+    out = {k: v for k, v in payload.items() if not k.startswith(filters.RESERVED_PREFIX)}
+    out[filters.TYPES_KEY] = filters.type_tags(out)
+    return out
+
+
+def _user_payload(payload: dict | None) -> dict:
+    return {k: v for k, v in (payload or {}).items() if not k.startswith(filters.RESERVED_PREFIX)}
 
 
 class MilvusStore(VectorStore):
@@ -191,6 +193,7 @@ class MilvusStore(VectorStore):
         self._create(self.items, it, [("rel", "SPARSE_INVERTED_INDEX", "IP"), ("emb", "FLAT", "IP")],
                      {"rel": {"inverted_index_algo": self.inverted_index_algo}}
                      if self.inverted_index_algo else None, **self.cluster.milvus())
+        manifest.extra["type_tags"] = True  # every payload carries filters.TYPES_KEY
         self.write_manifest(manifest)
 
     def _create(self, name, schema, indexes, params: dict | None = None, **spread) -> None:
@@ -277,7 +280,8 @@ class MilvusStore(VectorStore):
         return {"pk": f"{it.id}.{nonce}", "id": it.id, "item": it.item,
                 "rel": {int(i): float(v) for i, v in zip(it.sparse_indices, it.sparse_values)},
                 "emb": emb.tolist(), "modality": it.modality, "kth": float(it.kth_similarity),
-                "vfrom": int(it.valid_from), "vto": int(it.valid_to), "payload": it.payload}
+                "vfrom": int(it.valid_from), "vto": int(it.valid_to),
+                "payload": _stored_payload(it.payload)}
 
     def upsert_items(self, items: list[ItemRecord]) -> None:
         """Write points; a point already stored is replaced.
@@ -315,7 +319,7 @@ class MilvusStore(VectorStore):
         order = np.argsort(idx)
         return ItemRecord(r["id"], r["item"], r["modality"], idx[order], val[order],
                           np.asarray(r["emb"][:dim], np.float32), float(r["kth"]),
-                          int(r["vfrom"]), int(r["vto"]), dict(r["payload"] or {}))
+                          int(r["vfrom"]), int(r["vto"]), _user_payload(r["payload"]))
 
     _FIELDS = ["pk", "id", "item", "rel", "emb", "modality", "kth", "vfrom", "vto", "payload"]
 
@@ -368,9 +372,17 @@ class MilvusStore(VectorStore):
         return n
 
     def _expr(self, flt: Filter | None, version: int | None) -> str:
-        parts = [_expr(flt)] if flt else []
+        """The user's filter (validated, rendered with escaped literals) in parentheses, and
+        the version fence beside it: no filter can reach around the fence."""
+        user = filters.to_milvus(filters.parse(flt))
+        if filters.TYPES_KEY in user and not self._manifest_cached().extra.get("type_tags"):
+            raise filters.FilterError(
+                f"filter: 'exists' and negated ranges need payload type tags, which "
+                f"{self.location} predates; rebuild it into a new "
+                "index ('asif-index anchors rebuild') or drop that part of the filter")
+        parts = [f"({user})"] if user else []
         if version is not None:
-            parts.append(f"vfrom <= {version} and vto > {version}")
+            parts.append(f"(vfrom <= {int(version)} and vto > {int(version)})")
         return " and ".join(parts)
 
     def _nonempty(self, coll: str) -> bool:
@@ -402,7 +414,7 @@ class MilvusStore(VectorStore):
             e = h["entity"]
             if e["item"] not in out:
                 out[e["item"]] = Hit(e["item"], float(h["distance"]), e["modality"],
-                                     dict(e["payload"] or {}))
+                                     _user_payload(e["payload"]))
         return sorted(out.values(), key=lambda x: -x.score)[:limit]
 
     def scroll_items(self, batch: int = 256, version: int | None = None,

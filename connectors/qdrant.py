@@ -12,6 +12,7 @@ import numpy as np
 from asif_index._optional import require
 from asif_index.anchors import AnchorManifest
 from asif_index.errors import BackendUnavailableError, CollectionError, ConfigError
+from connectors import filters
 from connectors.base import (
     FOREVER,
     AnchorRecord,
@@ -22,7 +23,7 @@ from connectors.base import (
     with_retries,
     in_range,
 )
-from connectors.qdrant_layout import item_payload, item_record, user_payload
+from connectors.qdrant_layout import item_payload, item_record, payload_key, user_payload
 
 
 
@@ -267,8 +268,8 @@ class QdrantStore(VectorStore):
 
     def _filter(self, flt: Filter | None, version: int | None):
         m = self._m
-        must = [m.FieldCondition(key="asif_modality" if k == "modality" else k,
-                                 match=m.MatchValue(value=v)) for k, v in (flt or {}).items()]
+        user = filters.to_qdrant(filters.parse(flt), m, payload_key)
+        must = [user] if user is not None else []
         if version is not None:
             must += [m.FieldCondition(key="asif_from", range=m.Range(lte=version)),
                      m.FieldCondition(key="asif_to", range=m.Range(gt=version))]

@@ -24,6 +24,7 @@ import numpy as np
 from asif_index._optional import require
 from asif_index.anchors import AnchorManifest
 from asif_index.errors import BackendError, BackendUnavailableError, CollectionError
+from connectors import filters
 from connectors.base import (
     FOREVER,
     AnchorRecord,
@@ -33,7 +34,7 @@ from connectors.base import (
     VectorStore,
     in_range,
 )
-from connectors.qdrant_layout import item_payload, item_record, user_payload
+from connectors.qdrant_layout import BOOL_TWIN, item_payload, item_record, payload_key, user_payload
 
 _BATCH = 256  # points per update operation
 # Qdrant Edge writes through memory-mapped, preallocated files: running out of disk there is a
@@ -407,11 +408,9 @@ class QdrantEdgeStore(VectorStore):
 
     def _filter(self, flt: Filter | None, version: int | None):
         q = self._q
-        must = []
-        for k, v in (flt or {}).items():
-            key = "asif_modality" if k == "modality" else k
-            must.append(q.FieldCondition(key, match=q.MatchValue(v)) if not isinstance(v, float)
-                        else q.FieldCondition(key, range=q.RangeFloat(gte=v, lte=v)))
+        user = filters.to_qdrant(filters.parse(flt), q, payload_key, edge=True,
+                                  bool_twin=BOOL_TWIN)
+        must = [user] if user is not None else []
         if version is not None:
             must += [q.FieldCondition("asif_from", range=q.RangeFloat(lte=version)),
                      q.FieldCondition("asif_to", range=q.RangeFloat(gt=version))]

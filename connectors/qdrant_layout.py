@@ -14,17 +14,29 @@ import numpy as np
 from connectors.base import ItemRecord
 
 RESERVED = {"asif_modality", "asif_kth", "asif_item", "asif_from", "asif_to"}
+RESERVED_PREFIX = "asif_"
+# qdrant-edge-py 0.9 reads MatchValue(True) as the integer 1, which never matches a stored
+# boolean: each boolean field is also kept as a keyword ("true"/"false") under this prefix,
+# and Qdrant Edge filters booleans on that twin.
+BOOL_TWIN = "asif_b_"
+
+
+def payload_key(field: str) -> str:
+    """Where a filter field lives in a point's payload (``modality`` is a reserved field)."""
+    return "asif_modality" if field == "modality" else field
 
 
 def item_payload(it: ItemRecord) -> dict[str, Any]:
-    payload = {k: v for k, v in it.payload.items() if k not in RESERVED}
+    payload = {k: v for k, v in it.payload.items() if not k.startswith(RESERVED_PREFIX)}
+    payload.update({f"{BOOL_TWIN}{k}": "true" if v else "false"
+                    for k, v in it.payload.items() if isinstance(v, bool)})
     payload.update(asif_modality=it.modality, asif_kth=float(it.kth_similarity),
                    asif_item=it.item, asif_from=int(it.valid_from), asif_to=int(it.valid_to))
     return payload
 
 
 def user_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in payload.items() if k not in RESERVED}
+    return {k: v for k, v in payload.items() if not k.startswith(RESERVED_PREFIX)}
 
 
 def item_record(point) -> ItemRecord:

@@ -3,12 +3,14 @@
     asif-index serve --path ./db --image-root ./photos       # or create_app(index, settings)
 
 Built on ``Index`` only (never on a store). Every error is JSON ``{"error", "detail"}``: input
-problems 422, refused paths 403, unknown items 404, a busy or unreachable database 409 / 503.
+problems 422, refused paths 403, unknown items 404, a busy or unreachable database 409 / 503,
+a database that did not keep a write 507, a bug 500.
 """
 
 # no "from __future__ import annotations": FastAPI reads the route annotations at runtime,
 # and they name classes imported inside create_app
 
+import logging
 import re
 import tempfile
 import threading
@@ -30,7 +32,9 @@ from asif_index.errors import (
     ConsistencyError,
     InputError,
     ModalityError,
+    StorageError,
 )
+from connectors import filters
 from connectors.service.auth import KeyRing
 from connectors.service.images import ImageMissing, PathRefused, resolve_under, thumbnail
 from connectors.service.jobs import Job, JobManager
@@ -56,7 +60,14 @@ from connectors.service.models import (
 from connectors.service.operations import make_runner, source_items
 from connectors.service.settings import ServiceSettings
 
-STATUS = [(PathRefused, 403), (ImageMissing, 404), (InputError, 422), (ModalityError, 422),
+log = logging.getLogger("asif_index.service")
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+STATUS = [(StorageError, 507), (PathRefused, 403), (ImageMissing, 404), (InputError, 422), (ModalityError, 422),
           (AnchorError, 422),
           (CollectionError, 404), (BackendUnavailableError, 503), (ConsistencyError, 409),
           (ConfigError, 400), (AsifError, 400)]
@@ -155,8 +166,20 @@ def create_app(index, settings: ServiceSettings | None = None, *,
 
     for cls, code in STATUS:
         def handler(_, exc, code=code):
-            return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, code)
+            return JSONResponse({"error": type(exc).__name__, "detail": one_line(exc)}, code)
         app.add_exception_handler(cls, handler)
+
+    @app.exception_handler(OSError)
+    async def os_error(_, exc: OSError):
+        # a path the request named (too long, a folder, unreadable): the client's input
+        return JSONResponse({"error": "InputError", "detail": one_line(exc)}, 422)
+
+    @app.exception_handler(Exception)
+    async def internal(_, exc: Exception):
+        log.exception("internal error")
+        return JSONResponse({"error": "InternalError", "detail": f"{type(exc).__name__}: "
+                             f"{one_line(exc)[:300]} (a bug: the service log has the "
+                             "traceback)"}, 500)
 
     # -- helpers --------------------------------------------------------------------------
     def fresh():
@@ -207,11 +230,9 @@ def create_app(index, settings: ServiceSettings | None = None, *,
                     similarity=getattr(h, "similarity", None),
                     thumbnail_url=item_thumb(h.payload, h.id)) for h in hits]
 
-    def query_filter(req_filter: dict, modality: str | None) -> dict | None:
-        flt = dict(req_filter)
-        if modality:
-            flt["modality"] = modality
-        return flt or None
+    def query_filter(req_filter, modality: str | None):
+        """The request's filter, validated (a FilterError answers 422), with its modality."""
+        return filters.with_modality(filters.parse(req_filter or None), modality)
 
     def check_text(text: str | None) -> None:
         if text is not None and len(text) > s.max_text_chars:

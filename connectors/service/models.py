@@ -6,7 +6,6 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-FilterValue = Union[str, int, float, bool]
 
 
 class SearchRequest(BaseModel):
@@ -18,8 +17,12 @@ class SearchRequest(BaseModel):
     image_path: str | None = Field(None, examples=["/data/photos/beach.jpg"])
     item_id: str | None = Field(None, description="an id a previous search returned")
     modality: Literal["image", "text"] | None = Field(None, description="only items of it")
-    filter: dict[str, FilterValue] = Field(default_factory=dict,
-                                           description="payload field = value, ANDed")
+    filter: dict[str, Any] = Field(
+        default_factory=dict, examples=[{"label": "dog"}, {"year": {"gte": 2010},
+                                                           "album": ["alps", "beach"]}],
+        description="payload conditions, ANDed: field: value (a list: any of them), field: "
+        "{op: value} with op eq, ne, in, nin, gt, gte, lt, lte, exists; and/or/not take "
+        "lists of filters. Field names: letters, digits, '_' and '-'")
     limit: int = Field(10, ge=1, le=1000)
     query_keep: int | Literal["all"] | None = Field(
         None, description="largest query entries sent to the database (default: the index's)")
