@@ -25,7 +25,12 @@ from tenacity import (
 )
 
 from asif_index.anchors import AnchorManifest
-from asif_index.errors import BackendError, BackendUnavailableError, CollectionError
+from asif_index.errors import (
+    BackendError,
+    BackendUnavailableError,
+    CollectionError,
+    StorageError,
+)
 
 T = TypeVar("T")
 
@@ -293,6 +298,70 @@ class VectorStore(ABC):
     def close(self) -> None:  # noqa: B027 - optional
         pass
 
+    # verified writes -------------------------------------------------------------------
+    # An engine can acknowledge a write it does not keep (milvus-lite on a full disk logs
+    # "database or disk is full" and answers success). So everything that depends on a
+    # write (a checkpoint, a retired point, a version switch) runs only after the write has
+    # been read back: these wrap the primitives above and raise StorageError on a mismatch.
+
+    def stored_validity(self, point_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """(valid_from, valid_to) of each of these points that is stored. Stores override
+        it with a read that skips the vectors."""
+        return {r.id: (r.valid_from, r.valid_to) for r in self.fetch_items(list(point_ids))}
+
+    def stored_anchor_versions(self, ids: list[int]) -> dict[int, tuple[int, int]]:
+        """(added_version, removed_version) of each of these anchors that is stored."""
+        want = {int(i) for i in ids}
+        return {a.id: (a.added_version, a.removed_version)
+                for a in self.fetch_anchors(None) if a.id in want}
+
+    def _lost(self, what: str, n: int, bad: list) -> StorageError:
+        return StorageError(
+            f"{self.location}: {what}: the database acknowledged {n} writes but {len(bad)} of "
+            f"them are not stored as written (e.g. {bad[0]}); a full disk or a server that "
+            "dropped the write. Nothing that depends on them was done and the live version is "
+            "complete: free disk space (or fix the server), then re-run the same command "
+            "(ingestion resumes from its checkpoint, an anchor update from its journal)")
+
+    def write_items(self, items: list[ItemRecord], what: str = "writing items") -> None:
+        """upsert_items, then read every point's id and validity back."""
+        if not items:
+            return
+        self.upsert_items(items)
+        want = {it.id: (int(it.valid_from), int(it.valid_to)) for it in items}
+        have = self.stored_validity(list(want))
+        bad = [i for i, v in want.items() if have.get(i) != v]
+        if bad:
+            raise self._lost(what, len(want), bad)
+
+    def close_items(self, point_ids: list[str], version: int,
+                    what: str = "closing superseded points") -> None:
+        """set_valid_to, then read the closed validity back."""
+        if not point_ids:
+            return
+        self.set_valid_to(point_ids, version)
+        have = self.stored_validity(list(point_ids))
+        bad = [i for i in point_ids if i not in have or have[i][1] != int(version)]
+        if bad:
+            raise self._lost(what, len(point_ids), bad)
+
+    def write_anchors(self, anchors: list[AnchorRecord], what: str = "writing anchors") -> None:
+        if not anchors:
+            return
+        self.upsert_anchors(anchors)
+        want = {int(a.id): (int(a.added_version), int(a.removed_version)) for a in anchors}
+        have = self.stored_anchor_versions(list(want))
+        bad = [i for i, v in want.items() if have.get(i) != v]
+        if bad:
+            raise self._lost(what, len(want), bad)
+
+    def switch_manifest(self, manifest: AnchorManifest) -> None:
+        """write_manifest (the atomic version switch), then read it back."""
+        self.write_manifest(manifest)
+        doc = self.get_doc("manifest")
+        if not doc or int(doc.get("version", -1)) != int(manifest.version):
+            raise self._lost(f"switching to anchor version {manifest.version}", 1, ["manifest"])
+
 
 def with_retries(
     fn: Callable[..., T],
@@ -328,7 +397,11 @@ def with_retries(
                     "ingestion resumes from its checkpoint, an update from its journal"
                 ) from exc
             if backend_errors and isinstance(exc, backend_errors):
-                raise BackendError(f"{what} failed: {_first_line(exc, 500)}") from exc
+                raise BackendError(
+                    f"{what} failed: {_first_line(exc, 400)}; the server's log says why (a "
+                    "full disk shows there): fix that, then re-run the same command "
+                    "(ingestion resumes from its checkpoint, an update from its journal)"
+                ) from exc
             raise
 
     return call

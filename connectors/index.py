@@ -381,7 +381,7 @@ class Index:
         def end(version: int, _lease) -> int:
             heads = self.store.heads(sorted(targets))
             found.append(len(heads))
-            self.store.set_valid_to([h.id for h in heads.values()], version)
+            self.store.close_items([h.id for h in heads.values()], version, "deleting items")
             return version
 
         version = self._fenced(end, "delete")
@@ -404,7 +404,7 @@ class Index:
                 # same content, so the same vector at every version since the head's: update
                 # (payload) in place instead of adding a point
                 r.id, r.valid_from = h.id, h.valid_from
-        self.store.upsert_items(records)
+        self.store.write_items(records)
         return len(records) - len(heads), len(heads)
 
     # -- queries ------------------------------------------------------------------------

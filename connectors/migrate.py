@@ -31,17 +31,17 @@ def copy_index(src: VectorStore, dst: VectorStore, batch: int = 512,
     dst.create(man)
     anchors = src.fetch_anchors(None)
     for s in range(0, len(anchors), batch):
-        dst.upsert_anchors(anchors[s:s + batch])
+        dst.write_anchors(anchors[s:s + batch], "copying anchors")
     points = 0
     for recs in src.scroll_items(batch):
-        dst.upsert_items(recs)
+        dst.write_items(recs, "copying items")
         points += len(recs)
         if progress is not None:
             progress(points)
     ret = src.get_doc(RETENTION)
     if ret:
         dst.put_doc(RETENTION, ret)
-    dst.write_manifest(man)
+    dst.switch_manifest(man)
     if dst.count_items() != src.count_items() or len(dst.fetch_anchors(None)) != len(anchors):
         raise CollectionError(f"the copy in {dst.location} does not match {src.location} "
                               "(counts differ); it was left for inspection: drop it and retry")

@@ -306,6 +306,14 @@ class MilvusStore(VectorStore):
                              output_fields=["pk"])
             rows = [self._row(it, d, nonce) for it in chunk]
             self._call("insert items", self.client.insert, self.items, rows)
+            # The old rows go only once the new ones are read back: milvus-lite on a full
+            # disk acknowledges inserts it drops, and deleting then would lose the item.
+            pks = [r["pk"] for r in rows]
+            kept = {r["pk"] for r in self._call("query", self.client.query, self.items,
+                                                 filter=f"pk in {json.dumps(pks)}",
+                                                 output_fields=["pk"])}
+            if len(kept) != len(pks):
+                raise self._lost("writing items", len(pks), sorted(set(pks) - kept))
             if old:
                 self._call("delete replaced items", self.client.delete, self.items,
                            ids=[r["pk"] for r in old])
@@ -359,6 +367,27 @@ class MilvusStore(VectorStore):
         for r in recs:
             r.valid_to = version
         self.upsert_items(recs)
+
+    def stored_validity(self, point_ids: list[str]) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[str, int, int]] = {}
+        for s in range(0, len(point_ids), _MAX_RPC_ITEMS):
+            ids = json.dumps(list(point_ids[s:s + _MAX_RPC_ITEMS]))
+            for r in self._call("query", self.client.query, self.items, filter=f"id in {ids}",
+                                output_fields=["pk", "id", "vfrom", "vto"]):
+                # a rewrite in flight shows two rows: the newer (smaller nonce) one counts
+                if r["id"] not in out or r["pk"] < out[r["id"]][0]:
+                    out[r["id"]] = (r["pk"], int(r["vfrom"]), int(r["vto"]))
+        return {k: (v[1], v[2]) for k, v in out.items()}
+
+    def stored_anchor_versions(self, ids: list[int]) -> dict[int, tuple[int, int]]:
+        out = {}
+        for s in range(0, len(ids), _MAX_RPC_ITEMS):
+            part = [int(i) for i in ids[s:s + _MAX_RPC_ITEMS]]
+            for r in self._call("query", self.client.query, self.anchors,
+                                filter=f"id in {json.dumps(part)}",
+                                output_fields=["id", "added_version", "removed_version"]):
+                out[int(r["id"])] = (int(r["added_version"]), int(r["removed_version"]))
+        return out
 
     def delete_items(self, ids: list[str]) -> None:
         if ids:

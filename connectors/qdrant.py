@@ -230,6 +230,21 @@ class QdrantStore(VectorStore):
                          with_payload=True, with_vectors=True)
         return [self._record(p) for p in pts]
 
+    def stored_validity(self, point_ids: list[str]) -> dict[str, tuple[int, int]]:
+        if not point_ids:
+            return {}
+        pts = self._call("retrieve", self.client.retrieve, self.items, list(point_ids),
+                         with_payload=["asif_from", "asif_to"], with_vectors=False)
+        return {str(p.id): (int(p.payload["asif_from"]), int(p.payload["asif_to"])) for p in pts}
+
+    def stored_anchor_versions(self, ids: list[int]) -> dict[int, tuple[int, int]]:
+        if not ids:
+            return {}
+        pts = self._call("retrieve", self.client.retrieve, self.anchors, [int(i) for i in ids],
+                         with_payload=["added_version", "removed_version"], with_vectors=False)
+        return {int(p.id): (int(p.payload.get("added_version", 0)),
+                            int(p.payload.get("removed_version", FOREVER))) for p in pts}
+
     def heads(self, items: list[str]) -> dict[str, ItemRecord]:
         if not items:
             return {}

@@ -379,6 +379,19 @@ class QdrantEdgeStore(VectorStore):
         recs = self._on(self.items, "read", "retrieve", list(ids), True, True)
         return [self._record(p) for p in recs]
 
+    def stored_validity(self, point_ids: list[str]) -> dict[str, tuple[int, int]]:
+        if not point_ids:
+            return {}
+        recs = self._on(self.items, "read", "retrieve", list(point_ids), True, False)
+        return {str(p.id): (int(p.payload["asif_from"]), int(p.payload["asif_to"])) for p in recs}
+
+    def stored_anchor_versions(self, ids: list[int]) -> dict[int, tuple[int, int]]:
+        if not ids:
+            return {}
+        recs = self._on(self.anchors, "read", "retrieve", [int(i) for i in ids], True, False)
+        return {int(p.id): (int(p.payload["added_version"]), int(p.payload["removed_version"]))
+                for p in recs}
+
     def heads(self, items: list[str]) -> dict[str, ItemRecord]:
         if not items:
             return {}

@@ -34,12 +34,12 @@ def rebuild(index: "Index", target: VectorStore, k: int | None = None, p: float 
                        **index.engine_options)
     src = index.anchors
     new.anchors.add(src.image, src.text, list(src.payloads), ids=src.ids)
-    target.upsert_anchors([AnchorRecord(int(i), src.image[r], src.text[r], pl.caption,
+    target.write_anchors([AnchorRecord(int(i), src.image[r], src.text[r], pl.caption,
                                         pl.image_ref, pl.source, float(src.added_at[r]), pl.key)
                            for r, (i, pl) in enumerate(zip(src.ids, src.payloads))])
     new.anchors.manifest.version = 0
     new.anchors.manifest.extra["next_id"] = int(src.next_id)
-    target.write_manifest(new.anchors.manifest)
+    target.switch_manifest(new.anchors.manifest)
     n = 0
     for recs in index.store.scroll_items(batch, version=index.version):
         for mod in ("image", "text"):
@@ -47,7 +47,7 @@ def rebuild(index: "Index", target: VectorStore, k: int | None = None, p: float 
             if not group:
                 continue
             out = reproject(new.anchors, group, mod, 0, new.engine_options)
-            target.upsert_items(out)
+            target.write_items(out, "writing the rebuilt index")
             n += len(out)
         if progress is not None:
             progress(n)

@@ -193,9 +193,10 @@ def pass_items(store: VectorStore, plan: ItemPassPlan, batch: int = 512, id_rang
             full = [group[j] for j in todo[~mergeable]]
             if full:
                 fresh += reproject(new_set, full, mod, target, plan.engine_options)
-            store.upsert_items(fresh)
-            store.set_valid_to([group[j].id for j in todo if group[j].valid_from < target],
-                               target)
+            # read back before the old points are closed: never retire what was not kept
+            store.write_items(fresh, f"re-projecting items for anchor version {target}")
+            store.close_items([group[j].id for j in todo if group[j].valid_from < target],
+                              target, f"closing superseded points at version {target}")
             touched += len(todo)
     return scanned, touched
 
@@ -269,7 +270,7 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
             new_set.add(img, txt, payloads, ids=add_ids.astype(np.uint32))
             rows = new_set.rows_of(add_ids)
             now = time.time()
-            store.upsert_anchors([
+            store.write_anchors([
                 AnchorRecord(int(i), new_set.image[r], new_set.text[r], p.caption, p.image_ref,
                              p.source, now, p.key, added_version=target)
                 for r, i, p in zip(rows, add_ids, payloads)])
@@ -289,7 +290,7 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
         recs = [a for a in store.fetch_anchors(v) if a.id in rem]
         for a in recs:
             a.removed_version = target
-        store.upsert_anchors(recs)
+        store.write_anchors(recs, "marking removed anchors")
     if new_set is None:
         new_set = anchors_at(store, man, target)
     new_set.manifest.version = target
@@ -307,7 +308,7 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
     if "centers" in new_set.manifest.extra:  # frozen by the first anchors of a centred recipe
         man.extra["centers"] = new_set.manifest.extra["centers"]
     man.version = target
-    store.write_manifest(man)
+    store.switch_manifest(man)
     store.put_doc(JOURNAL, None)
     index._adopt(new_set)
     return UpdateResult(target, add_ids.astype(np.uint32), rem_ids, scanned, touched,
