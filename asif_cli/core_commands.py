@@ -93,31 +93,36 @@ def cmd_demo(args) -> int:
     pair_rows = [i for i in a_rows for _ in caps[i]]
     pair_caps = [c for i in a_rows for c in caps[i]]
     txt_emb = txt_enc.encode(pair_caps)
+    from asif_index.recipe import DEFAULT as recipe  # what a new index uses
+
     anchors = AnchorSet(AnchorManifest(img_enc.name, txt_enc.name, img_enc.dim, txt_enc.dim,
-                                       k=s.k, p=s.p))
+                                       k=s.k, p=s.p, extra={"recipe": recipe.to_dict()}))
     anchors.add(img_emb[pair_rows], txt_emb,
                 [AnchorPayload(c, str(refs[i]), "demo") for i, c in zip(pair_rows, pair_caps)])
-    k = min(s.k, len(anchors))
     items = np.flatnonzero(held)
+    (ki, pi), (kt, pt) = anchors.kp("image"), anchors.kp("text")
     print(f"{len(anchors)} anchor pairs from {len(a_rows)} images, embedded in "
-          f"{time.perf_counter() - t0:.1f}s ({img_enc.name} + {txt_enc.name}); k={k}, p={s.p}; "
+          f"{time.perf_counter() - t0:.1f}s ({img_enc.name} + {txt_enc.name}); recipe "
+          f"'{recipe.name}' (images k={min(ki, len(anchors))} p={pi:g}, texts "
+          f"k={min(kt, len(anchors))} p={pt:g}); "
           f"{len(items)} other images held out as the searched items")
     if not args.captions:
         print("(the bundled sample has 14 photographs in three views each, so a held-out view "
               "is a crop or mirror of a photograph whose other views are anchors; on your data "
               "the held-out images are distinct, and 'asif-index evaluate' measures Flickr8k)")
-    item_vecs = anchors.project(img_emb[items], "image", k, s.p)
+    # each side by the recipe, as an index made with it (k is capped at the anchors)
+    item_vecs = anchors.project(img_emb[items], "image")
     # text -> image: each held-out image's own captions as queries
     q_text = [c for i in items for c in caps[i]]
     q_item = [j for j, i in enumerate(items) for _ in caps[i]]
-    q = anchors.project(txt_enc.encode(q_text), "text", k, s.p)
+    q = anchors.project(txt_enc.encode(q_text), "text")
     _, order = rank(q, item_vecs, len(items))
     r1 = float(np.mean([order[r, 0] == q_item[r] for r in range(len(q_text))]))
     print(f"text -> image over the held-out images: R@1 {r1:.3f} for {len(q_text)} captions "
           f"(chance {1 / len(items):.3f})")
     queries = args.query or ([f"a photo of {lab}" for lab in sorted(set(labels))][:4]
                              if labels else q_text[:3])
-    qv = anchors.project(txt_enc.encode(queries), "text", k, s.p)
+    qv = anchors.project(txt_enc.encode(queries), "text")
     scores, top = rank(qv, item_vecs, min(3, len(items)))
     lines = []
     for r, text in enumerate(queries):
@@ -129,8 +134,7 @@ def cmd_demo(args) -> int:
     if labels is not None:
         classes = sorted(set(labels))
         ptxt = txt_enc.encode(prompts(classes))
-        pred, _ = zero_shot_classify(anchors, img_emb[items], ptxt, len(classes), 3, "mean",
-                                     k, s.p)
+        pred, _ = zero_shot_classify(anchors, img_emb[items], ptxt, len(classes), 3, "mean")
         acc = float(np.mean([classes[p] == labels[i] for p, i in zip(pred, items)]))
         print(f"zero-shot classification of the {len(items)} held-out images into "
               f"{len(classes)} classes: accuracy {acc:.3f} (chance {1 / len(classes):.3f})")

@@ -623,8 +623,10 @@ class Index:
         from asif_index.search import zero_shot_classify
 
         txt = self.encoders["text"].encode(prompts(labels, templates))
+        # k and p left to the anchor set: each side by the index's recipe (a tuned index
+        # projects images with k=3200 and prompts with p=4, as its items and queries)
         pred, scores = zero_shot_classify(self.anchors, img, txt, len(labels), len(templates),
-                                          reduce, self.k, self.p)
+                                          reduce)
         return [labels[i] for i in pred], scores
 
     # -- text-trained heads (asif_index.methods.text_classifier) ------------------------

@@ -10,6 +10,28 @@ from tests.conftest import unit_rows
 PRECISIONS = ["fp32"] + (["bf16"] if cpu_has_fast_bf16() else [])
 
 
+def fp32_bound(d: int) -> float:
+    """How far two fp32 dot products of unit vectors in ``d`` dimensions, summed in different
+    orders (another blocking, kernel or CPU's BLAS), may differ: each is within the engine's
+    documented accumulation factor g_d of the exact value."""
+    from asif_index.engine.bounds import accumulation_factor
+
+    return 2 * accumulation_factor(d)
+
+
+def assert_same_ranking(values, rows, ref_v, ref_i, d: int):
+    """Results of two summation orders: values within :func:`fp32_bound`, the same members
+    (ties within the bound aside) and the same order wherever neighbours are further apart
+    than the bound. Members and ties are still compared exactly: only rounding is allowed."""
+    bound = fp32_bound(d)
+    assert_same_topk(values, rows, ref_v, ref_i, atol=bound)
+    gap = np.abs(np.diff(ref_v, axis=1)) > 2 * bound
+    clear = np.ones_like(ref_i, bool)
+    clear[:, 1:] &= gap
+    clear[:, :-1] &= gap
+    np.testing.assert_array_equal(np.where(clear, rows, -1), np.where(clear, ref_i, -1))
+
+
 def assert_same_topk(values, rows, ref_v, ref_i, atol=2e-6):
     """Identical top-k sets, ties aside: any differing member must tie the k-th value."""
     assert values.shape == ref_v.shape
@@ -53,8 +75,8 @@ def test_block_sizes_do_not_change_results():
     a, q = unit_rows(rng, 2000, 32), unit_rows(rng, 20, 32)
     big = TopKEngine(a, precision="fp32", device="cpu").search(q, 50)
     small = TopKEngine(a, precision="fp32", device="cpu", query_block=3, anchor_block=7).search(q, 50)
-    np.testing.assert_array_equal(big[1], small[1])
-    np.testing.assert_array_equal(big[0], small[0])
+    # other blockings sum in another order: equal up to the fp32 bound (1 ulp on AMD EPYC)
+    assert_same_ranking(small[0], small[1], big[0], big[1], 32)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
