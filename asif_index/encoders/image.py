@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from asif_index._optional import require
+from asif_index.encoders import identity
 from asif_index.encoders.base import Encoder, sha1
 from asif_index.errors import ConfigError, ImageDecodeError
 
@@ -170,9 +171,12 @@ class TimmImageEncoder(_TorchImageEncoder):
             model = timm.create_model(model_name, pretrained=False, num_classes=0)
         except RuntimeError as exc:
             raise ConfigError(f"timm has no model '{model_name}': {exc}") from exc
+        digest = "none"  # no weights: timm's random initialisation
         if weights is not None:
             sd = weights if isinstance(weights, dict) else _load_state_dict(Path(weights))
             _load_into(model, sd, by_order=by_order, source=str(model_name))
+            digest = (identity.tensors_digest(sd) if isinstance(weights, dict)
+                      else identity.files_digest([("weights", Path(weights))]))
         self.model = model.eval().to(self.device)
         if self.device.type == "cuda":
             self.model.half()
@@ -180,7 +184,9 @@ class TimmImageEncoder(_TorchImageEncoder):
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
         self.std = tuple(cfg.get("std", IMAGENET_STD))
-        self.name = name or f"timm:{model_name}:{Path(str(weights)).name}"
+        # identity: the weights' digest, not their file name (see encoders.identity)
+        label = "state-dict" if isinstance(weights, dict) else Path(str(weights)).name
+        self.name = name or identity.with_digest(f"timm:{model_name}:{label}", digest)
 
     @torch.inference_mode()
     def _forward(self, prepared: list[torch.Tensor]) -> torch.Tensor:
@@ -210,7 +216,8 @@ class HFImageEncoder(_TorchImageEncoder):
             pass
         cfg = self.model.config
         self.dim = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "hidden_sizes", [0])[-1])
-        self.name = name or f"hf-image:{path.resolve().name}"
+        self.name = name or identity.with_digest(f"hf-image:{path.resolve().name}",
+                                                 identity.folder_digest(path))
 
     @torch.inference_mode()
     def _forward(self, prepared: list[torch.Tensor]) -> torch.Tensor:
@@ -254,7 +261,14 @@ def _load_into(model: torch.nn.Module, sd: dict, by_order: bool, source: str) ->
         return
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing:
-        raise ConfigError(f"weights for {source} miss tensors {missing[:5]}...")
+        # Files saved by another implementation of the same network (the bundled
+        # EfficientNet-Lite0 uses its own tensor names) load by position when every
+        # tensor's shape matches in order.
+        try:
+            _load_into(model, sd, by_order=True, source=source)
+        except ConfigError as by_order_failed:
+            raise ConfigError(f"weights for {source} miss tensors {missing[:5]} by name, and "
+                              f"by position: {by_order_failed}") from None
 
 
 def default_image_encoder(**kwargs: Any) -> TimmImageEncoder:

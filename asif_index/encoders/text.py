@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from asif_index._optional import require
+from asif_index.encoders import identity
 from asif_index.encoders.base import Encoder, sha1
 from asif_index.errors import ConfigError, EmptyTextError, InputError
 
@@ -44,7 +45,9 @@ class HFTextEncoder(Encoder):
             self.model.half()
         self.dim = int(self.model.config.hidden_size)
         self.max_length = max_length
-        self.name = name or f"hf-text:{path.resolve().name}"
+        # identity: a digest of the weight, config and tokenizer files (encoders.identity)
+        self.name = name or identity.with_digest(f"hf-text:{path.resolve().name}",
+                                                 identity.folder_digest(path))
 
     def content_key(self, item: Any) -> str | None:
         return sha1(item.encode("utf-8")) if isinstance(item, str) else None
