@@ -116,7 +116,8 @@ def _source(args):
         return list(read_captions_table(args.captions, args.images, args.image_column,
                                         args.caption_column, args.split)), args.captions
     if getattr(args, "folder", None):
-        return list(read_image_folder(args.folder)), args.folder
+        return list(read_image_folder(args.folder, follow_symlinks=getattr(
+            args, "follow_symlinks", False))), args.folder
     if getattr(args, "texts", None):
         return list(read_texts(args.texts, args.text_column)), args.texts
     if getattr(args, "webdataset", None):
@@ -559,7 +560,12 @@ def register(sub, common) -> None:
         p.add_argument("--caption-column", default="caption",
                        help="caption column (default caption)")
         p.add_argument("--split", help="only rows of this split (a 'split' column)")
-        p.add_argument("--folder", help="image folder (one sub-folder per class = label)")
+        p.add_argument("--folder", help="image folder: its images, and those of each "
+                       "sub-folder with the sub-folder's name as 'label' (hidden folders, "
+                       "FIFOs and devices are skipped and reported)")
+        p.add_argument("--follow-symlinks", action="store_true",
+                       help="with --folder: follow symlinks that point outside the folder "
+                            "(skipped and reported by default)")
         p.add_argument("--texts", help="text file (one per line) or table")
         p.add_argument("--text-column", default="text", help="text column (default text)")
         p.add_argument("--webdataset", nargs="+", help="WebDataset .tar shards")

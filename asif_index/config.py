@@ -54,6 +54,14 @@ class AsifSettings(BaseSettings):
     # Images declaring more pixels than this are skipped (decompression bombs).
     max_image_pixels: int = Field(50_000_000, ge=64, le=2_000_000_000)
 
+    @field_validator("cache_dir")
+    @classmethod
+    def _cache_dir(cls, v: Path) -> Path:
+        if v.exists() and not v.is_dir():
+            raise ValueError(f"'{v}' is a file, not a folder; name a folder for the embedding "
+                             "cache (it is created when missing)")
+        return v
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:

@@ -43,9 +43,12 @@ def read_table(path: str | Path) -> list[dict]:
                 rows.append({ROW_ERROR: f"{p}:{n} is not valid UTF-8 ({line.reason})"})
             elif line.strip():
                 try:
-                    row = json.loads(line)
+                    row = json.loads(line, object_pairs_hook=_no_duplicate_keys)
                 except json.JSONDecodeError as exc:
                     rows.append({ROW_ERROR: f"{p}:{n} is not valid JSON ({exc})"})
+                    continue
+                except _DuplicateKey as exc:
+                    rows.append({ROW_ERROR: f"{p}:{n} has the key '{exc}' twice; keep one"})
                     continue
                 rows.append(row if isinstance(row, dict) else
                             {ROW_ERROR: f"{p}:{n} is not a JSON object"})
@@ -60,6 +63,19 @@ def read_table(path: str | Path) -> list[dict]:
             raise ConfigError(f"Parquet table '{p}' cannot be read ({type(exc).__name__}: "
                               f"{str(exc)[:200]}); the file is corrupt or not Parquet") from exc
     raise ConfigError(f"unsupported table format '{suf}' for '{p}'; use csv, tsv, jsonl or parquet")
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
 
 
 class _Bad(str):
@@ -100,6 +116,12 @@ def _read_delimited(p: Path, delim: str) -> list[dict]:
         return []
     if any(bad.search(h) for h in header):
         raise ConfigError(f"the header of table '{p}' is not UTF-8 text; save the table as UTF-8")
+    seen: set[str] = set()
+    for h in header:
+        if h in seen:
+            raise ConfigError(f"table '{p}' has the column '{h}' twice in its header; rename one "
+                              "(a row would keep only one of the two values)")
+        seen.add(h)
     rows: list[dict] = []
     while True:
         try:
@@ -149,6 +171,12 @@ def read_captions(
         if img in (None, "") or cap is None:
             out.append(CaptionRow(base / f"row-{n}", "", "", error=f"{table}: row {n + 1} has no "
                                   f"'{image_column}' or '{caption_column}' value"))
+            continue
+        if not isinstance(cap, (str, int, float)) or isinstance(cap, bool) or \
+                not isinstance(img, str):
+            out.append(CaptionRow(base / f"row-{n}", "", "", error=(
+                f"{table}: row {n + 1}: the '{caption_column}' and '{image_column}' values must "
+                f"be text; got {type(cap).__name__} and {type(img).__name__}")))
             continue
         split = str(r.get(split_column, "") or "") if split_column else ""
         out.append(CaptionRow(base / str(img), str(cap), split))

@@ -8,6 +8,16 @@ Milvus, torch, PIL) are translated into these at the boundary, so callers only e
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """Text any stream can print and any store can hold: lone surrogates (undecodable
+    file-name or shell bytes) shown as backslash escapes instead of failing the message or
+    the write that names them."""
+    try:  # bytes a file name carried as surrogate escapes come back as \xNN
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # other lone surrogates (\ud800) as \uNNNN
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class AsifError(Exception):
     """Base class of every error raised by asif-index."""
 

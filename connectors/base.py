@@ -9,6 +9,7 @@ k-th similarity, modality, anchor-set version, user payload).
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -27,6 +28,7 @@ from tenacity import (
 from asif_index.anchors import AnchorManifest
 from asif_index.errors import (
     BackendError,
+    ConfigError,
     BackendUnavailableError,
     CollectionError,
     StorageError,
@@ -36,6 +38,30 @@ T = TypeVar("T")
 
 
 FOREVER = 2**62  # valid_to of a point that no anchor update has superseded
+
+# Index names become folder names (Qdrant Edge), collection names and file-name parts: one
+# safe set on every backend, so no name can reach outside its database ('../x') or mean
+# something to an engine. Milvus collection names also refuse '-' and a leading digit.
+_INDEX_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
+_MILVUS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+
+
+def check_index_name(name: object, backend: str = "") -> str:
+    """The name, or ConfigError naming it and the fix."""
+    ok = isinstance(name, str) and (_MILVUS_NAME if backend == "milvus" else _INDEX_NAME
+                                    ).fullmatch(name)
+    if not ok:
+        import re as _re
+
+        shown = ascii(name)[:60]
+        suggestion = _re.sub(r"[^A-Za-z0-9_]", "_", str(name))[:100].strip("_") or "asif"
+        if backend == "milvus" and suggestion[0].isdigit():
+            suggestion = "i_" + suggestion
+        rule = ("letters, digits and '_', starting with a letter or '_'" if backend == "milvus"
+                else "letters, digits, '_' and '-'")
+        raise ConfigError(f"index name {shown} (--name) may hold only {rule}, at most 100 "
+                          f"characters; choose another, e.g. '{suggestion}'")
+    return name
 
 
 IdRange = tuple[str | None, str | None]

@@ -12,6 +12,7 @@ import numpy as np
 from asif_index.anchors import AnchorManifest
 from asif_index.errors import CollectionError
 from connectors.base import (
+    check_index_name,
     FOREVER,
     AnchorRecord,
     Filter,
@@ -39,7 +40,7 @@ class MemoryStore(VectorStore):
     _lock = threading.RLock()  # class-wide: instances are cheap and rarely contended
 
     def __init__(self, name: str = "asif") -> None:
-        self.name = name
+        self.name = check_index_name(name, self.backend)
         self._docs: dict[str, dict] = {}
         self._anchors: dict[int, AnchorRecord] = {}
         self._items: dict[str, ItemRecord] = {}

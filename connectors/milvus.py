@@ -22,6 +22,7 @@ from asif_index.anchors import AnchorManifest
 from asif_index.errors import BackendError, BackendUnavailableError, CollectionError, ConfigError
 from connectors import filters
 from connectors.base import (
+    check_index_name,
     FOREVER,
     AnchorRecord,
     Filter,
@@ -106,7 +107,7 @@ class MilvusStore(VectorStore):
         items collection's ``num_shards``)."""
         pm = require("pymilvus", "the Milvus connector")
         self._pm = pm
-        self.name = name
+        self.name = check_index_name(name, self.backend)
         from connectors.cluster import ClusterOptions
 
         self.cluster = cluster or ClusterOptions()

@@ -14,6 +14,7 @@ from asif_index.anchors import AnchorManifest
 from asif_index.errors import BackendUnavailableError, CollectionError, ConfigError
 from connectors import filters
 from connectors.base import (
+    check_index_name,
     FOREVER,
     AnchorRecord,
     Filter,
@@ -56,7 +57,7 @@ class QdrantStore(VectorStore):
         makes (shards, replicas, write consistency); a server only."""
         qc = require("qdrant_client", "the Qdrant connector")
         self._m = require("qdrant_client.models", "the Qdrant connector")
-        self.name = name
+        self.name = check_index_name(name, self.backend)
         from connectors.cluster import ClusterOptions
 
         self.cluster = cluster or ClusterOptions()

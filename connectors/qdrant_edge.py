@@ -26,6 +26,7 @@ from asif_index.anchors import AnchorManifest
 from asif_index.errors import BackendError, BackendUnavailableError, CollectionError
 from connectors import filters
 from connectors.base import (
+    check_index_name,
     FOREVER,
     AnchorRecord,
     Filter,
@@ -115,7 +116,7 @@ class QdrantEdgeStore(VectorStore):
 
             raise ConfigError(f"sparse datatype '{sparse_datatype}' is not one of "
                               f"{', '.join(SPARSE_DATATYPES)}")
-        self.name = name
+        self.name = check_index_name(name, self.backend)
         self.root = Path(path)
         self.where = str(self.root)
         self.sparse_datatype = sparse_datatype

@@ -14,7 +14,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 
-from asif_index.errors import InputError
+from asif_index.errors import InputError, printable
 from asif_index.engine import resolve_device
 
 Modality = Literal["image", "text"]
@@ -203,10 +203,11 @@ class Encoder(ABC):
 def _label(item: Any, i: int) -> str:
     """How an error names an input: its path or short text, else its position."""
     if isinstance(item, PathLike):
-        return str(item)
+        return printable(str(item))
     if isinstance(item, str) and len(item) < 300:
-        return item
+        return printable(item)
     return f"item #{i}"
+
 
 
 def sha1(data: bytes) -> str:

@@ -62,8 +62,7 @@ def load_image(item: Any, label: str | None = None):
             img.load()
         elif isinstance(item, (str, Path)):
             p = Path(item)
-            if not p.is_file():
-                raise ImageDecodeError(f"image file '{p}' does not exist", label)
+            check_regular_file(p, label)
             with _open_checked(p, label) as im:
                 im.load()
                 img = im.copy()
@@ -86,18 +85,48 @@ def load_image(item: Any, label: str | None = None):
             f"image {label} cannot be decoded ({type(exc).__name__}: {str(exc)[:200]}); skipped",
             label,
         ) from exc
-    if img.mode not in ("RGB", "L", "RGBA", "P", "LA", "CMYK", "I;16", "I", "F"):
-        raise ImageDecodeError(f"image {label} has unsupported mode '{img.mode}'", label)
     if min(img.size) < MIN_SIDE:
         raise ImageDecodeError(
             f"image {label} is {img.size[0]}x{img.size[1]}; both sides must be >= {MIN_SIDE}px",
             label,
         )
-    if img.mode in ("I;16", "I", "F"):
-        arr = np.asarray(img, dtype=np.float32)
-        span = float(arr.max() - arr.min()) or 1.0
-        img = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8))
-    return img.convert("RGB")
+    try:
+        if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit and float scans
+            arr = np.asarray(img, dtype=np.float32)
+            span = float(arr.max() - arr.min()) or 1.0
+            img = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8))
+        return img.convert("RGB")  # 1-bit, palette, CMYK, LAB, ...: PIL converts them all
+    except (ValueError, OSError) as exc:
+        raise ImageDecodeError(f"image {label} has mode '{img.mode}', which cannot be "
+                               f"converted to RGB ({exc}); skipped", label) from exc
+
+
+# Image files larger than this are refused before they are read (a symlink to a huge file,
+# a raw dump named .jpg): no photo comes near it.
+MAX_IMAGE_FILE_BYTES = 512 * 2**20
+
+
+def check_regular_file(p: Path, label: str) -> None:
+    """A path is read only when it is a regular file (after symlinks) of a sane size: a FIFO
+    or a device named x.jpg would block the read, or never end (/dev/zero)."""
+    import os
+    import stat
+
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise ImageDecodeError(f"image file '{label}' does not exist", label) from None
+    except OSError as exc:
+        raise ImageDecodeError(f"image file '{label}' cannot be read ({exc.strerror}); "
+                               "check the path", label) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise ImageDecodeError(f"'{label}' is {kind}, not an image file; skipped", label)
+    if st.st_size > MAX_IMAGE_FILE_BYTES:
+        raise ImageDecodeError(f"image file '{label}' is {st.st_size / 2**20:.0f} MB, over "
+                               f"the {MAX_IMAGE_FILE_BYTES // 2**20} MB limit; skipped", label)
 
 
 def _open_checked(fp, label: str):
@@ -122,8 +151,14 @@ def _open_checked(fp, label: str):
 
 
 def image_content_key(item: Any) -> str | None:
+    """sha1 of the image's bytes; None when it cannot be read (the decoder then reports why,
+    and nothing blocks on a FIFO or reads a device)."""
     if isinstance(item, (str, Path)):
-        return sha1(Path(item).read_bytes())
+        try:
+            check_regular_file(Path(item), str(item))
+            return sha1(Path(item).read_bytes())
+        except (ImageDecodeError, OSError):
+            return None
     if isinstance(item, (bytes, bytearray)):
         return sha1(bytes(item))
     if isinstance(item, np.ndarray):

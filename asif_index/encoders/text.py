@@ -50,13 +50,23 @@ class HFTextEncoder(Encoder):
                                                  identity.folder_digest(path))
 
     def content_key(self, item: Any) -> str | None:
-        return sha1(item.encode("utf-8")) if isinstance(item, str) else None
+        if not isinstance(item, str):
+            return None
+        try:
+            return sha1(item.encode("utf-8"))
+        except UnicodeEncodeError:  # not valid Unicode: _prepare reports it
+            return None
 
     def _prepare(self, item: Any, label: str) -> str:
         if not isinstance(item, str):
             raise InputError(f"text input {label} is a {type(item).__name__}, not a str", label)
         if not item.strip():
             raise EmptyTextError(f"text input {label} is empty; give a non-empty caption", label)
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate (undecodable bytes from a shell)
+            raise InputError(f"text input {label} is not valid Unicode (a lone surrogate at "
+                             f"character {exc.start}); pass UTF-8 text", label) from None
         return item
 
     @torch.inference_mode()

@@ -70,8 +70,20 @@ class Checkpoint:
         self.fingerprint = fingerprint
         self.done = 0
         self.summary = IngestSummary()
-        if self.path and self.path.is_file():
-            doc = json.loads(self.path.read_text())
+        if self.path is None:
+            return
+        if self.path.exists() and not self.path.is_file():
+            raise ConfigError(f"checkpoint '{self.path}' (--checkpoint) is a folder or a "
+                              "special file; name a file, e.g. "
+                              f"'{self.path / 'ingest.json'}'")
+        if self.path.is_file():
+            try:
+                doc = json.loads(self.path.read_text(encoding="utf-8"))
+                int(doc["done"]), doc["summary"]["skipped"], doc["fingerprint"]
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"'{self.path}' (--checkpoint) is not an asif-index checkpoint ({exc}); "
+                    "name another file (this one is left untouched), or delete it") from None
             if doc["fingerprint"] != fingerprint:
                 raise ConfigError(
                     f"checkpoint '{self.path}' belongs to another ingest (other source, index or "
@@ -87,10 +99,14 @@ class Checkpoint:
         if not self.path:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "done": self.done,
-                                   "summary": asdict(self.summary)}))
-        tmp.replace(self.path)  # atomic: a kill leaves the old or the new checkpoint
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "done": self.done,
+                                       "summary": asdict(self.summary)}))
+            tmp.replace(self.path)  # atomic: a kill leaves the old or the new checkpoint
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def opened(source: Iterable) -> Iterator:

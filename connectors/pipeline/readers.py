@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from asif_index.datasets import (
     read_class_folder,
     read_table,
 )
-from asif_index.errors import ConfigError
+from asif_index.errors import ConfigError, printable
 
 
 @dataclass
@@ -49,18 +50,102 @@ def read_captions_table(table: str | Path, images_dir: str | Path | None = None,
                                   **({"split": r.split} if r.split else {})})
 
 
-def read_image_folder(root: str | Path, class_subfolders: bool = True) -> Iterator[SourceItem]:
-    """Images under ``root``; with ``class_subfolders`` the folder name is the ``label``."""
+def read_image_folder(root: str | Path, class_subfolders: bool = True,
+                      follow_symlinks: bool = False) -> Iterator[SourceItem]:
+    """Images in ``root``, and with ``class_subfolders`` in each sub-folder (its name is the
+    item's ``label``; the folder's own images have none). Nothing here can block or escape:
+
+    - only regular files are opened: FIFOs, sockets and devices (even named ``x.jpg``) are
+      skipped and reported before anything reads them;
+    - a symlink whose target lies outside ``root`` is skipped (reported) unless
+      ``follow_symlinks``; a broken one is reported;
+    - hidden folders (``.thumbnails``) and folders below the first level are not read, and
+      say so; a folder named like an image (``sub.jpg``) is a folder;
+    - names that are not valid UTF-8 are read through their bytes and stored with backslash
+      escapes, so one such name never fails the batch beside it.
+    Order is deterministic (resume relies on it)."""
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"image folder '{root}' does not exist (--folder); check the path")
-    if class_subfolders and any(d.is_dir() for d in root.iterdir()):
-        for path, label in read_class_folder(root):
-            yield SourceItem(key=str(path.relative_to(root)), image=path.resolve(),
-                             payload={"path": str(path.resolve()), "label": label})
-        return
-    for path in sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS):
-        yield SourceItem(key=path.name, image=path.resolve(), payload={"path": str(path.resolve())})
+    top = root.resolve()
+    subdirs = []
+    for entry in _listing(root):
+        kind, why = _kind(entry, top, follow_symlinks)
+        if kind == "dir":
+            if entry.name.startswith("."):
+                yield _skip(root, entry, "a hidden folder; not read")
+            elif class_subfolders:
+                subdirs.append(entry)
+            else:
+                yield _skip(root, entry, "a sub-folder; not read (give it as its own --folder "
+                            "to ingest it)")
+        elif kind == "image":
+            yield _image_item(root, entry, None)
+        elif kind == "skip":
+            yield _skip(root, entry, why)
+    for d in subdirs:
+        for entry in _listing(d):
+            kind, why = _kind(entry, top, follow_symlinks)
+            if kind == "image":
+                yield _image_item(root, entry, printable(d.name))
+            elif kind == "dir":
+                yield _skip(root, entry, "a folder two levels down; not read (one level of "
+                            "class folders is read)")
+            elif kind == "skip":
+                yield _skip(root, entry, why)
+
+
+def _listing(folder: Path) -> list[Path]:
+    # byte order of the names: deterministic whatever their encoding
+    return sorted(folder.iterdir(), key=lambda p: os.fsencode(p.name))
+
+
+def _kind(p: Path, top: Path, follow_symlinks: bool) -> tuple[str, str]:
+    """('image' | 'dir' | 'skip' | 'other', reason) from lstat/stat, never opening ``p``."""
+    import stat
+
+    try:
+        st = p.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                target = p.resolve(strict=True)
+            except (OSError, RuntimeError):
+                return ("skip", "a broken symlink") if _looks_like_image(p) else ("other", "")
+            if not follow_symlinks and not target.is_relative_to(top):
+                return (("skip", f"a symlink to '{printable(str(target))}', outside the "
+                         "folder; not followed (--follow-symlinks follows it)")
+                        if _looks_like_image(p) or target.is_dir() else ("other", ""))
+            st = target.stat()
+    except OSError as exc:
+        return "skip", f"cannot be examined ({exc.strerror})"
+    if stat.S_ISDIR(st.st_mode):
+        return "dir", ""
+    if not _looks_like_image(p):
+        return "other", ""  # sidecars, notes: not images, not reported
+    if not stat.S_ISREG(st.st_mode):
+        what = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "not a regular file")
+        return "skip", f"{what}, not an image file; not opened"
+    return "image", ""
+
+
+def _looks_like_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTS
+
+
+def _image_item(root: Path, path: Path, label: str | None) -> SourceItem:
+    full = printable(str(path.absolute()))
+    payload = {"path": full, **({"label": label} if label is not None else {})}
+    if full != str(path.absolute()):
+        payload["path_escaped"] = True  # the stored path has backslash escapes for its bytes
+    return SourceItem(key=printable(str(path.relative_to(root))), image=path.absolute(),
+                      payload=payload)
+
+
+def _skip(root: Path, path: Path, why: str) -> SourceItem:
+    key = printable(str(path.relative_to(root)))
+    return SourceItem(key=key, error=f"{key}: {why}")
 
 
 def read_texts(path: str | Path, column: str = "text") -> Iterator[SourceItem]:
