@@ -293,6 +293,18 @@ class VectorStore(ABC):
     def heads(self, items: list[str]) -> dict[str, ItemRecord]:
         """The current point (valid_to == FOREVER) of each logical item id that has one."""
 
+    def points_at(self, items: list[str], version: int) -> dict[str, ItemRecord]:
+        """The point of each logical item that is visible at ``version``, in one read. While
+        an update runs, an item's head is the new version's point, so readers pinned at the
+        old one need this instead of :meth:`heads`. Stores override this fallback (heads,
+        then a scan for the rest) with one filtered query."""
+        out = {k: r for k, r in self.heads(items).items() if r.visible(version)}
+        rest = set(items) - set(out)
+        if rest:
+            for batch in self.scroll_items(version=version):
+                out.update({r.item: r for r in batch if r.item in rest})
+        return out
+
     @abstractmethod
     def set_valid_to(self, point_ids: list[str], version: int) -> None:
         """Close the validity of points at ``version`` (they stay visible below it)."""

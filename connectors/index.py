@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
@@ -138,6 +139,7 @@ class Index:
         self.owner = new_owner()  # names this process's leases in the database
         self._renew_at = 0.0  # reader lease: renew (and check retirement) after this time
         self._banks: dict[tuple, Any] = {}  # (version, modality, set) -> its QueryBank
+        self._bank_lock = threading.Lock()
 
     @property
     def where(self) -> str:
@@ -165,9 +167,25 @@ class Index:
                                         self.timing)
 
     def _adopt(self, anchors: AnchorSet) -> None:
-        """Move to another anchor version (after an update or a refresh)."""
+        """Move to another anchor version (after an update or a refresh), once everything a
+        search at it needs is built: searches keep the old version until then, so none of
+        them waits for a top-k engine or a query bank (the tuned recipe's bank over 30,000
+        anchors takes tens of seconds on two cores)."""
+        self.prepare(anchors)
         self.anchors = anchors
         self._renew_at = 0.0
+
+    def prepare(self, anchors: AnchorSet | None = None) -> None:
+        """Build the top-k engines and, when the recipe re-ranks, the query banks of
+        ``anchors`` (default: the current ones) ahead of the first search."""
+        anchors = self.anchors if anchors is None else anchors
+        if not len(anchors):
+            return
+        for mod in ("image", "text"):
+            anchors.engine(mod, **self.engine_options)
+        if anchors.recipe.qbnorm is not None:
+            for mod in ("image", "text"):
+                self._bank(anchors, mod)
 
     # -- lifecycle ---------------------------------------------------------------------
     @classmethod
@@ -220,11 +238,15 @@ class Index:
         idx.cache_dir = cache_dir
         return idx
 
-    def refresh(self) -> None:
-        """Move to the live anchor version (after another process updated the anchors)."""
+    def refresh(self) -> bool:
+        """Move to the live anchor version (after another process updated the anchors);
+        -> whether the version changed. Searches in other threads keep the old version until
+        the new one is loaded and prepared."""
         man = self.store.read_manifest()
         if man is not None and man.version != self.version:
             self._adopt(cached_anchors_at(self.store, man, man.version, self.cache_dir))
+            return True
+        return False
 
     @property
     def version(self) -> int:
@@ -512,21 +534,32 @@ class Index:
 
     def _stored(self, hits: list[Hit], version: int) -> list[ItemRecord]:
         """The stored points of ``hits`` as of ``version`` (their vectors, for re-ranking)."""
-        heads = self.store.heads([h.id for h in hits])
-        return [heads[h.id] if h.id in heads and heads[h.id].visible(version)
-                else self.item(h.id, version) for h in hits]
+        # one read for all of them, also while an update has moved their heads to V+1
+        found = self.store.points_at([h.id for h in hits], version)
+        missing = [h.id for h in hits if h.id not in found]
+        if missing:
+            raise InputError(f"no item with id '{missing[0]}' in the index", missing[0])
+        return [found[h.id] for h in hits]
 
     def _bank(self, anchors: AnchorSet, modality: str):
         """The query bank of ``modality`` at ``anchors``' version (built once per version)."""
         from asif_index.methods.qbnorm import QueryBank
 
         key = (anchors.manifest.version, modality, id(anchors))
-        banks = self._banks
-        if key not in banks:
-            for old in [k for k in banks if k[0] != key[0] or k[2] != key[2]]:
-                del banks[old]  # another version's: an update's new banks replace them
-            banks[key] = QueryBank(anchors, modality, **self.engine_options)
-        return banks[key]
+        bank = self._banks.get(key)
+        if bank is not None:
+            return bank
+        with self._bank_lock:  # one build per version and modality, however many searches
+            bank = self._banks.get(key)
+            if bank is None:
+                bank = QueryBank(anchors, modality, **self.engine_options)
+                # keep the banks of the anchor sets in use (the adopted one, and the one a
+                # prepare() is building) and drop older ones
+                keep = {id(self.anchors), id(anchors)}
+                for old in [k for k in self._banks if k[2] not in keep]:
+                    del self._banks[old]
+                self._banks[key] = bank
+        return bank
 
     def search_reranked(self, text: str | None = None, image: Any = None, limit: int = 10,
                         filter: Filter | None = None, candidates: int = 50, m: int = 50,
@@ -709,14 +742,10 @@ class Index:
         """The point of a logical item visible at ``version`` (default: this index's)."""
         self._pin()
         version = self.version if version is None else version
-        h = self.store.heads([item]).get(item)
-        if h is None or not h.visible(version):
-            for batch in self.store.scroll_items(version=version):
-                for r in batch:
-                    if r.item == item:
-                        return r
+        rec = self.store.points_at([item], version).get(item)
+        if rec is None:
             raise InputError(f"no item with id '{item}' in the index", item)
-        return h
+        return rec
 
     def stats(self) -> dict[str, Any]:
         from connectors.readonly import index_stats

@@ -106,6 +106,11 @@ class MemoryStore(VectorStore):
         return [copy.copy(self._items[i]) for i in ids if i in self._items]
 
     @_locked
+    def points_at(self, items: list[str], version: int) -> dict[str, ItemRecord]:
+        want = set(items)
+        return {r.item: r for r in self._items.values() if r.item in want and r.visible(version)}
+
+    @_locked
     def heads(self, items: list[str]) -> dict[str, ItemRecord]:
         want = set(items)
         return {r.item: copy.copy(r) for r in self._items.values()

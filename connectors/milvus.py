@@ -361,6 +361,12 @@ class MilvusStore(VectorStore):
         return {r.item: r for r in self._by_filter(
             f"item in {json.dumps(list(items))} and vto >= {FOREVER}")}
 
+    def points_at(self, items: list[str], version: int) -> dict[str, ItemRecord]:
+        if not items:
+            return {}
+        return {r.item: r for r in self._by_filter(
+            f"item in {json.dumps(list(items))} and {self._expr(None, version)}")}
+
     def set_valid_to(self, point_ids: list[str], version: int) -> None:
         # Milvus 2.5 has no partial update: rewrite the (few, affected) rows whole, through
         # upsert_items so that readers at older versions never miss them.

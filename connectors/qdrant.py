@@ -262,6 +262,20 @@ class QdrantStore(VectorStore):
             if offset is None:
                 return out
 
+    def points_at(self, items: list[str], version: int) -> dict[str, ItemRecord]:
+        if not items:
+            return {}
+        m = self._m
+        flt = m.Filter(must=[m.FieldCondition(key="asif_item", match=m.MatchAny(any=list(items))),
+                             self._filter(None, version)])
+        out, offset = {}, None
+        while True:
+            pts, offset = self._call("scroll", self.client.scroll, self.items, scroll_filter=flt,
+                                     limit=1024, offset=offset, with_payload=True, with_vectors=True)
+            out.update({r.item: r for r in (self._record(p) for p in pts)})
+            if offset is None:
+                return out
+
     def set_valid_to(self, point_ids: list[str], version: int) -> None:
         if point_ids:
             self._call("set_payload", self.client.set_payload, self.items,

@@ -401,6 +401,15 @@ class QdrantEdgeStore(VectorStore):
                              q.FieldCondition("asif_to", range=q.RangeFloat(gte=FOREVER))])
         return {r.item: r for r in (self._record(p) for p in self._scroll(self.items, flt, 1024, True))}
 
+    def points_at(self, items: list[str], version: int) -> dict[str, ItemRecord]:
+        if not items:
+            return {}
+        q = self._q
+        flt = q.Filter(must=[q.FieldCondition("asif_item", match=q.MatchAny(list(items))),
+                             self._filter(None, version)])
+        return {r.item: r for r in (self._record(p) for p in self._scroll(self.items, flt, 1024,
+                                                                             True))}
+
     def set_valid_to(self, point_ids: list[str], version: int) -> None:
         if point_ids:
             self._update(self.items, self._q.UpdateOperation.set_payload(

@@ -407,3 +407,16 @@ def test_composed_search_locate_and_text_heads_over_http(served, tmp_path):
     missing = client.post("/classify", files=[("files", ("q.png", img.read_bytes()))],
                           data={"head": "nope"}, headers=h())
     assert missing.status_code in (404, 422) and "nope" in missing.text
+
+
+def test_path_and_filter_errors_are_json_never_plain_500(served):
+    client, idx, root, _ = served
+    c = TestClient(client.app, raise_server_exceptions=False)
+    for body in ({"image_path": "a" * 5000}, {"image_path": "items/" + "b" * 300 + ".png"},
+                 {"image_path": "x" * 255 + "/" + "y" * 255}, {"text": "x", "filter": {'a"': 1}},
+                 {"text": "x", "filter": {"label": {"gte": "cat"}}},
+                 {"text": "x", "filter": {"asif_to": {"gte": 0}}}):
+        r = c.post("/search", json=body, headers=h())
+        assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
+        assert r.headers["content-type"].startswith("application/json")
+        assert r.json()["error"] and r.json()["detail"], r.text

@@ -96,6 +96,7 @@ def create_app(index, settings: ServiceSettings | None = None, *,
     lock = threading.Lock()
     last_refresh = [0.0]
     holder = {"index": index}  # a rebuild job swaps in the new index
+    index.prepare()  # engines and query banks now, not in the first searches
     manager_ref: list[JobManager] = []
     jobs = JobManager(jobs_dir or tempfile.mkdtemp(prefix="asif-jobs-"),
                       make_runner(holder, s.image_roots, manager_ref, rebuild))
@@ -183,14 +184,25 @@ def create_app(index, settings: ServiceSettings | None = None, *,
 
     # -- helpers --------------------------------------------------------------------------
     def fresh():
-        """Follow anchor updates made by other processes, at most every ``refresh_s``."""
+        """Follow anchor updates made by other processes, at most every ``refresh_s``,
+        without making a request wait for it: one background thread loads and prepares the
+        new version while every request goes on with the current one (still pinned and
+        complete), then the index adopts it in one step."""
         idx = holder["index"]
         now = time.monotonic()
-        if now - last_refresh[0] >= s.refresh_s:
-            with lock:
-                if now - last_refresh[0] >= s.refresh_s:
+        if now - last_refresh[0] >= s.refresh_s and lock.acquire(blocking=False):
+            last_refresh[0] = now
+
+            def refresh() -> None:
+                try:
                     idx.refresh()
-                    last_refresh[0] = now
+                except Exception:  # the next request's refresh tries again
+                    log.exception("refreshing the anchor version failed")
+                finally:
+                    last_refresh[0] = time.monotonic()
+                    lock.release()
+
+            threading.Thread(target=refresh, name="asif-refresh", daemon=True).start()
         return idx
 
     def item_thumb(payload: dict, item_id: str) -> str | None:

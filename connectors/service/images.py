@@ -17,6 +17,9 @@ class ImageMissing(Exception):
     """A path inside the roots that is not a file: answered 404."""
 
 
+MAX_PATH_CHARS = 4096  # Linux's PATH_MAX: a longer path can name no file
+
+
 def resolve_under(ref: str, roots: list[Path], kind: str = "file") -> Path:
     """The real file (or folder, ``kind="dir"``) ``ref`` names (absolute, or relative to one
     of ``roots``), refused unless it lies under a root after every symlink and '..' is
@@ -26,6 +29,9 @@ def resolve_under(ref: str, roots: list[Path], kind: str = "file") -> Path:
                           "(ASIF_SERVE_IMAGE_ROOTS) to allow a folder")
     if "\x00" in ref:
         raise PathRefused("an image path cannot contain a NUL byte")
+    if len(ref) > MAX_PATH_CHARS:
+        raise ImageMissing(f"an image path is at most {MAX_PATH_CHARS} characters (got "
+                           f"{len(ref)}); name the file by a shorter path")
     p = Path(ref)
     candidates = [p] if p.is_absolute() else [r / p for r in roots]
     inside = False

@@ -81,6 +81,7 @@ def make_runner(holder: dict, roots: list[Path], manager_ref: list[JobManager],
                     "anchors": len(idx.anchors), "anchor_version": idx.version}
         if job.kind == "anchors_rebuild":
             new, n = rebuild(idx, p.get("k"), p.get("p"))
+            new.prepare()  # before searches reach it
             holder["index"] = new
             return {"items": n, "k": new.k, "p": new.p, "anchor_version": new.version}
         raise ValueError(f"unknown job kind '{job.kind}'")
