@@ -64,6 +64,22 @@ SECTIONS.append(
      "new anchors are added live through the same index, `update_s` the whole update, "
      "`versions_seen` the anchor versions the answers came from)."))
 SECTIONS += [
+    ("service_update_tuned_before.json", "9b. Searches during a live update, tuned default: "
+     "before the fix",
+     "`python -m benchmarks.service --items 20000 --clients 1,10 --seconds 8 --update-seconds "
+     "90 --engines qdrant-edge --recipe tuned --item-modality image` at the commit before the "
+     "fix (issue 24): photos as items, so every text search is cross-modal and the tuned "
+     "default re-ranks its top 100 with the query bank; 300 new anchors (1%) added live. "
+     "Once the update had moved an item's head to V+1, a reader pinned at V found the item's "
+     "V point by scanning the collection, once per re-ranked candidate: `errors` are the "
+     "client's 60 s timeouts."),
+    ("service_update_tuned.json", "9c. Searches during a live update, tuned default: after",
+     "The same command with `--update-seconds 300`, at 20,000 items and at 5,000 (where the "
+     "load lasts the whole update, the switch to V+1 and its query-bank build included: "
+     "`versions_seen` 1,2). Candidates' points at the pinned version come from one "
+     "filtered read (`points_at`), and V+1 is adopted only once its engines and query banks "
+     "are built. `p99_vs_idle`: the during-update p99 over the idle p99 at the same 10 "
+     "clients of the same run (target <= 2)."),
     ("topk_gpu.json", "10. Top-k engine on a GPU vs torch",
      "`bash benchmarks/gpu_check.sh` on a lent GPU (`python -m benchmarks.topk --device cuda`: "
      "k=800; inputs and outputs are device tensors; `asif`: the fused fp16 selection with fp32 "
