@@ -28,9 +28,9 @@ from tenacity import (
 from asif_index.anchors import AnchorManifest
 from asif_index.errors import (
     BackendError,
-    ConfigError,
     BackendUnavailableError,
     CollectionError,
+    ConfigError,
     StorageError,
 )
 
@@ -51,10 +51,8 @@ def check_index_name(name: object, backend: str = "") -> str:
     ok = isinstance(name, str) and (_MILVUS_NAME if backend == "milvus" else _INDEX_NAME
                                     ).fullmatch(name)
     if not ok:
-        import re as _re
-
         shown = ascii(name)[:60]
-        suggestion = _re.sub(r"[^A-Za-z0-9_]", "_", str(name))[:100].strip("_") or "asif"
+        suggestion = re.sub(r"[^A-Za-z0-9_]", "_", str(name))[:100].strip("_") or "asif"
         if backend == "milvus" and suggestion[0].isdigit():
             suggestion = "i_" + suggestion
         rule = ("letters, digits and '_', starting with a letter or '_'" if backend == "milvus"
@@ -152,6 +150,11 @@ def anchor_payload_problem(payload: Any) -> str | None:
 
 def item_payload_problem(payload: dict) -> str | None:
     import json
+
+    reserved = [k for k in payload if str(k).startswith("asif_")]
+    if reserved:  # the stores' own fields (validity, type tags) live under this prefix
+        return (f"payload field '{reserved[0]}' starts with 'asif_', which is reserved for the "
+                "index's own fields; rename it")
 
     try:
         n = len(json.dumps(payload).encode("utf-8"))

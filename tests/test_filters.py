@@ -249,3 +249,16 @@ def test_hostile_filters_on_the_cli_are_one_line_exit_2(tmp_path, capsys):
         rc = main(["items", "delete", "--filter", k] + a)
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and "filter" in err, (k, err)
+
+
+def test_reserved_payload_fields_are_refused_at_write(data):
+    """A user field named like the index's own (asif_to, asif_t) would be dropped or would
+    shadow them: the item is refused and reported instead."""
+    from connectors.memory import MemoryStore
+
+    idx = Index.create(MemoryStore("r"), FakeEncoder("image", DI), FakeEncoder("text", DT),
+                       k=20, recipe=PUBLISHED)
+    idx.add_anchor_embeddings(data["ai"], data["at"], [AnchorPayload("c")] * N_ANCHORS)
+    recs, errs = idx.records(data["ii"][:2], "image", ["a", "b"],
+                             [{"asif_to": 0}, {"album": "ok"}])
+    assert len(recs) == 1 and len(errs) == 1 and "reserved" in str(errs[0])
