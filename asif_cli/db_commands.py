@@ -99,6 +99,7 @@ def cmd_serve(args) -> int:
               flush=True)
     print(f"serving {args.name} on http://{args.host}:{args.port} (API docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    app.state.wait_idle()  # a background refresh finishes before the database closes
     return 0
 
 

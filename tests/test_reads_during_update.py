@@ -38,3 +38,39 @@ def test_points_at_the_pinned_version_while_heads_moved(kind, tmp_path):
 def _reranked(idx, q, v):
     hits = idx.search_vectors(q, 20, {"modality": "image"}, version=v)[0]
     return [(r.item, r.valid_from, tuple(r.sparse_indices.tolist())) for r in idx._stored(hits, v)]
+
+
+def test_the_service_follows_another_process_update_without_making_requests_wait(tmp_path):
+    """Another Index (as another process would) updates the anchors: the service keeps
+    answering at V while a background refresh loads and prepares V+1, then moves to it."""
+    import time
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from connectors.index import Index
+    from connectors.service import ServiceSettings, create_app
+    from tests.test_congruence import FakeEncoder
+    from tests.test_updates import DI, DT
+
+    served = build("memory", tmp_path, recipe=Recipe(qbnorm=0.05))
+    other = Index.open(served.store, FakeEncoder("image", DI), FakeEncoder("text", DT))
+    app = create_app(served, ServiceSettings(read_keys=["r"], refresh_s=0))
+    client = TestClient(app)
+    item = next(iter(served.store.scroll_items(version=served.version)))[0].item
+    v = served.version
+
+    def ask():
+        r = client.post("/search", json={"item_id": item, "limit": 5}, headers={"X-API-Key": "r"})
+        assert r.status_code == 200, r.text
+        return r.json()["anchor_version"]
+
+    assert ask() == v
+    update_anchors(other, add=(*data(3, 12), [AnchorPayload("n")] * 12))
+    seen = [ask()]  # answered at once, by whichever version is adopted
+    deadline = time.monotonic() + 30
+    while seen[-1] != v + 1 and time.monotonic() < deadline:
+        app.state.wait_idle()
+        seen.append(ask())
+    assert seen[-1] == v + 1 and set(seen) <= {v, v + 1}
+    assert (v + 1, "image") in {k[:2] for k in served._banks}, "V+1's banks built before use"

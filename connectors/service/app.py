@@ -520,5 +520,15 @@ def create_app(index, settings: ServiceSettings | None = None, *,
         return j
 
     app.state.metrics, app.state.settings, app.state.jobs = metrics, s, jobs
+
+    def wait_idle(timeout: float = 60.0) -> bool:
+        """Wait for a background refresh in flight (call before closing the store: a
+        refresh reading a closed engine would fail, or abort in the engine at exit)."""
+        if lock.acquire(timeout=timeout):
+            lock.release()
+            return True
+        return False
+
+    app.state.wait_idle = wait_idle
     app.state.resumed_jobs = jobs.start()
     return app

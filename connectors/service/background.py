@@ -39,3 +39,6 @@ def serving(app, host: str = "127.0.0.1", log_level: str = "warning") -> Iterato
         jobs = getattr(app.state, "jobs", None)
         if jobs is not None:
             jobs.stop()
+        wait_idle = getattr(app.state, "wait_idle", None)
+        if wait_idle is not None:
+            wait_idle()
