@@ -312,16 +312,6 @@ def matches(expr: Expr | None, payload: dict[str, Any], modality: str) -> bool:
     return not matches(expr.item, payload, modality)
 
 
-def leaves(expr: Expr | None) -> list[Cond]:
-    if expr is None:
-        return []
-    if isinstance(expr, Cond):
-        return [expr]
-    if isinstance(expr, Not):
-        return leaves(expr.item)
-    return [c for e in expr.items for c in leaves(e)]
-
-
 def to_json(expr: Expr | None) -> dict | None:
     """The JSON form :func:`parse` reads back to the same tree (a service request's filter)."""
     if expr is None:
@@ -430,14 +420,12 @@ def to_qdrant(expr: Expr | None, m, key_of, *, edge: bool = False, bool_twin: st
     the keyword twin Qdrant Edge filters booleans on. None for no filter."""
     if expr is None:
         return None
-    b = _QdrantBuilder(m, key_of, edge)
-    b.bool_twin = bool_twin
-    return b.filter(expr)
+    return _QdrantBuilder(m, key_of, edge, bool_twin).filter(expr)
 
 
 class _QdrantBuilder:
-    def __init__(self, m, key_of, edge: bool) -> None:
-        self.m, self.key_of, self.edge = m, key_of, edge
+    def __init__(self, m, key_of, edge: bool, bool_twin: str) -> None:
+        self.m, self.key_of, self.edge, self.bool_twin = m, key_of, edge, bool_twin
 
     def _filter(self, must=None, should=None, must_not=None):
         m = self.m
@@ -459,7 +447,7 @@ class _QdrantBuilder:
             return m.FieldCondition(key, match=m.MatchValue(value))
         return m.FieldCondition(key=key, match=m.MatchValue(value=value))
 
-    def _int_also_float(self, key: str, value: Scalar):
+    def _eq(self, key: str, value: Scalar):
         """An int matches stored floats of the same value too (1 == 1.0 in the reference)."""
         if isinstance(value, int) and not isinstance(value, bool):
             return self._filter(should=[self._match(key, value),
@@ -477,9 +465,6 @@ class _QdrantBuilder:
         if self.edge:
             return self._filter(must_not=[m.IsEmptyCondition(key)])
         return self._filter(must_not=[m.IsEmptyCondition(is_empty=m.PayloadField(key=key))])
-
-    def _eq(self, key: str, value: Scalar):
-        return self._int_also_float(key, value)
 
     def leaf(self, c: Cond):
         key = self.key_of(c.field)

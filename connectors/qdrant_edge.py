@@ -35,7 +35,13 @@ from connectors.base import (
     VectorStore,
     in_range,
 )
-from connectors.qdrant_layout import BOOL_TWIN, item_payload, item_record, payload_key, user_payload
+from connectors.qdrant_layout import (
+    BOOL_TWIN,
+    item_payload,
+    item_record,
+    payload_key,
+    user_payload,
+)
 
 _BATCH = 256  # points per update operation
 # Qdrant Edge writes through memory-mapped, preallocated files: running out of disk there is a
