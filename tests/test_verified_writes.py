@@ -2,6 +2,7 @@
 write it drops (milvus-lite on a full disk does) makes the update or ingest fail loudly;
 the live version stays complete, and once space returns the same call resumes exactly."""
 
+import os
 import subprocess
 import uuid
 
@@ -194,7 +195,8 @@ def test_milvus_lite_server_on_a_full_disk_loses_nothing(nearly_full_disk):
 
     mnt, fill = nearly_full_disk
     encs = FakeEncoder("image", di), FakeEncoder("text", dt)
-    with MilvusLiteServer(mnt / "srv.db").start() as server:
+    with MilvusLiteServer(mnt / "srv.db") as server:  # __enter__ starts it
+        pid = server.proc.pid
         idx = Index.create(MilvusStore("full", uri=server.uri, retry_budget=5), *encs, k=30)
         idx.add_anchor_embeddings(rows(120, di), rows(120, dt), [AnchorPayload("a")] * 120)
         recs, _ = idx.records(rows(300, di), "image", [f"i{i}" for i in range(300)], [{}] * 300)
@@ -214,3 +216,5 @@ def test_milvus_lite_server_on_a_full_disk_loses_nothing(nearly_full_disk):
         res = update_anchors(idx2, add=new)  # space is back: resumes, exact
         assert res.resumed and idx2.version == idx.version + 1
         assert_equals_rebuild(idx2, 300)
+    with pytest.raises(ProcessLookupError):  # the server is gone with the test
+        os.kill(pid, 0)
