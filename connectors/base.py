@@ -364,16 +364,35 @@ class VectorStore(ABC):
             "complete: free disk space (or fix the server), then re-run the same command "
             "(ingestion resumes from its checkpoint, an anchor update from its journal)")
 
+    # Milvus applies an upsert as a delete plus an insert, and a read between the two can
+    # miss the row for a moment: a mismatch is read again for up to this long (backing off)
+    # before the write counts as lost. A dropped write stays missing.
+    READ_BACK_S = 3.0
+
+    def _read_back(self, what: str, n: int, mismatches: Callable[[], list]) -> None:
+        delay, waited = 0.02, 0.0
+        while True:
+            bad = mismatches()
+            if not bad:
+                return
+            if waited >= self.READ_BACK_S:
+                raise self._lost(what, n, bad)
+            time.sleep(delay)
+            waited += delay
+            delay = min(2 * delay, 0.5)
+
     def write_items(self, items: list[ItemRecord], what: str = "writing items") -> None:
         """upsert_items, then read every point's id and validity back."""
         if not items:
             return
         self.upsert_items(items)
         want = {it.id: (int(it.valid_from), int(it.valid_to)) for it in items}
-        have = self.stored_validity(list(want))
-        bad = [i for i, v in want.items() if have.get(i) != v]
-        if bad:
-            raise self._lost(what, len(want), bad)
+
+        def bad() -> list:
+            have = self.stored_validity(list(want))
+            return [i for i, v in want.items() if have.get(i) != v]
+
+        self._read_back(what, len(want), bad)
 
     def close_items(self, point_ids: list[str], version: int,
                     what: str = "closing superseded points") -> None:
@@ -381,27 +400,35 @@ class VectorStore(ABC):
         if not point_ids:
             return
         self.set_valid_to(point_ids, version)
-        have = self.stored_validity(list(point_ids))
-        bad = [i for i in point_ids if i not in have or have[i][1] != int(version)]
-        if bad:
-            raise self._lost(what, len(point_ids), bad)
+
+        def bad() -> list:
+            have = self.stored_validity(list(point_ids))
+            return [i for i in point_ids if i not in have or have[i][1] != int(version)]
+
+        self._read_back(what, len(point_ids), bad)
 
     def write_anchors(self, anchors: list[AnchorRecord], what: str = "writing anchors") -> None:
         if not anchors:
             return
         self.upsert_anchors(anchors)
         want = {int(a.id): (int(a.added_version), int(a.removed_version)) for a in anchors}
-        have = self.stored_anchor_versions(list(want))
-        bad = [i for i, v in want.items() if have.get(i) != v]
-        if bad:
-            raise self._lost(what, len(want), bad)
+
+        def bad() -> list:
+            have = self.stored_anchor_versions(list(want))
+            return [i for i, v in want.items() if have.get(i) != v]
+
+        self._read_back(what, len(want), bad)
 
     def switch_manifest(self, manifest: AnchorManifest) -> None:
         """write_manifest (the atomic version switch), then read it back."""
         self.write_manifest(manifest)
-        doc = self.get_doc("manifest")
-        if not doc or int(doc.get("version", -1)) != int(manifest.version):
-            raise self._lost(f"switching to anchor version {manifest.version}", 1, ["manifest"])
+
+        def bad() -> list:
+            doc = self.get_doc("manifest")
+            return [] if doc and int(doc.get("version", -1)) == int(manifest.version) \
+                else ["manifest"]
+
+        self._read_back(f"switching to anchor version {manifest.version}", 1, bad)
 
 
 def with_retries(

@@ -310,11 +310,14 @@ class MilvusStore(VectorStore):
             # The old rows go only once the new ones are read back: milvus-lite on a full
             # disk acknowledges inserts it drops, and deleting then would lose the item.
             pks = [r["pk"] for r in rows]
-            kept = {r["pk"] for r in self._call("query", self.client.query, self.items,
-                                                 filter=f"pk in {json.dumps(pks)}",
-                                                 output_fields=["pk"])}
-            if len(kept) != len(pks):
-                raise self._lost("writing items", len(pks), sorted(set(pks) - kept))
+
+            def missing(pks=pks) -> list:
+                kept = {r["pk"] for r in self._call("query", self.client.query, self.items,
+                                                     filter=f"pk in {json.dumps(pks)}",
+                                                     output_fields=["pk"])}
+                return sorted(set(pks) - kept)
+
+            self._read_back("writing items", len(pks), missing)
             if old:
                 self._call("delete replaced items", self.client.delete, self.items,
                            ids=[r["pk"] for r in old])

@@ -36,6 +36,8 @@ class Dropping:
     write_items = _V.write_items
     close_items = _V.close_items
     _lost = _V._lost
+    _read_back = _V._read_back
+    READ_BACK_S = 0.2
 
 
 def visible_items(idx):
