@@ -12,6 +12,19 @@ from asif_index.errors import ConfigError
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+def special_file_kind(mode: int) -> str | None:
+    """What a stat mode that is not a regular file is ('a folder', 'a FIFO', ...), or None
+    for a regular file: readers name what they refuse to open."""
+    import stat
+
+    if stat.S_ISREG(mode):
+        return None
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+
+
 @dataclass(frozen=True)
 class CaptionRow:
     image: Path

@@ -151,9 +151,7 @@ def parse(obj: Any) -> Expr | None:
     ``{"field": {"gte": 2010, "lt": 2020}}`` (operators, '$' prefix optional),
     ``{"and": [...]}``, ``{"or": [...]}``, ``{"not": {...}}``, an already parsed tree, or a
     list of any of these (ANDed)."""
-    n = [0]
-    e = _parse(obj, n)
-    return e
+    return _parse(obj, [0])
 
 
 def _parse(obj: Any, n: list[int]) -> Expr | None:

@@ -110,7 +110,8 @@ def check_regular_file(p: Path, label: str) -> None:
     """A path is read only when it is a regular file (after symlinks) of a sane size: a FIFO
     or a device named x.jpg would block the read, or never end (/dev/zero)."""
     import os
-    import stat
+
+    from asif_index.datasets import special_file_kind
 
     try:
         st = os.stat(p)
@@ -119,10 +120,8 @@ def check_regular_file(p: Path, label: str) -> None:
     except OSError as exc:
         raise ImageDecodeError(f"image file '{label}' cannot be read ({exc.strerror}); "
                                "check the path", label) from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
-                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+    kind = special_file_kind(st.st_mode)
+    if kind is not None:
         raise ImageDecodeError(f"'{label}' is {kind}, not an image file; skipped", label)
     if st.st_size > MAX_IMAGE_FILE_BYTES:
         raise ImageDecodeError(f"image file '{label}' is {st.st_size / 2**20:.0f} MB, over "

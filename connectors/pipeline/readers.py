@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,8 @@ from asif_index.datasets import (
     _Bad,
     _lines,
     read_captions,
-    read_class_folder,
     read_table,
+    special_file_kind,
 )
 from asif_index.errors import ConfigError, printable
 
@@ -102,8 +103,6 @@ def _listing(folder: Path) -> list[Path]:
 
 def _kind(p: Path, top: Path, follow_symlinks: bool) -> tuple[str, str]:
     """('image' | 'dir' | 'skip' | 'other', reason) from lstat/stat, never opening ``p``."""
-    import stat
-
     try:
         st = p.lstat()
         if stat.S_ISLNK(st.st_mode):
@@ -122,11 +121,9 @@ def _kind(p: Path, top: Path, follow_symlinks: bool) -> tuple[str, str]:
         return "dir", ""
     if not _looks_like_image(p):
         return "other", ""  # sidecars, notes: not images, not reported
-    if not stat.S_ISREG(st.st_mode):
-        what = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
-                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "not a regular file")
-        return "skip", f"{what}, not an image file; not opened"
+    kind = special_file_kind(st.st_mode)
+    if kind is not None:
+        return "skip", f"{kind}, not an image file; not opened"
     return "image", ""
 
 
@@ -135,9 +132,10 @@ def _looks_like_image(p: Path) -> bool:
 
 
 def _image_item(root: Path, path: Path, label: str | None) -> SourceItem:
-    full = printable(str(path.absolute()))
+    raw = str(path.absolute())
+    full = printable(raw)
     payload = {"path": full, **({"label": label} if label is not None else {})}
-    if full != str(path.absolute()):
+    if full != raw:
         payload["path_escaped"] = True  # the stored path has backslash escapes for its bytes
     return SourceItem(key=printable(str(path.relative_to(root))), image=path.absolute(),
                       payload=payload)

@@ -67,7 +67,8 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-STATUS = [(StorageError, 507), (PathRefused, 403), (ImageMissing, 404), (InputError, 422), (ModalityError, 422),
+STATUS = [(StorageError, 507), (PathRefused, 403), (ImageMissing, 404), (InputError, 422),
+          (ModalityError, 422),
           (AnchorError, 422),
           (CollectionError, 404), (BackendUnavailableError, 503), (ConsistencyError, 409),
           (ConfigError, 400), (AsifError, 400)]
