@@ -84,6 +84,9 @@ class AnchorSet:
         self.added_at = np.zeros(0, np.float64)
         self.next_id = 0
         self._engines: dict[tuple, "TopKEngine"] = {}
+        # the index's folded QB-Norm (asif_index.methods.qbnorm_fold.QBNormFold), attached
+        # by the connector that loaded the set; None: not folded
+        self.fold = None
 
     def __getstate__(self) -> dict:
         # an engine is one process's (its GPU memory): a copy sent to a worker builds its own

@@ -18,7 +18,7 @@ from pathlib import Path
 from asif_index.anchors import AnchorManifest, AnchorSet
 from asif_index.errors import AnchorError
 from connectors.base import VectorStore
-from connectors.versioning import anchors_at
+from connectors.versioning import anchors_at, attach_fold
 
 KEEP = 2  # versions kept per index (the live one and the one readers may still pin)
 
@@ -47,7 +47,7 @@ def cached_anchors_at(store: VectorStore, man: AnchorManifest, version: int,
             s.manifest = copy.deepcopy(man)
             s.manifest.version = version
             s.next_id = max(s.next_id, int(man.extra.get("next_id", 0)))
-            return s
+            return attach_fold(store, s)
     except (AnchorError, OSError, ValueError, KeyError, TypeError):
         pass  # missing or damaged copy: read the database
     s = anchors_at(store, man, version)

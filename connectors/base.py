@@ -113,6 +113,9 @@ class ItemRecord:
     valid_from: int
     valid_to: int = FOREVER
     payload: dict[str, Any] = field(default_factory=dict)
+    # folded QB-Norm value c - T log Z (asif_index.methods.qbnorm_fold), stored as the
+    # sparse entry at FOLD_DIM; None: the index does not fold
+    fold: float | None = None
 
     def visible(self, version: int | None) -> bool:
         return version is None or self.valid_from <= version < self.valid_to
@@ -130,6 +133,31 @@ def point_records(sb, items: list[str], modality: str, embeddings, payloads,
                               np.asarray(embeddings[r], np.float32),
                               float(sb.kth_similarity[r]), version, FOREVER, dict(payloads[r])))
     return out
+
+
+# Two-stage search (connectors.search_stages): each item also stores its ``item_keep``
+# largest entries as a second sparse vector, ``cand``, which a cheap first stage searches
+# with the query's largest entries; the full vector ``rel`` then rescores the candidates.
+TWO_STAGE_KEY = "two_stage"  # manifest.extra: {"item_keep": n}; absent: single stage only
+DEFAULT_ITEM_KEEP = 128
+
+
+def candidate_entries(indices: np.ndarray, values: np.ndarray, keep: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``keep`` largest entries of a sparse vector (ties: lower anchor id), ascending id."""
+    indices, values = np.asarray(indices), np.asarray(values)
+    if len(values) > keep:
+        top = np.lexsort((indices, -values))[:keep]
+        indices, values = indices[top], values[top]
+    order = np.argsort(indices, kind="stable")
+    return indices[order], values[order]
+
+
+def two_stage_keep(manifest: AnchorManifest | None) -> int | None:
+    """The entries per item of the index's candidate vector (None: it has none)."""
+    doc = (manifest.extra.get(TWO_STAGE_KEY) if manifest is not None else None) or {}
+    keep = doc.get("item_keep")
+    return int(keep) if keep else None
 
 
 # Longest anchor fields any backend stores (Milvus VARCHAR limits, in UTF-8 bytes): checked
@@ -191,6 +219,8 @@ class Hit:
     # the relative vectors' dot product, when ``score`` is another ranking's (a re-ranked
     # hit's normalised score); None: the score is that similarity
     similarity: float | None = None
+    # the stored fold value of a folded item (stores fill it; Index turns it into scores)
+    fold: float | None = None
 
 
 # A user filter: a parsed tree (connectors.filters) or any form filters.parse reads
@@ -316,8 +346,10 @@ class VectorStore(ABC):
     def delete_items(self, ids: list[str]) -> None: ...
 
     @abstractmethod
-    def delete_expired(self, version: int) -> int:
-        """Garbage-collect points and anchors invisible at ``version`` and later."""
+    def delete_expired(self, version: int, anchor_version: int | None = None) -> int:
+        """Garbage-collect points invisible at ``version`` and later, and anchors invisible
+        at ``anchor_version`` (default ``version``) and later: a folded QB-Norm bank keeps
+        the anchors of its version."""
 
     @abstractmethod
     def count_items(self, flt: Filter | None = None, version: int | None = None) -> int: ...
@@ -338,6 +370,15 @@ class VectorStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional
         pass
+
+    def search_two_stage(self, full: tuple[np.ndarray, np.ndarray],
+                         cand: tuple[np.ndarray, np.ndarray], candidates: int, limit: int,
+                         flt: Filter | None = None, version: int | None = None) -> list[Hit]:
+        """The ``candidates`` best points by ``cand`` (query entries against each item's
+        candidate vector), rescored by ``full`` against the full stored vectors: the top
+        ``limit`` of those exact scores. Only for an index created with a candidate vector
+        (:func:`two_stage_keep`); stores without a rescoring stage do it client-side."""
+        raise NotImplementedError(f"{self.backend} has no two-stage search")
 
     # verified writes -------------------------------------------------------------------
     # An engine can acknowledge a write it does not keep (milvus-lite on a full disk logs

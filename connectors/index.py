@@ -23,6 +23,8 @@ from asif_index.search import DEFAULT_TEMPLATES, prompts
 from asif_index.sparse import SparseBatch
 from connectors.anchor_cache import cached_anchors_at
 from connectors.base import (
+    DEFAULT_ITEM_KEEP,
+    TWO_STAGE_KEY,
     Filter,
     Hit,
     ItemRecord,
@@ -45,6 +47,9 @@ from connectors.versioning import (
     reproject_mixed,
     wait_for_update,
 )
+
+
+ITEM_COUNT_TTL = 30.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ def project_records(anchors: AnchorSet, embeddings: np.ndarray, modality: str,
     sb = anchors.project(x, modality, **(engine_options or {}))
     recs = point_records(sb, [item_id(modality, k) for k in keys], modality, embeddings,
                          payloads, anchors.manifest.version)
+    if anchors.fold is not None:
+        anchors.fold.fold_records([r for r in recs if r.sparse_indices.size])
     for name, head in (taggers or {}).items():
         labels, probs = head.predict(sb, modality)
         for r, lb, pr in zip(recs, labels, probs):
@@ -140,6 +147,7 @@ class Index:
         self._renew_at = 0.0  # reader lease: renew (and check retirement) after this time
         self._banks: dict[tuple, Any] = {}  # (version, modality, set) -> its QueryBank
         self._bank_lock = threading.Lock()
+        self._counted: dict[int, tuple[float, int]] = {}  # version -> (when, visible items)
 
     @property
     def where(self) -> str:
@@ -183,7 +191,9 @@ class Index:
             return
         for mod in ("image", "text"):
             anchors.engine(mod, **self.engine_options)
-        if anchors.recipe.qbnorm is not None:
+        if anchors.recipe.qbnorm is not None and anchors.fold is None:
+            # a folded index normalises in the database: searches need no bank (writers
+            # build the frozen one on their first write)
             for mod in ("image", "text"):
                 self._bank(anchors, mod)
 
@@ -191,10 +201,12 @@ class Index:
     @classmethod
     def create(cls, store: VectorStore, image_encoder: Encoder, text_encoder: Encoder,
                k: int = 800, p: float = 8.0, recreate: bool = False, recipe=None,
-               **engine_options) -> "Index":
+               candidate_keep: int | None = DEFAULT_ITEM_KEEP, **engine_options) -> "Index":
         """A new, empty index. recipe: an ``asif_index.recipe.Recipe`` (default
         :data:`asif_index.recipe.DEFAULT`, ``tuned``; ``PUBLISHED`` is the paper's); its
-        statistics are frozen from the first anchors added."""
+        statistics are frozen from the first anchors added. candidate_keep: entries of each
+        item's candidate vector for two-stage search (None or 0: none, every search is one
+        exact stage)."""
         import uuid
 
         from asif_index.recipe import DEFAULT as DEFAULT_RECIPE
@@ -204,6 +216,13 @@ class Index:
                              text_encoder.dim, k=k, p=p, extra={"uid": uuid.uuid4().hex})
         if not recipe.published:
             man.extra["recipe"] = recipe.to_dict()
+        if candidate_keep:
+            if isinstance(candidate_keep, bool) or not isinstance(candidate_keep, int) \
+                    or not 1 <= candidate_keep <= 4096:
+                raise ConfigError(f"candidate_keep (--candidate-keep) must be a whole number "
+                                  f"from 1 to 4096, or 0 for no candidate vectors; got "
+                                  f"{candidate_keep!r}")
+            man.extra[TWO_STAGE_KEY] = {"item_keep": int(candidate_keep)}
         store.create(man, recreate=recreate)
         return cls(store, AnchorSet(man), image_encoder, text_encoder, **engine_options)
 
@@ -471,7 +490,8 @@ class Index:
     def search(self, text: str | None = None, image: Any = None, limit: int = 10,
                filter: Filter | None = None, image_weight: float = DEFAULT_IMAGE_WEIGHT,
                qbnorm: float | bool | None = None,
-               query_keep: int | Literal["all"] | None = None) -> list[Hit]:
+               query_keep: int | Literal["all"] | None = None, exact: bool = False,
+               candidates: int | None = None) -> list[Hit]:
         """Items (either modality, narrowed by ``filter``) ranked for a text query, an image
         query, or both composed (``image_weight``: the image's share).
 
@@ -490,15 +510,16 @@ class Index:
         Re-ranked hits' scores are the normalised scores s/T - log Z (log-odds against the
         bank: higher is better, not a cosine). query_keep: as :meth:`search_vectors`'s.
         :meth:`search_result` also says which anchor version answered and whether the
-        ranking was normalised."""
+        ranking was normalised. exact / candidates: as :meth:`search_vectors`'s."""
         return self.search_result(text, image, limit, filter, image_weight, qbnorm,
-                                  query_keep).hits
+                                  query_keep, exact, candidates).hits
 
     def search_result(self, text: str | None = None, image: Any = None, limit: int = 10,
                       filter: Filter | None = None,
                       image_weight: float = DEFAULT_IMAGE_WEIGHT,
                       qbnorm: float | bool | None = None,
-                      query_keep: int | Literal["all"] | None = None) -> "SearchResult":
+                      query_keep: int | Literal["all"] | None = None, exact: bool = False,
+                      candidates: int | None = None) -> "SearchResult":
         """:meth:`search`'s hits with the query's kind, the anchor version that answered,
         and the temperature they were normalised at (None: plain ranking)."""
         from asif_index.methods.qbnorm import CANDIDATES, DEFAULT_TEMPERATURE, check_temperature
@@ -517,20 +538,14 @@ class Index:
         q, modality = self._query_on(anchors, text, image, image_weight)
         version = anchors.manifest.version
         if temperature is None or modality == "composed":
-            hits = self.search_vectors(q, limit, filter, query_keep, version=version)[0]
+            hits = self.search_vectors(q, limit, filter, query_keep, version=version,
+                                       exact=exact, candidates=candidates)[0]
             return SearchResult(hits, modality, version, None)
-        hits = self.search_vectors(q, max(CANDIDATES, limit), filter, query_keep,
-                                   version=version)[0]
-        if not hits or (not explicit and any(h.modality == modality for h in hits)):
-            return SearchResult(hits[:limit], modality, version, None)
-        recs = self._stored(hits, version)
-        scores = self._bank(anchors, modality).rescore(
-            [h.score for h in hits], [(r.sparse_indices, r.sparse_values) for r in recs],
-            temperature)
-        order = np.lexsort((np.arange(len(hits)), -scores))[:limit]
-        return SearchResult([Hit(hits[i].id, float(scores[i]), hits[i].modality,
-                                 hits[i].payload, hits[i].score) for i in order],
-                            modality, version, float(temperature))
+        from connectors import search_stages
+
+        return search_stages.normalised(self, anchors, q, modality, limit, filter, query_keep,
+                                        version, float(temperature), explicit, exact,
+                                        candidates)
 
     def _stored(self, hits: list[Hit], version: int) -> list[ItemRecord]:
         """The stored points of ``hits`` as of ``version`` (their vectors, for re-ranking)."""
@@ -615,15 +630,41 @@ class Index:
 
     def search_vectors(self, q: SparseBatch, limit: int, flt: Filter | None = None,
                        query_keep: int | Literal["all"] | None = None,
-                       version: int | None = None) -> list[list[Hit]]:
+                       version: int | None = None, fold: bool = False, exact: bool = False,
+                       candidates: int | None = None) -> list[list[Hit]]:
         """Ranked hits per query row. ``query_keep``: largest query entries sent to the
         database for this call (``"all"``: every entry; None: the index's ``query_keep``).
-        ``version``: the anchor version ``q`` was projected at (default: the index's)."""
+        ``version``: the anchor version ``q`` was projected at (default: the index's).
+        fold: add the items' folded QB-Norm values (the database ranks by s + fold(x)).
+        exact: one exact stage over every item, even where the index has candidate vectors;
+        candidates: the first stage's candidate count (None: by collection size, see
+        ``connectors.search_stages``). Either way every returned hit's score is exact."""
+        from asif_index.methods.qbnorm_fold import fold_query
+        from connectors import search_stages
+
+        candidates = search_stages.check_candidates(candidates, limit)
+
         self._pin()
         keep = self.query_keep if query_keep is None else (None if query_keep == "all" else query_keep)
         v = self.version if version is None else version
-        return [self.store.search(*self._pruned(*q.row(r), keep), limit, flt, v)
-                for r in range(len(q))]
+        out = []
+        for r in range(len(q)):
+            idx, val = self._pruned(*q.row(r), keep)
+            if fold:
+                idx, val = fold_query(idx, val)
+            out.append(search_stages.ranked(self, idx, val, limit, flt, v, exact, candidates))
+        return out
+
+    def item_count(self, version: int | None = None) -> int:
+        """Items visible at ``version``, re-counted at most every ITEM_COUNT_TTL seconds
+        (the first stage's candidate count follows it; it need not be exact)."""
+        v = self.version if version is None else version
+        now = time.monotonic()
+        hit = self._counted.get(v)
+        if hit is None or now - hit[0] > ITEM_COUNT_TTL:
+            hit = (now, self.store.count_items(version=v))
+            self._counted = {v: hit}
+        return hit[1]
 
     def item_vector(self, item: str) -> tuple[SparseBatch, int]:
         """The stored relative vector of an item as a one-row query ("more like this"), and

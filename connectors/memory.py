@@ -11,6 +11,7 @@ import numpy as np
 
 from asif_index.anchors import AnchorManifest
 from asif_index.errors import CollectionError
+from asif_index.methods.qbnorm_fold import FOLD_DIM, split_fold
 from connectors.base import (
     check_index_name,
     FOREVER,
@@ -19,7 +20,9 @@ from connectors.base import (
     Hit,
     ItemRecord,
     VectorStore,
+    candidate_entries,
     filter_matches,
+    two_stage_keep,
     in_range,
 )
 
@@ -132,12 +135,13 @@ class MemoryStore(VectorStore):
             self._items.pop(i, None)
 
     @_locked
-    def delete_expired(self, version: int) -> int:
+    def delete_expired(self, version: int, anchor_version: int | None = None) -> int:
+        av = version if anchor_version is None else anchor_version
         self._gen += 1
         gone = [k for k, r in self._items.items() if r.valid_to <= version]
         for k in gone:
             del self._items[k]
-        for k in [k for k, a in self._anchors.items() if a.removed_version <= version]:
+        for k in [k for k, a in self._anchors.items() if a.removed_version <= av]:
             del self._anchors[k]
         return len(gone)
 
@@ -161,9 +165,48 @@ class MemoryStore(VectorStore):
             val = (np.concatenate([r.sparse_values for r in recs]) if recs
                    else np.zeros(0, np.float32)).astype(np.float64)
             ncol = int(idx.max()) + 1 if idx.size else 1
-            self._cache = {"gen": self._gen, "recs": recs, "masks": {},
+            # the folded QB-Norm entry (FOLD_DIM) is a column of its own, not column 4e9
+            folds = np.array([r.fold or 0.0 for r in recs], np.float64)
+            self._cache = {"gen": self._gen, "recs": recs, "masks": {}, "folds": folds,
                            "csr": sp.csr_matrix((val, idx, indptr), shape=(len(recs), ncol))}
+            keep = two_stage_keep(self.read_manifest())
+            if keep:
+                cand = [candidate_entries(r.sparse_indices, r.sparse_values, keep) for r in recs]
+                cl = np.array([len(c[0]) for c in cand], np.int64)
+                self._cache["cand"] = sp.csr_matrix(
+                    (np.concatenate([c[1] for c in cand]).astype(np.float64),
+                     np.concatenate([c[0] for c in cand]),
+                     np.concatenate([[0], np.cumsum(cl)])), shape=(len(recs), ncol))
         return self._cache
+
+    @staticmethod
+    def _dense(indices, values, ncol: int) -> tuple[np.ndarray, float]:
+        """A query as a dense column (anchor entries) and its folded-QB-Norm weight."""
+        ind, w = split_fold(np.asarray(indices, np.int64), np.asarray(values, np.float64))[:2]
+        fold_w = float(np.asarray(values, np.float64)[np.asarray(indices) == FOLD_DIM].sum())
+        q = np.zeros(ncol)
+        ok = ind < ncol
+        q[ind[ok]] = w[ok]
+        return q, fold_w
+
+    @_locked
+    def search_two_stage(self, full, cand, candidates, limit, flt=None, version=None):
+        cache = self._matrix()
+        recs, m = cache["recs"], cache["csr"]
+        if not recs:
+            return []
+        if "cand" not in cache:
+            raise NotImplementedError("this index has no candidate vectors")
+        qc, fw = self._dense(*cand, m.shape[1])
+        first = cache["cand"] @ qc + fw * cache["folds"]
+        ok = np.flatnonzero(self._mask(cache, flt, version) & (first > 0))
+        picked = sorted(ok.tolist(), key=lambda j: (-first[j], recs[j].item))[:candidates]
+        q, fold_w = self._dense(*full, m.shape[1])
+        exact = m[picked] @ q + fold_w * cache["folds"][picked]
+        order = sorted(range(len(picked)), key=lambda t: (-exact[t], recs[picked[t]].item))
+        return [Hit(recs[picked[t]].item, float(exact[t]), recs[picked[t]].modality,
+                    recs[picked[t]].payload, fold=recs[picked[t]].fold)
+                for t in order if exact[t] > 0][:limit]
 
     def _mask(self, cache, flt: Filter | None, version: int | None) -> np.ndarray:
         from connectors import filters
@@ -182,15 +225,15 @@ class MemoryStore(VectorStore):
         recs, m = cache["recs"], cache["csr"]
         if not recs:
             return []
-        q = np.zeros(m.shape[1])
-        ind = np.asarray(indices, np.int64)
-        ok = ind < m.shape[1]
-        q[ind[ok]] = np.asarray(values, np.float64)[ok]
+        q, fold_w = self._dense(indices, values, m.shape[1])
         scores = m @ q
+        if fold_w:
+            scores = scores + fold_w * cache["folds"]
         cand = np.flatnonzero(self._mask(cache, flt, version) & (scores > 0))
         # descending score, ties by ascending item id (deterministic reference order)
         order = sorted(cand.tolist(), key=lambda j: (-scores[j], recs[j].item))[:limit]
-        return [Hit(recs[j].item, float(scores[j]), recs[j].modality, recs[j].payload)
+        return [Hit(recs[j].item, float(scores[j]), recs[j].modality, recs[j].payload,
+                    fold=recs[j].fold)
                 for j in order]
 
     def scroll_items(self, batch: int = 256, version: int | None = None,

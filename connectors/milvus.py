@@ -20,8 +20,11 @@ import numpy as np
 from asif_index._optional import require
 from asif_index.anchors import AnchorManifest
 from asif_index.errors import BackendError, BackendUnavailableError, CollectionError, ConfigError
+from asif_index.methods.qbnorm_fold import split_fold, with_fold
 from connectors import filters
 from connectors.base import (
+    candidate_entries,
+    two_stage_keep,
     check_index_name,
     FOREVER,
     AnchorRecord,
@@ -87,6 +90,26 @@ def _stored_payload(payload: dict) -> dict:
 
 def _user_payload(payload: dict | None) -> dict:
     return {k: v for k, v in (payload or {}).items() if not k.startswith(filters.RESERVED_PREFIX)}
+
+
+def rescore_rows(full: tuple[np.ndarray, np.ndarray], rels: list[dict]) -> np.ndarray:
+    """Dot products float32 [n] of one query (indices, values) with stored sparse rows
+    ({index: value} as Milvus returns them), accumulated in float32 as the engine does."""
+    qi = np.asarray(full[0], np.int64)
+    qv = np.asarray(full[1], np.float32)
+    lens = np.fromiter((len(r) for r in rels), np.int64, len(rels))
+    idx = np.fromiter((i for r in rels for i in r.keys()), np.int64, int(lens.sum()))
+    val = np.fromiter((v for r in rels for v in r.values()), np.float32, int(lens.sum()))
+    order = np.argsort(qi)
+    qi, qv = qi[order], qv[order]
+    pos = np.searchsorted(qi, idx)
+    pos[pos == len(qi)] = 0
+    w = np.where(qi[pos] == idx, qv[pos], np.float32(0)) if len(qi) else np.zeros_like(val)
+    prod = (w * val).astype(np.float32)
+    ptr = np.concatenate([[0], np.cumsum(lens)])
+    out = np.add.reduceat(prod, ptr[:-1]) if len(prod) else np.zeros(len(rels), np.float32)
+    out[lens == 0] = 0
+    return out.astype(np.float32)
 
 
 class MilvusStore(VectorStore):
@@ -183,6 +206,9 @@ class MilvusStore(VectorStore):
         it.add_field("id", DT.VARCHAR, max_length=64)
         it.add_field("item", DT.VARCHAR, max_length=64)
         it.add_field("rel", DT.SPARSE_FLOAT_VECTOR)
+        two = bool(two_stage_keep(manifest))
+        if two:  # the first stage's vectors (two-stage search)
+            it.add_field("cand", DT.SPARSE_FLOAT_VECTOR)
         # A row has one dense field, and the two modalities' dims differ: the raw embedding
         # is zero-padded to the larger dim (the manifest says how much of it is real).
         it.add_field("emb", DT.FLOAT_VECTOR, dim=max(manifest.image_dim, manifest.text_dim))
@@ -191,9 +217,11 @@ class MilvusStore(VectorStore):
         it.add_field("vfrom", DT.INT64)
         it.add_field("vto", DT.INT64)
         it.add_field("payload", DT.JSON)
-        self._create(self.items, it, [("rel", "SPARSE_INVERTED_INDEX", "IP"), ("emb", "FLAT", "IP")],
-                     {"rel": {"inverted_index_algo": self.inverted_index_algo}}
-                     if self.inverted_index_algo else None, **self.cluster.milvus())
+        algo = {"inverted_index_algo": self.inverted_index_algo} if self.inverted_index_algo \
+            else {}
+        self._create(self.items, it, [("rel", "SPARSE_INVERTED_INDEX", "IP"), ("emb", "FLAT", "IP"),
+                                      *([("cand", "SPARSE_INVERTED_INDEX", "IP")] if two else [])],
+                     {"rel": algo, "cand": algo}, **self.cluster.milvus())
         manifest.extra["type_tags"] = True  # every payload carries filters.TYPES_KEY
         self.write_manifest(manifest)
 
@@ -278,11 +306,19 @@ class MilvusStore(VectorStore):
     def _row(self, it: ItemRecord, d: int, nonce: str) -> dict:
         emb = np.zeros(d, np.float32)
         emb[: it.embedding.shape[0]] = it.embedding
-        return {"pk": f"{it.id}.{nonce}", "id": it.id, "item": it.item,
-                "rel": {int(i): float(v) for i, v in zip(it.sparse_indices, it.sparse_values)},
-                "emb": emb.tolist(), "modality": it.modality, "kth": float(it.kth_similarity),
-                "vfrom": int(it.valid_from), "vto": int(it.valid_to),
-                "payload": _stored_payload(it.payload)}
+        idx, val = with_fold(it.sparse_indices, it.sparse_values, it.fold)
+        payload = _stored_payload(it.payload)
+        if it.fold is not None:  # also in the vector (FOLD_DIM); here so that hits carry it
+            payload["asif_fold"] = float(it.fold)
+        row = {"pk": f"{it.id}.{nonce}", "id": it.id, "item": it.item,
+               "rel": {int(i): float(v) for i, v in zip(idx, val)},
+               "emb": emb.tolist(), "modality": it.modality, "kth": float(it.kth_similarity),
+               "vfrom": int(it.valid_from), "vto": int(it.valid_to), "payload": payload}
+        keep = two_stage_keep(self._manifest_cached())
+        if keep:
+            ci, cv = candidate_entries(it.sparse_indices, it.sparse_values, keep)
+            row["cand"] = {int(i): float(v) for i, v in zip(ci, cv)}
+        return row
 
     def upsert_items(self, items: list[ItemRecord]) -> None:
         """Write points; a point already stored is replaced.
@@ -328,10 +364,11 @@ class MilvusStore(VectorStore):
         rel = r["rel"]
         idx = np.fromiter(rel.keys(), np.int64, len(rel))
         val = np.fromiter(rel.values(), np.float32, len(rel))
+        idx, val, fold = split_fold(idx, val)
         order = np.argsort(idx)
         return ItemRecord(r["id"], r["item"], r["modality"], idx[order], val[order],
                           np.asarray(r["emb"][:dim], np.float32), float(r["kth"]),
-                          int(r["vfrom"]), int(r["vto"]), _user_payload(r["payload"]))
+                          int(r["vfrom"]), int(r["vto"]), _user_payload(r["payload"]), fold)
 
     _FIELDS = ["pk", "id", "item", "rel", "emb", "modality", "kth", "vfrom", "vto", "payload"]
 
@@ -404,10 +441,11 @@ class MilvusStore(VectorStore):
             self._call("delete items", self.client.delete, self.items,
                        filter=f"id in {json.dumps(list(ids))}")
 
-    def delete_expired(self, version: int) -> int:
+    def delete_expired(self, version: int, anchor_version: int | None = None) -> int:
+        av = version if anchor_version is None else anchor_version
         n = self.count_items_expr(f"vto <= {version}")
         self._call("delete", self.client.delete, self.items, filter=f"vto <= {version}")
-        self._call("delete", self.client.delete, self.anchors, filter=f"removed_version <= {version}")
+        self._call("delete", self.client.delete, self.anchors, filter=f"removed_version <= {av}")
         return n
 
     def _expr(self, flt: Filter | None, version: int | None) -> str:
@@ -452,9 +490,39 @@ class MilvusStore(VectorStore):
         for h in res[0]:
             e = h["entity"]
             if e["item"] not in out:
+                fold = (e["payload"] or {}).get("asif_fold")
                 out[e["item"]] = Hit(e["item"], float(h["distance"]), e["modality"],
-                                     _user_payload(e["payload"]))
+                                     _user_payload(e["payload"]),
+                                     fold=None if fold is None else float(fold))
         return sorted(out.values(), key=lambda x: -x.score)[:limit]
+
+    def search_two_stage(self, full, cand, candidates, limit, flt=None, version=None):
+        # Milvus has no rescoring stage (its hybrid search fuses ranks): the candidates come
+        # back with their full vectors and are rescored here, exactly as the engine would
+        if not two_stage_keep(self._manifest_cached()):
+            raise NotImplementedError("this index has no candidate vectors")
+        qc = {int(i): float(v) for i, v in zip(*cand) if v > 0}
+        if not qc:
+            return []
+        res = self._call("search", self.client.search, self.items, data=[qc], anns_field="cand",
+                         limit=min(int(candidates), 16384), filter=self._expr(flt, version),
+                         output_fields=["item", "modality", "payload", "rel"],
+                         search_params={"metric_type": "IP",
+                                        "params": {"drop_ratio_search": self.drop_ratio_search}})
+        rows = {}
+        for h in res[0]:  # a point being rewritten shows as two rows: the same vector
+            rows.setdefault(h["entity"]["item"], h["entity"])
+        if not rows:
+            return []
+        scores = rescore_rows(full, [e["rel"] for e in rows.values()])
+        out = []
+        for (item, e), sc in zip(rows.items(), scores):
+            if sc > 0:
+                fold = (e["payload"] or {}).get("asif_fold")
+                out.append(Hit(item, float(sc), e["modality"], _user_payload(e["payload"]),
+                               fold=None if fold is None else float(fold)))
+        out.sort(key=lambda x: (-x.score, x.id))
+        return out[:limit]
 
     def scroll_items(self, batch: int = 256, version: int | None = None,
                      id_range=None) -> Iterator[list[ItemRecord]]:

@@ -14,6 +14,8 @@ from asif_index.anchors import AnchorManifest
 from asif_index.errors import BackendUnavailableError, CollectionError, ConfigError
 from connectors import filters
 from connectors.base import (
+    candidate_entries,
+    two_stage_keep,
     check_index_name,
     FOREVER,
     AnchorRecord,
@@ -24,7 +26,14 @@ from connectors.base import (
     with_retries,
     in_range,
 )
-from connectors.qdrant_layout import item_payload, item_record, payload_key, user_payload
+from connectors.qdrant_layout import (
+    hit_fold,
+    item_payload,
+    item_record,
+    payload_key,
+    stored_rel,
+    user_payload,
+)
 
 
 
@@ -135,7 +144,9 @@ class QdrantStore(VectorStore):
         self._call("create", self.client.create_collection, self.items, vectors_config={
             "emb_image": m.VectorParams(size=manifest.image_dim, distance=m.Distance.COSINE),
             "emb_text": m.VectorParams(size=manifest.text_dim, distance=m.Distance.COSINE),
-        }, sparse_vectors_config={"rel": m.SparseVectorParams()}, **spread)
+        }, sparse_vectors_config={"rel": m.SparseVectorParams(),
+                                  **({"cand": m.SparseVectorParams()}
+                                     if two_stage_keep(manifest) else {})}, **spread)
         if "://" in self.where:  # payload indexes exist on servers (local mode ignores them)
             for field, kind in (("asif_modality", m.PayloadSchemaType.KEYWORD),
                                 ("asif_item", m.PayloadSchemaType.KEYWORD),
@@ -144,6 +155,7 @@ class QdrantStore(VectorStore):
                 self._call("index", self.client.create_payload_index, self.items,
                            field_name=field, field_schema=kind)
         self.write_manifest(manifest)
+        self._keep = None
 
     def drop(self) -> None:
         for c in (self.items, self.anchors, self.meta):
@@ -211,15 +223,25 @@ class QdrantStore(VectorStore):
         return out
 
     # items ---------------------------------------------------------------------------
+    def _cand_keep(self) -> int | None:
+        if getattr(self, "_keep", None) is None:
+            self._keep = two_stage_keep(self.read_manifest()) or 0
+        return self._keep or None
+
     def upsert_items(self, items: list[ItemRecord]) -> None:
         m = self._m
+        keep = self._cand_keep() if items else None
         pts = []
         for it in items:
             payload = item_payload(it)
-            pts.append(m.PointStruct(id=it.id, vector={
-                f"emb_{it.modality}": it.embedding.tolist(),
-                "rel": m.SparseVector(indices=it.sparse_indices.tolist(),
-                                      values=it.sparse_values.tolist())}, payload=payload))
+            idx, val = stored_rel(it)
+            vectors = {f"emb_{it.modality}": it.embedding.tolist(),
+                       "rel": m.SparseVector(indices=idx, values=val)}
+            if keep:
+                ci, cv = candidate_entries(it.sparse_indices, it.sparse_values, keep)
+                vectors["cand"] = m.SparseVector(indices=ci.tolist(),
+                                                 values=np.asarray(cv, np.float32).tolist())
+            pts.append(m.PointStruct(id=it.id, vector=vectors, payload=payload))
         if pts:
             self._call("upsert items", self.client.upsert, self.items, pts, wait=True)
 
@@ -285,13 +307,14 @@ class QdrantStore(VectorStore):
         self._call("delete items", self.client.delete, self.items,
                    points_selector=self._m.PointIdsList(points=list(ids)), wait=True)
 
-    def delete_expired(self, version: int) -> int:
+    def delete_expired(self, version: int, anchor_version: int | None = None) -> int:
         m = self._m
+        av = version if anchor_version is None else anchor_version
         flt = m.Filter(must=[m.FieldCondition(key="asif_to", range=m.Range(lte=version))])
         n = int(self._call("count", self.client.count, self.items, count_filter=flt, exact=True).count)
         self._call("delete", self.client.delete, self.items,
                    points_selector=m.FilterSelector(filter=flt), wait=True)
-        aflt = m.Filter(must=[m.FieldCondition(key="removed_version", range=m.Range(lte=version))])
+        aflt = m.Filter(must=[m.FieldCondition(key="removed_version", range=m.Range(lte=av))])
         self._call("delete", self.client.delete, self.anchors,
                    points_selector=m.FilterSelector(filter=aflt), wait=True)
         return n
@@ -315,7 +338,27 @@ class QdrantStore(VectorStore):
         res = self._call("search", self.client.query_points, self.items, query=q, using="rel",
                          limit=limit, query_filter=self._filter(flt, version), with_payload=True)
         return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
-                    user_payload(p.payload)) for p in res.points]
+                    user_payload(p.payload), fold=hit_fold(p.payload)) for p in res.points]
+
+    def search_two_stage(self, full, cand, candidates, limit, flt=None, version=None):
+        # the Query API: a prefetch on ``cand``, rescored by the outer query on ``rel``
+        if not self._cand_keep():
+            raise NotImplementedError("this index has no candidate vectors")
+        m = self._m
+
+        def vec(iv):
+            return m.SparseVector(indices=np.asarray(iv[0]).tolist(),
+                                  values=np.asarray(iv[1], np.float32).tolist())
+
+        flt_q = self._filter(flt, version)
+        res = self._call("search", self.client.query_points, self.items,
+                         prefetch=m.Prefetch(query=vec(cand), using="cand", limit=int(candidates),
+                                             filter=flt_q),
+                         query=vec(full), using="rel", limit=limit, query_filter=flt_q,
+                         with_payload=True)
+        return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
+                    user_payload(p.payload), fold=hit_fold(p.payload))
+                for p in res.points if p.score > 0]
 
     def scroll_items(self, batch: int = 256, version: int | None = None,
                      id_range=None) -> Iterator[list[ItemRecord]]:

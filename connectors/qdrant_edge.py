@@ -33,13 +33,17 @@ from connectors.base import (
     Hit,
     ItemRecord,
     VectorStore,
+    candidate_entries,
     in_range,
+    two_stage_keep,
 )
 from connectors.qdrant_layout import (
     BOOL_TWIN,
+    hit_fold,
     item_payload,
     item_record,
     payload_key,
+    stored_rel,
     user_payload,
 )
 
@@ -128,6 +132,7 @@ class QdrantEdgeStore(VectorStore):
         self.sparse_datatype = sparse_datatype
         self.optimize_every = optimize_every or self.OPTIMIZE_EVERY
         self._written = 0  # items written since the last optimize
+        self._keep: int | None = None  # entries per candidate vector (0: none); from manifest
         self._shards: dict[str, Any] = {}
         self._gate = _Gate()
         self._lock = threading.RLock()  # opening and closing shards
@@ -239,11 +244,17 @@ class QdrantEdgeStore(VectorStore):
             # Cached: the sparse index is memory-mapped and warmed into the page cache, so it
             # is served from RAM while it fits and the OS may evict it when it does not.
             sparse_vectors={"rel": q.EdgeSparseVectorParams(datatype=dtype,
-                                                            memory=q.Memory.Cached)}),
+                                                            memory=q.Memory.Cached),
+                            # the first stage's vectors (two-stage search); absent in indexes
+                            # made without one
+                            **({"cand": q.EdgeSparseVectorParams(datatype=dtype,
+                                                                 memory=q.Memory.Cached)}
+                               if two_stage_keep(manifest) else {})}),
             {"asif_item": "Keyword", "asif_modality": "Keyword", "asif_from": "Integer",
              "asif_to": "Integer"})
         manifest.extra["sparse_datatype"] = self.sparse_datatype
         self.write_manifest(manifest)
+        self._keep = None
 
     def drop(self) -> None:
         with self._lock:
@@ -360,9 +371,18 @@ class QdrantEdgeStore(VectorStore):
     def _point(self, it: ItemRecord):
         q = self._q
         payload = item_payload(it)
-        return q.Point(it.id, {
-            f"emb_{it.modality}": it.embedding.tolist(),
-            "rel": q.SparseVector(it.sparse_indices.tolist(), it.sparse_values.tolist())}, payload)
+        vectors = {f"emb_{it.modality}": it.embedding.tolist(),
+                   "rel": q.SparseVector(*stored_rel(it))}
+        keep = self._cand_keep()
+        if keep:
+            ci, cv = candidate_entries(it.sparse_indices, it.sparse_values, keep)
+            vectors["cand"] = q.SparseVector(ci.tolist(), np.asarray(cv, np.float32).tolist())
+        return q.Point(it.id, vectors, payload)
+
+    def _cand_keep(self) -> int | None:
+        if self._keep is None:
+            self._keep = two_stage_keep(self.read_manifest()) or 0
+        return self._keep or None
 
     def upsert_items(self, items: list[ItemRecord]) -> None:
         q = self._q
@@ -425,13 +445,14 @@ class QdrantEdgeStore(VectorStore):
         if ids:
             self._update(self.items, self._q.UpdateOperation.delete_points(list(ids)))
 
-    def delete_expired(self, version: int) -> int:
+    def delete_expired(self, version: int, anchor_version: int | None = None) -> int:
         q = self._q
+        av = version if anchor_version is None else anchor_version
         flt = q.Filter(must=[q.FieldCondition("asif_to", range=q.RangeFloat(lte=version))])
         n = int(self._on(self.items, "count", "count", q.CountRequest(True, flt)))
         if n:
             self._update(self.items, q.UpdateOperation.delete_points_by_filter(flt))
-        aflt = q.Filter(must=[q.FieldCondition("removed_version", range=q.RangeFloat(lte=version))])
+        aflt = q.Filter(must=[q.FieldCondition("removed_version", range=q.RangeFloat(lte=av))])
         self._update(self.anchors, q.UpdateOperation.delete_points_by_filter(aflt))
         return n
 
@@ -458,7 +479,28 @@ class QdrantEdgeStore(VectorStore):
             limit=int(limit), query=q.Query.Nearest(vec, using="rel"),
             filter=self._filter(flt, version), with_payload=True))
         return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
-                    user_payload(p.payload))
+                    user_payload(p.payload), fold=hit_fold(p.payload))
+                for p in res if p.score > 0]
+
+    def search_two_stage(self, full, cand, candidates, limit, flt=None, version=None):
+        # Qdrant's query planner: the prefetch finds the candidates on ``cand``, the outer
+        # query rescores only those with the full vector ``rel`` (including the fold entry)
+        if not self._cand_keep():
+            raise NotImplementedError("this index has no candidate vectors")
+        q = self._q
+        flt_q = self._filter(flt, version)
+
+        def vec(iv):
+            return q.SparseVector(np.asarray(iv[0]).tolist(),
+                                  np.asarray(iv[1], np.float32).tolist())
+
+        res = self._on(self.items, "search", "query", q.QueryRequest(
+            limit=int(limit), query=q.Query.Nearest(vec(full), using="rel"),
+            prefetches=[q.Prefetch(int(candidates), query=q.Query.Nearest(vec(cand), using="cand"),
+                                   filter=flt_q)],
+            filter=flt_q, with_payload=True))
+        return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
+                    user_payload(p.payload), fold=hit_fold(p.payload))
                 for p in res if p.score > 0]
 
     def scroll_items(self, batch: int = 256, version: int | None = None,

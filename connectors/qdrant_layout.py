@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from asif_index.methods.qbnorm_fold import split_fold, with_fold
 from connectors.base import ItemRecord
 
-RESERVED = {"asif_modality", "asif_kth", "asif_item", "asif_from", "asif_to"}
+RESERVED = {"asif_modality", "asif_kth", "asif_item", "asif_from", "asif_to", "asif_fold"}
 RESERVED_PREFIX = "asif_"
 # qdrant-edge-py 0.9 reads MatchValue(True) as the integer 1, which never matches a stored
 # boolean: each boolean field is also kept as a keyword ("true"/"false") under this prefix,
@@ -32,7 +33,20 @@ def item_payload(it: ItemRecord) -> dict[str, Any]:
                     for k, v in it.payload.items() if isinstance(v, bool)})
     payload.update(asif_modality=it.modality, asif_kth=float(it.kth_similarity),
                    asif_item=it.item, asif_from=int(it.valid_from), asif_to=int(it.valid_to))
+    if it.fold is not None:  # also in the vector (FOLD_DIM); here so that hits carry it
+        payload["asif_fold"] = float(it.fold)
     return payload
+
+
+def stored_rel(it: ItemRecord) -> tuple[list[int], list[float]]:
+    """The ``rel`` sparse vector as stored: the anchor entries and the fold entry."""
+    idx, val = with_fold(it.sparse_indices, it.sparse_values, it.fold)
+    return np.asarray(idx).tolist(), np.asarray(val, np.float32).tolist()
+
+
+def hit_fold(payload: dict[str, Any]) -> float | None:
+    f = payload.get("asif_fold")
+    return None if f is None else float(f)
 
 
 def user_payload(payload: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +58,8 @@ def item_record(point) -> ItemRecord:
     pl = point.payload
     mod = pl["asif_modality"]
     rel = point.vector["rel"]
-    return ItemRecord(str(point.id), pl["asif_item"], mod, np.asarray(rel.indices, np.int64),
-                      np.asarray(rel.values, np.float32),
+    idx, val, fold = split_fold(np.asarray(rel.indices, np.int64),
+                                np.asarray(rel.values, np.float32))
+    return ItemRecord(str(point.id), pl["asif_item"], mod, idx, val,
                       np.asarray(point.vector[f"emb_{mod}"], np.float32), float(pl["asif_kth"]),
-                      int(pl["asif_from"]), int(pl["asif_to"]), user_payload(pl))
+                      int(pl["asif_from"]), int(pl["asif_to"]), user_payload(pl), fold)

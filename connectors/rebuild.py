@@ -39,6 +39,7 @@ def rebuild(index: "Index", target: VectorStore, k: int | None = None, p: float 
                            for r, (i, pl) in enumerate(zip(src.ids, src.payloads))])
     new.anchors.manifest.version = 0
     new.anchors.manifest.extra["next_id"] = int(src.next_id)
+    freeze_fold(new)
     target.switch_manifest(new.anchors.manifest)
     n = 0
     for recs in index.store.scroll_items(batch, version=index.version):
@@ -52,6 +53,22 @@ def rebuild(index: "Index", target: VectorStore, k: int | None = None, p: float 
         if progress is not None:
             progress(n)
     return new, n
+
+
+def freeze_fold(index: "Index") -> None:
+    """A rebuilt index folds QB-Norm with a bank frozen from its (current) anchors."""
+    from asif_index.methods.qbnorm import BANK_STRIDE
+    from asif_index.methods.qbnorm_fold import FOLD_KEY, FoldSpec, QBNormFold
+
+    anchors = index.anchors
+    T = anchors.recipe.qbnorm
+    anchors.manifest.extra.pop(FOLD_KEY, None)
+    anchors.fold = None
+    if T is None or not len(anchors):
+        return
+    spec = FoldSpec.freeze(anchors, T, BANK_STRIDE)
+    anchors.manifest.extra[FOLD_KEY] = spec.to_dict()
+    anchors.fold = QBNormFold(spec, lambda: anchors, index.engine_options)
 
 
 def set_alias(registry: VectorStore, alias: str, physical: str) -> None:

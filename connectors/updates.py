@@ -188,6 +188,8 @@ def pass_items(store: VectorStore, plan: ItemPassPlan, batch: int = 512, id_rang
                 rows = todo[mergeable]
                 merged, unsure = merge_new_anchors([group[j] for j in rows], sims[rows],
                                                    add_ids, k, p, target)
+                if new_set.fold is not None:
+                    new_set.fold.fold_records(merged)
                 fresh += merged
                 mergeable[np.flatnonzero(mergeable)[unsure]] = False
             full = [group[j] for j in todo[~mergeable]]
@@ -294,6 +296,7 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
     if new_set is None:
         new_set = anchors_at(store, man, target)
     new_set.manifest.version = target
+    _freeze_fold(index, store, man, new_set, v)
 
     # 3-4. the affected items, by this process or by workers (``item_pass``)
     plan = ItemPassPlan(v, target, new_set, add_ids.astype(np.int64), rem_ids,
@@ -313,6 +316,27 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
     index._adopt(new_set)
     return UpdateResult(target, add_ids.astype(np.uint32), rem_ids, scanned, touched,
                         time.perf_counter() - t0, resumed, waited)
+
+
+def _freeze_fold(index, store: VectorStore, man, new_set: AnchorSet, version: int) -> None:
+    """Fold QB-Norm into the items from this version on when the recipe normalises and the
+    index holds no items yet (their fold values need no rewrite), or keep the frozen bank.
+    An index that already holds unfolded items keeps re-ranking until it is rebuilt."""
+    from asif_index.methods.qbnorm import BANK_STRIDE
+    from asif_index.methods.qbnorm_fold import FOLD_KEY, FoldSpec, QBNormFold
+
+    T = new_set.recipe.qbnorm
+    if T is None or not len(new_set):
+        return
+    if FOLD_KEY in man.extra and store.count_items(version=version) > 0:
+        new_set.fold = index.anchors.fold  # the same frozen bank (and its built banks)
+        return
+    if FOLD_KEY not in man.extra and store.count_items() > 0:
+        return
+    spec = FoldSpec.freeze(new_set, T, BANK_STRIDE)
+    man.extra[FOLD_KEY] = spec.to_dict()
+    new_set.manifest.extra[FOLD_KEY] = spec.to_dict()
+    new_set.fold = QBNormFold(spec, lambda: new_set, index.engine_options)
 
 
 def mergeable_record(r: ItemRecord, old_n: int, k: int) -> bool:

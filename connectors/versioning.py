@@ -233,7 +233,12 @@ def retire(store: VectorStore, live_version: int) -> int:
     for key, d in leases.items():
         if float(d.get("expires", 0)) < now - 60:
             store.put_doc(key, None)
-    return store.delete_expired(keep)
+    from asif_index.methods.qbnorm_fold import FOLD_KEY
+
+    man = store.read_manifest()
+    fold = (man.extra.get(FOLD_KEY) if man else None) or {}
+    bank = int(fold.get("bank_version", keep))
+    return store.delete_expired(keep, anchor_version=min(keep, bank))
 
 
 # --------------------------------------------------------------------- anchors, points
@@ -249,7 +254,49 @@ def anchors_at(store: VectorStore, man: AnchorManifest, version: int) -> AnchorS
         anchors.added_at = np.array([r.added_at for r in recs])
     anchors.manifest.version = version  # add() bumped it
     anchors.next_id = max(anchors.next_id, int(man.extra.get("next_id", 0)))
+    return attach_fold(store, anchors)
+
+
+def attach_fold(store: VectorStore, anchors: AnchorSet, engine_options: dict | None = None
+                ) -> AnchorSet:
+    """Give ``anchors`` the index's folded QB-Norm (manifest ``qbnorm_fold``), whose bank is
+    loaded from the anchors of its version when a writer first needs it."""
+    from asif_index.methods.qbnorm_fold import FOLD_KEY, FoldSpec, QBNormFold
+
+    doc = anchors.manifest.extra.get(FOLD_KEY)
+    if not doc:
+        anchors.fold = None
+        return anchors
+    spec = FoldSpec.from_dict(doc)
+    if anchors.fold is not None and anchors.fold.spec == spec:
+        return anchors
+    if spec.bank_version == anchors.manifest.version:
+        def load(s=anchors):
+            return s
+    else:
+        man = copy.deepcopy(anchors.manifest)
+
+        def load():
+            bank = anchors_at_plain(store, man, spec.bank_version)
+            if len(range(0, len(bank), spec.stride)) != spec.bank_size:  # collected
+                from asif_index.errors import CollectionError
+
+                raise CollectionError(
+                    f"{store.location}: the anchors of QB-Norm bank version "
+                    f"{spec.bank_version} are no longer stored; rebuild the index "
+                    "('asif-index anchors rebuild')")
+            return bank
+    anchors.fold = QBNormFold(spec, load, engine_options)
     return anchors
+
+
+def anchors_at_plain(store: VectorStore, man: AnchorManifest, version: int) -> AnchorSet:
+    """:func:`anchors_at` without the fold (the fold's own bank set)."""
+    man = copy.deepcopy(man)
+    man.extra.pop("qbnorm_fold", None)
+    s = anchors_at(store, man, version)
+    s.manifest.extra = dict(s.manifest.extra)
+    return s
 
 
 def reproject(anchors: AnchorSet, recs: list[ItemRecord], modality: str, version: int,
@@ -258,8 +305,11 @@ def reproject(anchors: AnchorSet, recs: list[ItemRecord], modality: str, version
     stored raw embeddings against ``anchors``."""
     emb = np.stack([r.embedding for r in recs])
     sb = anchors.project(emb, modality, **engine_options)
-    return point_records(sb, [r.item for r in recs], modality, emb, [r.payload for r in recs],
-                         version)
+    out = point_records(sb, [r.item for r in recs], modality, emb, [r.payload for r in recs],
+                        version)
+    if anchors.fold is not None:
+        anchors.fold.fold_records(out)
+    return out
 
 
 def reproject_mixed(anchors: AnchorSet, recs: list[ItemRecord], version: int,

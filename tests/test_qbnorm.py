@@ -63,9 +63,9 @@ def test_a_hub_near_every_query_is_discounted():
 
 @pytest.mark.parametrize("kind", ["memory", "qdrant-edge"])
 def test_search_through_the_database_equals_the_exact_path(kind, tmp_path):
-    """Index.search(qbnorm=T) re-ranks the database's top 100: with 100 items or fewer per
-    modality that is every item, so its order equals re-scoring them all in memory; after an
-    anchor update, the bank of the new version is used."""
+    """Index.search(qbnorm=T) on a folded index ranks by s/T - log Z in the database: its
+    order and scores equal re-scoring every item in memory against the frozen bank, also
+    after an anchor update (which keeps the bank and re-folds the items it re-projects)."""
     from tests.test_congruence import DI, DT, K, FakeEncoder, make_scenario
     from connectors.base import item_id
     from connectors.index import Index
@@ -83,7 +83,8 @@ def test_search_through_the_database_equals_the_exact_path(kind, tmp_path):
         items = idx.project(texts, "text")
         qv = idx.project(q[None], "image")
         s = qv.dot(items)
-        scores = QueryBank(idx.anchors, "image").rescore_matrix(s, items, 0.05)[0]
+        assert idx.anchors.fold is not None and idx.anchors.fold.spec.bank_version == 1
+        scores = idx.anchors.fold.bank("image").rescore_matrix(s, items, 0.05)[0]
         order = np.lexsort((np.arange(80), -scores))[:10]
         return [item_id("text", f"t{i}") for i in order], scores[order]
 

@@ -1,0 +1,129 @@
+"""The stages of a normalised (QB-Norm) search, which :class:`connectors.index.Index` calls.
+
+* **Folded** (an index whose manifest has ``qbnorm_fold``): the database ranks by
+  ``s(q, x) + fold(x)`` over the whole collection (``asif_index.methods.qbnorm_fold``), and
+  the scores are mapped back to ``s/T - log Z``: no stored vector is read, no bank is touched.
+* **Re-ranked** (an index made before folding, or a temperature other than the folded one):
+  the database's plain top ``CANDIDATES`` are read back and re-scored against a query bank.
+
+Both normalise only a single-modality query's results of the other modality by default (the
+bank holds queries of the query's modality; same-modality rankings lose with it): when a
+same-modality item reaches the top, the plain ranking is returned instead.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from asif_index.anchors import AnchorSet
+from asif_index.sparse import SparseBatch
+from asif_index.errors import ConfigError
+from asif_index.methods.qbnorm_fold import FOLD_DIM
+from connectors.base import Filter, Hit, candidate_entries, two_stage_keep
+
+# Candidates the first stage hands to exact rescoring: CANDIDATE_BASE at 10^4 visible items,
+# growing as N^CANDIDATE_GROWTH (the count a fixed recall needs grew so in benchmarks/scale.py),
+# never fewer than CANDIDATES_PER_HIT per requested hit. The recall each gives is measured
+# there and in docs/benchmarks.md.
+CANDIDATE_BASE = 500
+CANDIDATE_GROWTH = 0.4
+CANDIDATES_PER_HIT = 20
+MAX_CANDIDATES = 16384  # Milvus' top-k ceiling, and far past where rescoring stops paying
+QUERY_KEEP = 128  # the query's largest entries the first stage searches with
+
+
+def candidate_count(n_items: int, limit: int) -> int:
+    """The first stage's candidates for a collection of ``n_items`` visible items."""
+    c = int(np.ceil(CANDIDATE_BASE * (max(n_items, 1) / 1e4) ** CANDIDATE_GROWTH))
+    return int(min(MAX_CANDIDATES, max(c, CANDIDATES_PER_HIT * limit)))
+
+
+def check_candidates(candidates: Any, limit: int) -> int | None:
+    """A caller's candidate count (None: chosen by collection size), or a one-line error."""
+    if candidates is None:
+        return None
+    if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) \
+            or not limit <= candidates <= MAX_CANDIDATES:
+        raise ConfigError(f"candidates (--candidates) must be a whole number from the limit "
+                          f"({limit}) to {MAX_CANDIDATES}; got {candidates!r}")
+    return int(candidates)
+
+
+def ranked(index: "Index", indices: np.ndarray, values: np.ndarray, limit: int,
+           flt: Filter | None, version: int, exact: bool = False,
+           candidates: int | None = None) -> list[Hit]:
+    """The database's ranking of one query row: two stages (candidates on the trimmed
+    vectors, exact rescoring with the full ones) where the index has candidate vectors and
+    the collection is larger than the candidate count; else the exact single stage."""
+    keep = two_stage_keep(index.anchors.manifest)
+    if exact or not keep:
+        return index.store.search(indices, values, limit, flt, version)
+    n = index.item_count(version)
+    c = max(limit, candidates if candidates is not None else candidate_count(n, limit))
+    if c >= n:  # the candidates would be the collection: one exact stage is cheaper
+        return index.store.search(indices, values, limit, flt, version)
+    anchor = np.asarray(indices) != FOLD_DIM
+    cand = candidate_entries(np.asarray(indices)[anchor], np.asarray(values)[anchor], QUERY_KEEP)
+    return index.store.search_two_stage((indices, values), cand, c, limit, flt, version)
+
+if TYPE_CHECKING:
+    from connectors.index import Index, SearchResult
+
+
+def normalised(index: "Index", anchors: AnchorSet, q: SparseBatch, modality: str, limit: int,
+               flt: Filter | None, query_keep: Any, version: int, temperature: float,
+               explicit: bool, exact: bool = False, candidates: int | None = None
+               ) -> "SearchResult":
+    """Hits of a one-row text or image query ``q`` (projected at ``version``) ranked by
+    ``s/T - log Z``; ``explicit``: the caller asked for this temperature (normalise whatever
+    the hits' modality), else the recipe's default."""
+    from connectors.index import SearchResult
+
+    fold = anchors.fold
+    if fold is not None and abs(fold.temperature - temperature) <= 1e-12 * temperature:
+        hits = index.search_vectors(q, limit, flt, query_keep, version=version, fold=True,
+                                    exact=exact, candidates=candidates)[0]
+        if all(h.modality != modality and h.fold is not None for h in hits):
+            return SearchResult(unfold(hits, fold), modality, version, temperature)
+        if not explicit:
+            plain = index.search_vectors(q, limit, flt, query_keep, version=version,
+                                         exact=exact, candidates=candidates)[0]
+            return SearchResult(plain, modality, version, None)
+    return reranked(index, anchors, q, modality, limit, flt, query_keep, version, temperature,
+                    explicit, exact, candidates)
+
+
+def unfold(hits: list[Hit], fold) -> list[Hit]:
+    """Folded database hits (score s + fold(x)) -> normalised scores, similarity s."""
+    return [Hit(h.id, fold.normalised(h.score), h.modality, h.payload,
+                float(np.float32(h.score) - np.float32(h.fold)))
+            for h in hits]
+
+
+def reranked(index: "Index", anchors: AnchorSet, q: SparseBatch, modality: str, limit: int,
+             flt: Filter | None, query_keep: Any, version: int, temperature: float,
+             explicit: bool, exact: bool = False, candidates: int | None = None
+             ) -> "SearchResult":
+    """The database's plain top candidates re-scored against the query bank (the folded
+    index's frozen bank, else the version's)."""
+    from asif_index.methods.qbnorm import CANDIDATES
+    from connectors.index import SearchResult
+
+    hits = index.search_vectors(q, max(CANDIDATES, limit), flt, query_keep, version=version,
+                                exact=exact, candidates=candidates)[0]
+    if not hits or (not explicit and any(h.modality == modality for h in hits)):
+        return SearchResult(hits[:limit], modality, version, None)
+    recs = index._stored(hits, version)
+    bank = (anchors.fold.bank(modality) if anchors.fold is not None
+            else index._bank(anchors, modality))
+    scores = bank.rescore([h.score for h in hits],
+                          [(r.sparse_indices, r.sparse_values) for r in recs], temperature)
+    order = np.lexsort((np.arange(len(hits)), -scores))[:limit]
+    return SearchResult([Hit(hits[i].id, float(scores[i]), hits[i].modality, hits[i].payload,
+                             hits[i].score) for i in order],
+                        modality, version, float(temperature))
+
+
+__all__ = ["candidate_count", "check_candidates", "normalised", "ranked", "reranked", "unfold"]

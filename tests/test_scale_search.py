@@ -1,0 +1,183 @@
+"""Issue 25's search: QB-Norm folded into the stored vectors, and two-stage search (trimmed
+candidate vectors, exact rescoring), on every store against the exact in-memory ranking,
+through anchor adds, removals and item deletes."""
+
+import numpy as np
+import pytest
+
+from asif_index.anchors import AnchorPayload
+from asif_index.errors import ConfigError
+from asif_index.methods.qbnorm_fold import FOLD_DIM, QBNormFold
+from connectors.base import item_id
+from connectors.index import Index
+from connectors.search_stages import normalised
+from tests.stores import make_store
+from tests.test_congruence import DI, DT, K, FakeEncoder, make_scenario
+
+STORES = ["memory", "qdrant-edge", "qdrant-local", "milvus-lite"]
+N_IMG = 120
+
+
+def build(kind, tmp_path, candidate_keep=12):
+    sc = make_scenario()
+    store = make_store(kind, tmp_path)
+    idx = Index.create(store, FakeEncoder("image", DI), FakeEncoder("text", DT), k=K, p=8.0,
+                       candidate_keep=candidate_keep)
+    idx.add_anchor_embeddings(sc["anchor_img"][:300], sc["anchor_txt"][:300],
+                              [AnchorPayload(f"c{i}") for i in range(300)])
+    emb = np.concatenate([sc["item_img"], sc["q_img"][:N_IMG - len(sc["item_img"])]])[:N_IMG]
+    recs, errs = idx.records(emb, "image", [f"im{i}" for i in range(len(emb))],
+                             [{"n": i} for i in range(len(emb))])
+    assert not errs
+    idx.write(recs)
+    return idx, sc, emb
+
+
+def exact_ranking(idx, emb, q, alive, limit=10):
+    """(ids, normalised scores) of the exact QB-Norm ranking of every live item, in memory."""
+    items = idx.project(emb, "image")
+    qv = idx.project(q[None], "text")
+    s = qv.dot(items)
+    fold = idx.anchors.fold
+    scores = fold.bank("text").rescore_matrix(s, items, fold.temperature)[0]
+    scores = np.where(alive, scores, -np.inf)
+    order = np.lexsort((np.arange(len(emb)), -scores))[:limit]
+    return [item_id("image", f"im{i}") for i in order], scores[order]
+
+
+def assert_equal_rankings(hits, ids, scores):
+    got = [h.id for h in hits]
+    # a swap of two items whose normalised scores tie within float32 noise is not a miss
+    for g, w, sc in zip(got, ids, scores):
+        if g != w:
+            other = [h.score for h in hits if h.id == g][0]
+            assert abs(other - sc) < 1e-3, (got, ids)
+    np.testing.assert_allclose([h.score for h in hits], scores, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_folded_qbnorm_equals_the_exact_normalised_ranking(kind, tmp_path):
+    idx, sc, emb = build(kind, tmp_path)
+    fold = idx.anchors.fold
+    assert isinstance(fold, QBNormFold) and fold.spec.bank_version == idx.version
+    alive = np.ones(len(emb), bool)
+
+    def check(exact):
+        for q in sc["q_txt"][:6]:
+            qv = idx.project(q[None], "text")
+            res = normalised(idx, idx.anchors, qv, "text", 10, None, None, idx.version,
+                             fold.temperature, False, exact=exact)
+            assert res.qbnorm == fold.temperature
+            ids, scores = exact_ranking(idx, emb, q, alive)
+            assert_equal_rankings(res.hits, ids, scores)
+            # the hit's similarity is the plain dot product, read off the folded score
+            items = idx.project(emb, "image")
+            for h in res.hits[:3]:
+                j = [item_id("image", f"im{i}") for i in range(len(emb))].index(h.id)
+                np.testing.assert_allclose(h.similarity, qv.dot(items)[0, j], atol=2e-5)
+
+    check(exact=True)
+    # every stored fold value is the exact one for its stored vector
+    stored = [r for b in idx.store.scroll_items(version=idx.version) for r in b]
+    want = fold.values("image", [(r.sparse_indices, r.sparse_values) for r in stored])
+    np.testing.assert_allclose([r.fold for r in stored], want, rtol=1e-6)
+    assert all(FOLD_DIM not in r.sparse_indices for r in stored)
+
+    # anchors added: the bank stays frozen, re-projected items are re-folded
+    res = idx.add_anchor_embeddings(sc["anchor_img"][300:], sc["anchor_txt"][300:],
+                                    [AnchorPayload(f"n{i}") for i in range(100)])
+    assert len(res) == 100 and idx.anchors.fold.spec.bank_version == 1
+    check(exact=True)
+    # anchors removed, items deleted
+    idx.remove_anchors(idx.anchors.ids[:7])
+    gone = [item_id("image", f"im{i}") for i in (0, 5, 9)]
+    idx.delete_items(gone)
+    alive[[0, 5, 9]] = False
+    check(exact=True)
+    stored = [r for b in idx.store.scroll_items(version=idx.version) for r in b]
+    want = idx.anchors.fold.values("image", [(r.sparse_indices, r.sparse_values) for r in stored])
+    np.testing.assert_allclose([r.fold for r in stored], want, rtol=1e-6)
+    # the default search (no qbnorm argument) is the folded one
+    idx.encoders["text"] = type("E", (), {"encode": lambda self, t: sc["q_txt"][:1]})()
+    res = idx.search_result(text="a caption", limit=10)
+    assert res.qbnorm == fold.temperature
+    assert_equal_rankings(res.hits, *exact_ranking(idx, emb, sc["q_txt"][0], alive))
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_two_stage_hits_are_exact(kind, tmp_path):
+    """Every hit two stages return has its exact score, in exact order; with enough
+    candidates the top 10 is the exact top 10."""
+    idx, sc, emb = build(kind, tmp_path)
+    alive = np.ones(len(emb), bool)
+    for q in sc["q_txt"][:6]:
+        qv = idx.project(q[None], "text")
+        plain_exact = idx.search_vectors(qv, N_IMG, exact=True)[0]
+        exact_score = {h.id: h.score for h in plain_exact}
+        few = idx.search_vectors(qv, 10, candidates=15)[0]
+        assert len(few) == 10
+        for h in few:
+            assert h.score == pytest.approx(exact_score[h.id], rel=1e-5, abs=1e-6)
+        assert [h.score for h in few] == sorted([h.score for h in few], reverse=True)
+        # folded and two-stage together: normalised scores exact on every hit
+        res = normalised(idx, idx.anchors, qv, "text", 10, None, None, idx.version,
+                         idx.anchors.fold.temperature, False, candidates=60)
+        ids, scores = exact_ranking(idx, emb, q, alive, limit=N_IMG)
+        by_id = dict(zip(ids, scores))
+        for h in res.hits:
+            assert h.score == pytest.approx(by_id[h.id], rel=1e-4, abs=1e-3)
+        full = idx.search_vectors(qv, 10, candidates=N_IMG - 1)[0]
+        assert [h.id for h in full] == [h.id for h in plain_exact[:10]] or np.allclose(
+            [h.score for h in full], [h.score for h in plain_exact[:10]], rtol=1e-5)
+    # filters reach both stages
+    qv = idx.project(sc["q_txt"][:1], "text")
+    hits = idx.search_vectors(qv, 10, {"n": {"$lt": 40}}, candidates=15)[0]
+    assert hits and all(h.payload["n"] < 40 for h in hits)
+
+
+def test_bad_two_stage_options_are_one_line_errors(tmp_path):
+    idx, sc, _ = build("memory", tmp_path)
+    qv = idx.project(sc["q_txt"][:1], "text")
+    for bad in (0, 5, -1, 10**6, 2.5, "many", True):
+        with pytest.raises(ConfigError, match=r"candidates \(--candidates\) must be") as e:
+            idx.search_vectors(qv, 10, candidates=bad)
+        assert "\n" not in str(e.value)
+    for bad in (-3, 5000, 1.5, "x"):
+        with pytest.raises(ConfigError, match="candidate_keep"):
+            Index.create(make_store("memory", tmp_path), FakeEncoder("image", DI),
+                         FakeEncoder("text", DT), k=K, candidate_keep=bad)
+
+
+def test_the_bank_anchors_survive_garbage_collection(tmp_path):
+    """Removed anchors of the bank's version stay stored, so a process that opens the index
+    later (a writer) rebuilds the frozen bank and folds new items exactly."""
+    from connectors.versioning import retire
+
+    idx, sc, emb = build("qdrant-edge", tmp_path)
+    bank_before = idx.anchors.fold.bank("text").queries
+    idx.remove_anchors(idx.anchors.ids[:20])
+    idx.add_anchor_embeddings(sc["anchor_img"][300:310], sc["anchor_txt"][300:310],
+                              [AnchorPayload(f"n{i}") for i in range(10)])
+    retire(idx.store, idx.version)
+    again = Index.open(idx.store, FakeEncoder("image", DI), FakeEncoder("text", DT))
+    assert again.anchors.fold.spec == idx.anchors.fold.spec
+    bank = again.anchors.fold.bank("text").queries
+    np.testing.assert_array_equal(bank.indices, bank_before.indices)
+    np.testing.assert_allclose(bank.values, bank_before.values, rtol=1e-5)  # fp32 order
+    recs, _ = again.records(sc["q_img"][-3:], "image", ["new0", "new1", "new2"], [{}, {}, {}])
+    want = idx.anchors.fold.values("image", [(r.sparse_indices, r.sparse_values) for r in recs])
+    np.testing.assert_allclose([r.fold for r in recs], want, rtol=1e-5)
+
+
+def test_an_index_without_the_recipe_temperature_does_not_fold(tmp_path):
+    from asif_index.recipe import PUBLISHED
+
+    store = make_store("memory", tmp_path)
+    sc = make_scenario()
+    idx = Index.create(store, FakeEncoder("image", DI), FakeEncoder("text", DT), k=K,
+                       recipe=PUBLISHED)
+    idx.add_anchor_embeddings(sc["anchor_img"][:100], sc["anchor_txt"][:100],
+                              [AnchorPayload(f"c{i}") for i in range(100)])
+    assert idx.anchors.fold is None and "qbnorm_fold" not in store.read_manifest().extra
+    recs, _ = idx.records(sc["item_img"][:5], "image", list("abcde"), [{}] * 5)
+    assert all(r.fold is None for r in recs)
