@@ -1,15 +1,25 @@
-"""Both embedded engines at scale: ingest, search latency, recall against exact, size, reopen,
-and an incremental anchor update against a rebuild on the same engine.
+"""Search and updates at scale (issue 25): folded QB-Norm, two-stage search and bounded
+anchor updates, each against its peers measured in the same run.
 
-    python -m benchmarks.scale                              # 1e5 items, 3e4 anchors, k=800
-    python -m benchmarks.scale --items 100000,1000000 --engines qdrant-edge
+    python -m benchmarks.scale                                   # 1e5 items, tuned, both ways
+    python -m benchmarks.scale --items 1000000 --engines qdrant-edge --directions t2i
 
-Synthetic clustered embeddings (d=384 for both modalities, 20 topics; anchors cover 18 of
-them, as in benchmarks.incremental), projected once by the engine, so no encoder time is measured: only what the database
-and the index layer cost. Every write goes through ``Index.write`` (leases and version checks
-included). Queries are 200 noisy topic samples projected as text; recall@10 compares each
-engine's top-10 with the exact in-memory top-10 (a miss is an exact top-10 item whose score
-the engine's 10th result does not reach within 1e-5, so ties do not count as misses).
+Synthetic clustered embeddings (d=384 both modalities, 20 topics; an image anchor and its
+caption share a topic sample plus modality noise; anchors cover 18 topics), projected once by
+the index, so no encoder time is measured. Per engine, size, recipe and direction (t2i: text
+queries over an image collection; i2t: image queries over texts) it reports single-client p50
+/ p95 of
+
+* ``default``: what ``Index.search`` runs: QB-Norm folded (tuned) + two stages, C by size;
+* ``plain``: the same two stages without QB-Norm (the 1.2x target's denominator);
+* ``exact``: one exact sparse stage (``--exact``), with the fold;
+* ``rerank``: today's re-ranking path (plain top 100 read back, rescored per query);
+* ``dense``: the peer, a 384-d dense index of the same items on the same engine (Qdrant:
+  HNSW m=16, ef 128; Milvus Lite has no HNSW: IVF_FLAT, nprobe 16);
+
+recall@10 of each against the exact in-memory ranking (the normalised one where the recipe
+normalises; ties within 1e-5 are not misses), a sweep of the candidate count, bytes per item,
+and for ``--updates`` the +1% / +10% new-domain anchor updates against a rebuild.
 """
 
 from __future__ import annotations
@@ -19,13 +29,12 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from asif_index.anchors import AnchorPayload
-from asif_index.recipe import PUBLISHED  # the recorded figures are the published recipe's
+from asif_index.recipe import RECIPES
 from benchmarks.common import machine, table, write_json
 from benchmarks.incremental import Enc
 from benchmarks.incremental import clustered as _clustered
@@ -110,110 +119,263 @@ class ExactTop10:
         self.top_s = np.take_along_axis(cand_s, order, 1)
 
 
-def run_engine(engine, n_items, a, anchors_emb, items_emb, queries, ids, root) -> dict:
-    """One engine at one size; the row also carries the exact reference (``_exact``) built
-    from this engine's own projections, and the hits (``_hits``)."""
-    from connectors.base import point_records
-    from connectors.index import Index
+class ExactTopK:
+    """The exact in-memory top-10 of every query over the items seen so far, by
+    ``s(q, x) + fold(x)`` (fold 0: the plain ranking), accumulated batch by batch."""
 
-    d = root / f"{engine.replace('/', '-')}-{n_items}"
+    def __init__(self, qsb, ncol: int):
+        import scipy.sparse as sp
+
+        self.q = sp.csr_matrix(qsb.to_csr(ncol)).T.tocsr().astype(np.float64)
+        self.ncol = ncol
+        n = len(qsb)
+        self.top = {k: np.zeros((n, 0), np.int64) for k in ("plain", "fold")}
+        self.top_s = {k: np.zeros((n, 0)) for k in ("plain", "fold")}
+
+    def add(self, sb, fold: np.ndarray | None, offset: int) -> None:
+        s = (sb.to_csr(self.ncol).astype(np.float64) @ self.q).toarray().T  # [queries, batch]
+        for kind, add in (("plain", 0.0), ("fold", fold)):
+            if add is None:
+                continue
+            sc = s + (np.asarray(add, np.float64)[None, :] if kind == "fold" else 0.0)
+            cand_s = np.concatenate([self.top_s[kind], sc], axis=1)
+            cand = np.concatenate([self.top[kind], np.broadcast_to(
+                np.arange(offset, offset + sc.shape[1]), sc.shape)], axis=1)
+            order = np.lexsort((cand, -cand_s), axis=1)[:, :10]
+            self.top[kind] = np.take_along_axis(cand, order, 1)
+            self.top_s[kind] = np.take_along_axis(cand_s, order, 1)
+
+
+def recall_at_10(hits, top, top_s, ids) -> float:
+    """Share of each exact top-10 found (an exact item whose score the 10th hit reaches
+    within 1e-5 counts: ties are not misses)."""
+    rec = []
+    for r, hs in enumerate(hits):
+        got = {h.id for h in hs}
+        tenth = hs[-1].score if len(hs) == 10 else -np.inf
+        rec.append(np.mean([ids[j] in got or tenth >= s - 1e-5
+                            for j, s in zip(top[r], top_s[r])]))
+    return float(np.mean(rec))
+
+
+def timed(fn, reps):
+    lat, out = [], []
+    for r in range(reps):
+        t0 = time.perf_counter()
+        out.append(fn(r))
+        lat.append(time.perf_counter() - t0)
+    return lat, out
+
+
+def synthetic(a, rng):
+    """Anchors (image, text) and a sampler of (image, text) embeddings of the same topics."""
+    def pair(n, topics, seed):
+        g = np.random.default_rng(seed)
+        t = g.choice(topics, n)
+        base = a.centres[t] + a.noise * g.standard_normal((n, a.dim)).astype(np.float32)
+        img = base + 0.5 * a.noise * g.standard_normal((n, a.dim)).astype(np.float32)
+        txt = base + 0.5 * a.noise * g.standard_normal((n, a.dim)).astype(np.float32)
+        return (img / np.linalg.norm(img, axis=1, keepdims=True)).astype(np.float32), \
+            (txt / np.linalg.norm(txt, axis=1, keepdims=True)).astype(np.float32)
+    return pair
+
+
+class DensePeer:
+    """The peer: the same items' raw embeddings in a dense ANN index on the same engine."""
+
+    def __init__(self, engine: str, root: Path, dim: int):
+        self.engine = engine
+        if engine.startswith("qdrant"):
+            import qdrant_edge as q
+
+            self.q = q
+            cfg = q.EdgeConfig(vectors={"v": q.EdgeVectorParams(size=dim,
+                                                                distance=q.Distance.Dot)},
+                               hnsw_config=q.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000))
+            self.shard = q.EdgeShard.create(str(root / "dense"), cfg)
+        else:
+            from pymilvus import DataType, MilvusClient
+
+            self.c = MilvusClient(str(root / "dense.db"))
+            sch = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            sch.add_field("id", DataType.INT64, is_primary=True)
+            sch.add_field("v", DataType.FLOAT_VECTOR, dim=dim)
+            ip = self.c.prepare_index_params()
+            ip.add_index("v", index_type="IVF_FLAT", metric_type="IP", params={"nlist": 1024})
+            self.c.create_collection("dense", schema=sch, index_params=ip)
+
+    def add(self, emb: np.ndarray, offset: int) -> None:
+        if self.engine.startswith("qdrant"):
+            q = self.q
+            for s in range(0, len(emb), 512):
+                self.shard.update(q.UpdateOperation.upsert_points(
+                    [q.Point(offset + s + j, {"v": e.tolist()}, {})
+                     for j, e in enumerate(emb[s:s + 512])]))
+        else:
+            for s in range(0, len(emb), 2048):
+                self.c.insert("dense", [{"id": offset + s + j, "v": e.tolist()}
+                                        for j, e in enumerate(emb[s:s + 2048])])
+
+    def finish(self) -> None:
+        if self.engine.startswith("qdrant"):
+            self.shard.optimize()
+        else:
+            self.c.flush("dense")
+
+    def search(self, v: np.ndarray):
+        if self.engine.startswith("qdrant"):
+            q = self.q
+            return self.shard.query(q.QueryRequest(limit=10, query=q.Query.Nearest(
+                v.tolist(), using="v"), params=q.SearchParams(hnsw_ef=128)))
+        return self.c.search("dense", [v.tolist()], limit=10, anns_field="v",
+                             search_params={"metric_type": "IP", "params": {"nprobe": 16}})
+
+    def close(self) -> None:
+        if self.engine.startswith("qdrant"):
+            self.shard.close()
+        else:
+            self.c.close()
+
+
+def run(engine, n_items, recipe_name, direction, a, root) -> dict:
+    from connectors.base import item_id, point_records
+    from connectors.index import Index
+    from connectors.search_stages import candidate_count
+
+    item_mod, query_mod = ("image", "text") if direction == "t2i" else ("text", "image")
+    d = root / f"{engine.replace('/', '-')}-{n_items}-{recipe_name}-{direction}"
     d.mkdir()
     store = open_store(engine, d)
+    recipe = RECIPES[recipe_name]
     idx = Index.create(store, Enc("image", a.dim), Enc("text", a.dim), k=a.k, p=8.0,
-                       recipe=PUBLISHED)
-    idx.add_anchor_embeddings(anchors_emb, anchors_emb,
-                              [AnchorPayload(f"a{i}") for i in range(len(anchors_emb))])
-    rss0 = rss_mb()
-    exact = ExactTop10(idx.project(queries, "text"), len(anchors_emb))
-    t_ref = 0.0
-    # ingest (projection timed separately, once per batch)
-    t_proj = t_write = 0.0
-    for s in range(0, n_items, a.batch):
-        e = items_emb[s:s + a.batch]
+                       recipe=recipe, candidate_keep=a.candidate_keep)
+    pair = synthetic(a, None)
+    a_img, a_txt = pair(a.anchors, np.arange(a.covered), 1)
+    t0 = time.perf_counter()
+    idx.add_anchor_embeddings(a_img, a_txt, [AnchorPayload(f"a{i}") for i in range(a.anchors)])
+    fold = idx.anchors.fold
+    row = {"engine": engine, "items": n_items, "recipe": recipe_name, "direction": direction,
+           "anchors": a.anchors, "anchors_s": time.perf_counter() - t0}
+    if fold is not None:
         t0 = time.perf_counter()
-        sb = idx.project(e, "text")
+        fold.warm()
+        row["bank_build_s"] = time.perf_counter() - t0
+    q_img, q_txt = pair(a.queries, np.arange(a.topics), 2)
+    q_emb = q_txt if query_mod == "text" else q_img
+    qsb = idx.project(q_emb, query_mod)
+    exact = ExactTopK(qsb, a.anchors)
+    peer = DensePeer(engine, d, a.dim) if a.peer else None
+    ids = [item_id(item_mod, f"i{j}") for j in range(n_items)]
+    t_proj = t_fold = t_write = 0.0
+    for s in range(0, n_items, a.batch):
+        b = min(a.batch, n_items - s)
+        img, txt = pair(b, np.arange(a.topics), 1000 + s)
+        e = img if item_mod == "image" else txt
+        t0 = time.perf_counter()
+        sb = idx.project(e, item_mod)
         t1 = time.perf_counter()
-        recs = point_records(sb, ids[s:s + a.batch], "text", e, [{"n": j} for j in range(s, s + len(e))],
-                             idx.version)
-        idx.write(recs)
+        recs = point_records(sb, ids[s:s + b], item_mod, e,
+                             [{"n": j} for j in range(s, s + b)], idx.version)
+        if fold is not None:
+            fold.fold_records(recs)
         t2 = time.perf_counter()
-        t_write += t2 - t1
-        t_proj += t1 - t0
-        exact.add(sb, s)
-        t_ref += time.perf_counter() - t2
-        if (s // a.batch) % 50 == 49:
-            done = s + len(e)
-            print(f"  {engine}: {done}/{n_items} items, {done / (t_write + 1e-9):.0f} items/s "
-                  f"written, rss {rss_mb():.0f} MB", flush=True)
+        idx.write(recs)
+        t3 = time.perf_counter()
+        t_proj, t_fold, t_write = t_proj + t1 - t0, t_fold + t2 - t1, t_write + t3 - t2
+        exact.add(sb, None if fold is None else np.array([r.fold for r in recs]), s)
+        if peer is not None:
+            peer.add(e, s)
+        if (s // a.batch) % 25 == 24:
+            print(f"  {s + b}/{n_items} items: project {t_proj:.0f} s, fold {t_fold:.0f} s, "
+                  f"write {t_write:.0f} s, rss {rss_mb():.0f} MB", flush=True)
     t0 = time.perf_counter()
     if hasattr(store, "optimize"):
         store.optimize()
-    t_opt = time.perf_counter() - t0
     if hasattr(store, "flush"):
         store.flush()
-    row = {"engine": engine, "items": n_items, "ingest_items_s": n_items / (t_write + t_opt),
-           "project_items_s": n_items / t_proj, "optimize_s": t_opt}
-    # search: 1 client, then 8
-    qsb = idx.project(queries, "text")
-    q_rows = [qsb.row(r) for r in range(len(queries))]
-    idx.search_vectors(qsb, 10)  # warm
-    lat, got = [], []
-    for r in range(len(queries)):
-        t0 = time.perf_counter()
-        hits = store.search(*q_rows[r], 10, None, idx.version)
-        lat.append(time.perf_counter() - t0)
-        got.append(hits)
-    row.update(p50_ms=pct(lat, 50), p95_ms=pct(lat, 95), p99_ms=pct(lat, 99))
-    for clients in (8,):
-        lat8: list[float] = []
+    if peer is not None:
+        peer.finish()
+    row.update(project_items_s=n_items / t_proj, fold_items_s=(n_items / t_fold) if fold else None,
+               write_items_s=n_items / t_write, optimize_s=time.perf_counter() - t0,
+               disk_mb=du_mb(d), rss_mb=rss_mb())
+    row["bytes_per_item"] = du_mb(d / "edge" if engine.startswith("qdrant") else d) * 2**20 / n_items
+    reps = len(q_emb)
+    C = candidate_count(n_items, 10)
+    row["candidates"] = C
 
-        def one(r):
-            t0 = time.perf_counter()
-            store.search(*q_rows[r], 10, None, idx.version)
-            return time.perf_counter() - t0
+    rows_q = [type(qsb)(qsb.indices[r:r + 1], qsb.values[r:r + 1], qsb.kth_similarity[r:r + 1])
+              for r in range(reps)]
 
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(clients) as ex:
-            lat8 = list(ex.map(one, [r % len(q_rows) for r in range(len(q_rows) * 2)]))
-        wall = time.perf_counter() - t0
-        row.update({f"c{clients}_qps": len(lat8) / wall, f"c{clients}_p50_ms": pct(lat8, 50),
-                    f"c{clients}_p99_ms": pct(lat8, 99)})
-    row["rss_mb"] = rss_mb()
-    row["rss_growth_mb"] = row["rss_mb"] - rss0
-    row["disk_mb"] = du_mb(d)
-    row["bytes_per_item"] = row["disk_mb"] * 2**20 / n_items
-    row["_hits"] = got
-    row["_exact"] = (exact.top, exact.top_s)
-    # reopen: a new process would build the store object and open the index
+    def variant(fold_on, exact_on=False, cands=None, n=reps):
+        return timed(lambda r: idx.search_vectors(rows_q[r], 10, fold=fold_on, exact=exact_on,
+                                                  candidates=cands)[0], n)
+
+    variant(fold is not None, n=5)  # warm
+    ref = "fold" if fold is not None else "plain"
+    for name, kw, kind in (("default", {"fold_on": fold is not None}, ref),
+                           ("plain", {"fold_on": False}, "plain"),
+                           ("exact", {"fold_on": fold is not None, "exact_on": True}, ref)):
+        n = reps if name != "exact" or n_items <= 200_000 else min(reps, 40)
+        lat, hits = variant(n=n, **kw)
+        row[f"{name}_p50_ms"], row[f"{name}_p95_ms"] = pct(lat, 50), pct(lat, 95)
+        row[f"{name}_recall"] = recall_at_10(hits, exact.top[kind][:n], exact.top_s[kind][:n], ids)
+    if fold is not None:
+        row["qbnorm_cost"] = row["default_p50_ms"] / row["plain_p50_ms"]
+        n = min(reps, 30)
+        lat, res = timed(lambda r: _rerank(idx, rows_q[r], query_mod), n)
+        row["rerank_p50_ms"] = pct(lat, 50)
+        row["rerank_recall"] = recall_at_10(res, exact.top["fold"][:n], exact.top_s["fold"][:n],
+                                            ids)
+    sweep = {}
+    for c in a.sweep:
+        if c < n_items:
+            lat, hits = variant(fold is not None, cands=c)
+            sweep[c] = {"p50_ms": pct(lat, 50),
+                        "recall": recall_at_10(hits, exact.top[ref], exact.top_s[ref], ids)}
+    row["sweep"] = sweep
+    if peer is not None:
+        lat, _ = timed(lambda r: peer.search(q_emb[r]), reps)
+        row["dense_p50_ms"], row["dense_p95_ms"] = pct(lat, 50), pct(lat, 95)
+        peer.close()
+    if a.updates:
+        row.update(update_figures(idx, engine, d, a, pair))
     store.close()
-    cache = d / "cache"
-    t0 = time.perf_counter()
-    store2 = open_store(engine, d)
-    cold = Index.open(store2, Enc("image", a.dim), Enc("text", a.dim), cache_dir=str(cache))
-    row["reopen_s"] = time.perf_counter() - t0
-    store2.close()
-    t0 = time.perf_counter()
-    store3 = open_store(engine, d)
-    warm = Index.open(store3, Enc("image", a.dim), Enc("text", a.dim), cache_dir=str(cache))
-    row["reopen_cached_s"] = time.perf_counter() - t0
-    assert warm.version == cold.version and len(warm.anchors) == len(cold.anchors)
-    if not a.skip_incremental and n_items <= 200_000:
-        from connectors.rebuild import rebuild
-        from connectors.updates import update_anchors
-
-        t0 = time.perf_counter()
-        _, n = rebuild(warm, open_store(engine, d, "rebuilt"))
-        row["rebuild_s"] = time.perf_counter() - t0
-        rng = np.random.default_rng(7)
-        new = clustered(rng, a.centres, np.arange(a.covered, a.topics),
-                        int(0.01 * len(anchors_emb)), a.noise)
-        r = update_anchors(warm, add=(new, new, [AnchorPayload("new")] * len(new)))
-        row["incremental_1pct_s"] = r.seconds
-        row["incremental_vs_rebuild"] = r.seconds / row["rebuild_s"]
-        row["items_touched"] = r.items_touched
-    store3.close()
     shutil.rmtree(d, ignore_errors=True)
     return row
+
+
+def _rerank(idx, q, query_mod):
+    """Today's path before folding: plain top 100 read back and rescored per query."""
+    from connectors.search_stages import reranked
+
+    fold = idx.anchors.fold
+    return reranked(idx, idx.anchors, q, query_mod, 10, None, None, idx.version,
+                    fold.temperature, True).hits
+
+
+def update_figures(idx, engine, d, a, pair) -> dict:
+    """+1% and +10% new-domain anchors (topics no anchor covered) against a rebuild, and the
+    exactness of the result on a sample."""
+    from benchmarks.incremental import check_exact
+    from connectors.rebuild import rebuild
+    from connectors.updates import update_anchors
+
+    out = {}
+    t0 = time.perf_counter()
+    rebuilt, _ = rebuild(idx, open_store(engine, d, "rebuilt"))
+    out["rebuild_s"] = time.perf_counter() - t0
+    rebuilt.store.drop()
+    for share, seed in ((0.01, 5), (0.10, 6)):
+        n = int(share * a.anchors)
+        img, txt = pair(n, np.arange(a.covered, a.topics), seed)
+        t0 = time.perf_counter()
+        res = update_anchors(idx, add=(img, txt, [AnchorPayload("new")] * n))
+        key = f"add_{int(share * 100)}pct"
+        out[f"{key}_s"] = time.perf_counter() - t0
+        out[f"{key}_vs_rebuild"] = out[f"{key}_s"] / out["rebuild_s"]
+        out[f"{key}_scanned"], out[f"{key}_touched"] = res.items_scanned, res.items_touched
+        out[f"{key}_max_err"] = check_exact(idx, a.exact_sample)
+    return out
 
 
 def main(argv=None):
@@ -226,65 +388,64 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--engines", default="qdrant-edge,milvus-lite",
                     help="qdrant-edge[/float16|/uint8] (sparse storage datatype), milvus-lite")
-    ap.add_argument("--topics", type=int, default=20,
-                    help="topics of the synthetic data; the anchors cover all but the last "
-                         "tenth, the items all of them, and the incremental update adds 1%% "
-                         "anchors in the uncovered ones (a new domain)")
-    ap.add_argument("--skip-incremental", action="store_true")
+    ap.add_argument("--recipes", default="tuned,asif")
+    ap.add_argument("--directions", default="t2i,i2t")
+    ap.add_argument("--candidate-keep", type=int, default=128)
+    ap.add_argument("--sweep", default="250,500,1000,2000,4000",
+                    help="candidate counts whose recall and latency are also measured")
+    ap.add_argument("--topics", type=int, default=20)
+    ap.add_argument("--no-peer", dest="peer", action="store_false")
+    ap.add_argument("--updates", action="store_true",
+                    help="also +1%% / +10%% new-domain anchors against a rebuild")
+    ap.add_argument("--exact-sample", type=int, default=1000)
     ap.add_argument("--append", action="store_true",
-                    help="keep the rows of --out for other (engine, items) pairs, so sizes can "
-                         "be measured in separate runs")
+                    help="keep the rows of --out for other (engine, items, recipe, direction)")
     ap.add_argument("--out", default="runs/bench/scale.json")
     a = ap.parse_args(argv)
+    a.sweep = [int(x) for x in a.sweep.split(",") if x]
     rng = np.random.default_rng(0)
     a.centres = rng.standard_normal((a.topics, a.dim)).astype(np.float32)
-    a.covered = a.topics - max(1, a.topics // 10)
     a.centres /= np.linalg.norm(a.centres, axis=1, keepdims=True)
+    a.covered = a.topics - max(1, a.topics // 10)
     a.noise = 1.0 / np.sqrt(a.dim)
-    anchors_emb = clustered(rng, a.centres, np.arange(a.covered), a.anchors, a.noise)
-    queries = clustered(rng, a.centres, np.arange(a.topics), a.queries, a.noise)
     root = Path(tempfile.mkdtemp(prefix="asif-scale-"))
     rows = []
+    key = ("engine", "items", "recipe", "direction")
     try:
         for n_items in (int(x) for x in a.items.split(",")):
-            items_emb = clustered(np.random.default_rng(n_items), a.centres, np.arange(a.topics),
-                                  n_items, a.noise)
-            from connectors.base import item_id
-
-            ids = [item_id("text", f"i{j}") for j in range(n_items)]
             for engine in a.engines.split(","):
-                print(f"{engine}: {n_items} items x {a.anchors} anchors, k={a.k}", flush=True)
-                row = run_engine(engine, n_items, a, anchors_emb, items_emb, queries, ids, root)
-                hits = row.pop("_hits")
-                top, top_s = row.pop("_exact")
-                rec = []
-                for r in range(len(queries)):
-                    got = {h.id for h in hits[r]}
-                    tenth = hits[r][-1].score if len(hits[r]) == 10 else -1
-                    ok = sum(ids[j] in got or tenth >= s - 1e-5 for j, s in zip(top[r], top_s[r]))
-                    rec.append(ok / 10)
-                row["recall_at_10"] = float(np.mean(rec))
-                print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()},
-                      flush=True)
-                rows.append(row)
+                for recipe in a.recipes.split(","):
+                    for direction in a.directions.split(","):
+                        print(f"{engine}: {n_items} items, {recipe}, {direction}", flush=True)
+                        row = run(engine, n_items, recipe, direction, a, root)
+                        print({k: (round(v, 3) if isinstance(v, float) else v)
+                               for k, v in row.items()}, flush=True)
+                        rows.append(row)
+                        _save(rows, a, key)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    cols = ["engine", "items", "ingest_items_s", "optimize_s", "p50_ms", "p95_ms", "p99_ms",
-            "c8_qps", "c8_p50_ms", "c8_p99_ms", "recall_at_10", "bytes_per_item", "rss_mb",
-            "reopen_s", "reopen_cached_s", "rebuild_s", "incremental_1pct_s",
-            "incremental_vs_rebuild", "items_touched"]
-    if a.append and Path(a.out).is_file():
-        import json
+    print(_save(rows, a, key))
 
-        fresh = {(r["engine"], r["items"]) for r in rows}
-        old_rows = [r for r in json.loads(Path(a.out).read_text())["rows"]
-                    if (r["engine"], r["items"]) not in fresh]
-        rows = sorted(old_rows + rows, key=lambda r: (r["engine"], r["items"]))
-    md = table(rows, cols)
-    print(md)
+
+def _save(rows, a, key) -> str:
+    import json
+
+    out = list(rows)
+    if a.append and Path(a.out).is_file():
+        fresh = {tuple(r[k] for k in key) for r in rows}
+        out += [r for r in json.loads(Path(a.out).read_text()).get("rows", [])
+                if all(k in r for k in key) and tuple(r[k] for k in key) not in fresh]
+    out.sort(key=lambda r: tuple(str(r[k]) for k in key))
+    cols = ["engine", "items", "recipe", "direction", "default_p50_ms", "default_recall",
+            "plain_p50_ms", "plain_recall", "qbnorm_cost", "exact_p50_ms", "exact_recall",
+            "rerank_p50_ms", "dense_p50_ms", "candidates", "bytes_per_item", "fold_items_s",
+            "write_items_s", "rebuild_s", "add_1pct_s", "add_1pct_vs_rebuild", "add_1pct_touched",
+            "add_10pct_s", "add_10pct_vs_rebuild"]
+    md = table(out, cols)
     write_json({"machine": machine(), "config": {k: v for k, v in vars(a).items()
                                                  if k not in ("centres", "noise", "covered")},
-                "rows": rows, "markdown": md}, a.out)
+                "rows": out, "markdown": md}, a.out)
+    return md
 
 
 if __name__ == "__main__":

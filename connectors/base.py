@@ -371,6 +371,29 @@ class VectorStore(ABC):
     def close(self) -> None:  # noqa: B027 - optional
         pass
 
+    # bounded anchor updates (connectors.updates): which points an anchor change can touch
+    def points_near(self, modality: str, queries: np.ndarray, threshold: float,
+                    kth_range: tuple[float, float], version: int) -> set[str]:
+        """Ids of the points of ``modality`` visible at ``version`` whose k-th similarity lies
+        in [lo, hi) and whose stored raw embedding has a dot product above ``threshold``
+        with any row of ``queries`` float32 [m, d]: an exact (brute-force) search in the
+        database. NotImplementedError where a store has none (the update then scans)."""
+        raise NotImplementedError(f"{self.backend} cannot search raw embeddings by threshold")
+
+    def points_holding(self, anchor_ids: list[int], version: int) -> set[str]:
+        """Ids of the points visible at ``version`` whose vector holds any of these anchors
+        (their posting lists). NotImplementedError where a store cannot list them all."""
+        raise NotImplementedError(f"{self.backend} cannot list an anchor's points")
+
+    def kth_sample(self, version: int, n: int = 4096) -> np.ndarray:
+        """The k-th similarities of up to ``n`` points visible at ``version``."""
+        out: list[float] = []
+        for batch in self.scroll_items(min(n, 1024), version=version):
+            out += [r.kth_similarity for r in batch]
+            if len(out) >= n:
+                break
+        return np.asarray(out[:n], np.float64)
+
     def search_two_stage(self, full: tuple[np.ndarray, np.ndarray],
                          cand: tuple[np.ndarray, np.ndarray], candidates: int, limit: int,
                          flt: Filter | None = None, version: int | None = None) -> list[Hit]:

@@ -522,7 +522,7 @@ class Index:
                       candidates: int | None = None) -> "SearchResult":
         """:meth:`search`'s hits with the query's kind, the anchor version that answered,
         and the temperature they were normalised at (None: plain ranking)."""
-        from asif_index.methods.qbnorm import CANDIDATES, DEFAULT_TEMPERATURE, check_temperature
+        from asif_index.methods.qbnorm import DEFAULT_TEMPERATURE, check_temperature
 
         explicit = qbnorm is not None and qbnorm is not False
         if explicit and text is not None and image is not None:

@@ -236,6 +236,23 @@ class MemoryStore(VectorStore):
                     fold=recs[j].fold)
                 for j in order]
 
+    @_locked
+    def points_near(self, modality, queries, threshold, kth_range, version):
+        lo, hi = kth_range
+        recs = [r for r in self._items.values() if r.modality == modality and r.visible(version)
+                and lo <= r.kth_similarity < hi]
+        if not recs or not len(queries):
+            return set()
+        emb = np.stack([r.embedding for r in recs]).astype(np.float32)
+        best = (emb @ np.asarray(queries, np.float32).T).max(axis=1)
+        return {r.id for r, b in zip(recs, best) if b > threshold}
+
+    @_locked
+    def points_holding(self, anchor_ids, version):
+        want = np.asarray(list(anchor_ids), np.int64)
+        return {r.id for r in self._items.values() if r.visible(version)
+                and np.isin(r.sparse_indices, want).any()}
+
     def scroll_items(self, batch: int = 256, version: int | None = None,
                      id_range=None) -> Iterator[list[ItemRecord]]:
         # No copies: stored records are never mutated in place (set_valid_to replaces them).

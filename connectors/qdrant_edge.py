@@ -251,7 +251,7 @@ class QdrantEdgeStore(VectorStore):
                                                                  memory=q.Memory.Cached)}
                                if two_stage_keep(manifest) else {})}),
             {"asif_item": "Keyword", "asif_modality": "Keyword", "asif_from": "Integer",
-             "asif_to": "Integer"})
+             "asif_to": "Integer", "asif_kth": "Float"})
         manifest.extra["sparse_datatype"] = self.sparse_datatype
         self.write_manifest(manifest)
         self._keep = None
@@ -481,6 +481,40 @@ class QdrantEdgeStore(VectorStore):
         return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
                     user_payload(p.payload), fold=hit_fold(p.payload))
                 for p in res if p.score > 0]
+
+    def points_near(self, modality, queries, threshold, kth_range, version):
+        q = self._q
+        lo, hi = kth_range
+        flt = q.Filter(must=[q.FieldCondition("asif_modality", match=q.MatchValue(modality)),
+                             q.FieldCondition("asif_kth", range=q.RangeFloat(gte=lo, lt=hi)),
+                             self._filter(None, version)])
+        n = int(self._on(self.items, "count", "count", q.CountRequest(True, flt)))
+        if not n or not len(queries):
+            return set()
+        out: set[str] = set()
+        params = q.SearchParams(exact=True)  # brute force: a threshold search that misses none
+        for s in range(0, len(queries), 64):
+            batch = q.QueryBatchRequest([q.QueryRequest(
+                limit=n, query=q.Query.Nearest(np.asarray(v, np.float32).tolist(),
+                                               using=f"emb_{modality}"),
+                filter=flt, score_threshold=float(threshold), params=params, with_payload=False)
+                for v in queries[s:s + 64]])
+            for res in self._on(self.items, "search", "query_batch", batch):
+                out.update(str(p.id) for p in res)
+        return out
+
+    def points_holding(self, anchor_ids, version):
+        q = self._q
+        flt = self._filter(None, version)
+        n = int(self._on(self.items, "count", "count", q.CountRequest(True, flt)))
+        out: set[str] = set()
+        for a in anchor_ids:  # one posting list each: every point holding it scores > 0
+            res = self._on(self.items, "search", "query", q.QueryRequest(
+                limit=max(n, 1), query=q.Query.Nearest(q.SparseVector([int(a)], [1.0]),
+                                                       using="rel"),
+                filter=flt, with_payload=False))
+            out.update(str(p.id) for p in res if p.score > 0)
+        return out
 
     def search_two_stage(self, full, cand, candidates, limit, flt=None, version=None):
         # Qdrant's query planner: the prefetch finds the candidates on ``cand``, the outer

@@ -159,48 +159,115 @@ def pass_items(store: VectorStore, plan: ItemPassPlan, batch: int = 512, id_rang
     old point closed there. -> (items scanned, items touched). Deterministic, so re-running
     a range (a retried worker, a resumed update) rewrites identical points.
     on_batch(batch number, items scanned so far) runs before each batch is processed."""
-    new_set, add_ids, rem_ids, target = plan.new_set, plan.add_ids, plan.rem_ids, plan.target
-    new_rows = new_set.rows_of(add_ids) if len(add_ids) else np.zeros(0, np.int64)
     scanned = touched = 0
     for n_batch, recs in enumerate(store.scroll_items(batch, plan.version, id_range)):
         scanned += len(recs)
         if on_batch is not None:
             on_batch(n_batch, scanned)
-        for mod in ("image", "text"):
-            group = [r for r in recs if r.modality == mod]
-            if not group:
-                continue
-            k, p = new_set.kp(mod)
-            hit, sims = affected(group, new_set.engine_matrix(mod)[new_rows], rem_ids,
-                                 plan.old_n, k, center=new_set.center_of(mod))
-            todo = np.flatnonzero(hit)
-            if not len(todo):
-                continue
-            # Add-only updates merge each item's recovered top-k with its similarities to the
-            # new anchors: O(k + n_new) per item instead of a projection over all N anchors.
-            # Merging beat re-projecting the affected items at every size measured, even at
-            # n_new = 3000 > k (benchmarks/incremental.py: 3.5 s vs 11 s, 26 s vs 38 s).
-            use_merge = len(rem_ids) == 0 and sims is not None
-            mergeable = (np.array([mergeable_record(group[j], plan.old_n, k) for j in todo],
-                                  bool) if use_merge else np.zeros(len(todo), bool))
-            fresh: list[ItemRecord] = []
-            if mergeable.any():
-                rows = todo[mergeable]
-                merged, unsure = merge_new_anchors([group[j] for j in rows], sims[rows],
-                                                   add_ids, k, p, target)
-                if new_set.fold is not None:
-                    new_set.fold.fold_records(merged)
-                fresh += merged
-                mergeable[np.flatnonzero(mergeable)[unsure]] = False
-            full = [group[j] for j in todo[~mergeable]]
-            if full:
-                fresh += reproject(new_set, full, mod, target, plan.engine_options)
-            # read back before the old points are closed: never retire what was not kept
-            store.write_items(fresh, f"re-projecting items for anchor version {target}")
-            store.close_items([group[j].id for j in todo if group[j].valid_from < target],
-                              target, f"closing superseded points at version {target}")
-            touched += len(todo)
+        touched += _apply(store, plan, recs)
     return scanned, touched
+
+
+KTH_BUCKETS = 8  # k-th similarity ranges searched apart (each with its own lower bound)
+KTH_SAMPLE = 4096
+
+
+def bounded_candidates(store: VectorStore, plan: ItemPassPlan) -> set[str] | None:
+    """The points an update can change, found by the database without reading the others:
+    for new anchors, every point whose raw embedding beats (its bucket's lowest) k-th
+    similarity against one of them (an exact dense threshold search per k-th bucket); for
+    removed anchors, the points holding them and those whose k-th similarity is <= 0 (they
+    may hold one at weight 0). A superset of the affected points, so the update stays exact.
+    None: this store or recipe cannot bound it (a centred recipe compares centred vectors;
+    fewer anchors than k make every item affected); the caller scans."""
+    new_set = plan.new_set
+    if plan.old_n < max(new_set.kp("image")[0], new_set.kp("text")[0]):
+        return None
+    if any(new_set.center_of(m) is not None for m in ("image", "text")):
+        return None
+    out: set[str] = set()
+    try:
+        kth = np.sort(store.kth_sample(plan.version, KTH_SAMPLE))
+        if not len(kth):
+            return out
+        # bucket edges from the sample; the lowest bucket takes all the rest, whatever its
+        # similarity (its bound is -1: a few points, the price of exactness)
+        edges = np.unique(np.quantile(kth, np.linspace(0, 1, KTH_BUCKETS + 1)[:-1]))
+        lows = [-2.0, *edges.tolist()]
+        highs = [*edges.tolist(), np.inf]
+        rows = new_set.rows_of(plan.add_ids) if len(plan.add_ids) else None
+        for mod in ("image", "text"):
+            if rows is not None:
+                q = new_set.engine_matrix(mod)[rows]
+                for lo, hi in zip(lows, highs):
+                    out |= store.points_near(mod, q, lo - SIM_SLACK, (lo, hi), plan.version)
+            if len(plan.rem_ids):
+                probe = np.zeros((1, new_set.matrix(mod).shape[1]), np.float32)
+                probe[0, 0] = 1.0
+                out |= store.points_near(mod, probe, -2.0, (-np.inf, SIM_SLACK), plan.version)
+        if len(plan.rem_ids):
+            out |= store.points_holding(plan.rem_ids.tolist(), plan.version)
+    except NotImplementedError:
+        return None
+    return out
+
+
+def pass_candidates(store: VectorStore, plan: ItemPassPlan, candidates: set[str],
+                    batch: int = 512, on_batch: Callable[[int, int], None] | None = None
+                    ) -> tuple[int, int]:
+    """Steps 3-4 over the candidate points only (:func:`bounded_candidates`). -> (points
+    read, items touched)."""
+    ids = sorted(candidates)
+    read = touched = 0
+    for n_batch, s in enumerate(range(0, len(ids), batch)):
+        recs = [r for r in store.fetch_items(ids[s:s + batch]) if r.visible(plan.version)]
+        read += len(recs)
+        if on_batch is not None:
+            on_batch(n_batch, read)
+        touched += _apply(store, plan, recs)
+    return read, touched
+
+
+def _apply(store: VectorStore, plan: ItemPassPlan, recs: list[ItemRecord]) -> int:
+    """Re-project the affected points of one batch; -> how many."""
+    new_set, add_ids, rem_ids, target = plan.new_set, plan.add_ids, plan.rem_ids, plan.target
+    new_rows = new_set.rows_of(add_ids) if len(add_ids) else np.zeros(0, np.int64)
+    touched = 0
+    for mod in ("image", "text"):
+        group = [r for r in recs if r.modality == mod]
+        if not group:
+            continue
+        k, p = new_set.kp(mod)
+        hit, sims = affected(group, new_set.engine_matrix(mod)[new_rows], rem_ids,
+                             plan.old_n, k, center=new_set.center_of(mod))
+        todo = np.flatnonzero(hit)
+        if not len(todo):
+            continue
+        # Add-only updates merge each item's recovered top-k with its similarities to the
+        # new anchors: O(k + n_new) per item instead of a projection over all N anchors.
+        # Merging beat re-projecting the affected items at every size measured, even at
+        # n_new = 3000 > k (benchmarks/incremental.py: 3.5 s vs 11 s, 26 s vs 38 s).
+        use_merge = len(rem_ids) == 0 and sims is not None
+        mergeable = (np.array([mergeable_record(group[j], plan.old_n, k) for j in todo],
+                              bool) if use_merge else np.zeros(len(todo), bool))
+        fresh: list[ItemRecord] = []
+        if mergeable.any():
+            rows = todo[mergeable]
+            merged, unsure = merge_new_anchors([group[j] for j in rows], sims[rows],
+                                               add_ids, k, p, target)
+            if new_set.fold is not None:
+                new_set.fold.fold_records(merged)
+            fresh += merged
+            mergeable[np.flatnonzero(mergeable)[unsure]] = False
+        full = [group[j] for j in todo[~mergeable]]
+        if full:
+            fresh += reproject(new_set, full, mod, target, plan.engine_options)
+        # read back before the old points are closed: never retire what was not kept
+        store.write_items(fresh, f"re-projecting items for anchor version {target}")
+        store.close_items([group[j].id for j in todo if group[j].valid_from < target],
+                          target, f"closing superseded points at version {target}")
+        touched += len(todo)
+    return touched
 
 
 def _try(fn, *args):
@@ -301,7 +368,11 @@ def _update(index, store: VectorStore, where: str, owner: str, journal: dict | N
     # 3-4. the affected items, by this process or by workers (``item_pass``)
     plan = ItemPassPlan(v, target, new_set, add_ids.astype(np.int64), rem_ids,
                         len(index.anchors), dict(index.engine_options))
-    if item_pass is None:
+    candidates = bounded_candidates(store, plan) if item_pass is None else None
+    if candidates is not None:
+        scanned, touched = pass_candidates(store, plan, candidates, batch,
+                                           _local_hooks(heartbeat, progress, fail_after))
+    elif item_pass is None:
         scanned, touched = pass_items(store, plan, batch, None,
                                       _local_hooks(heartbeat, progress, fail_after))
     else:

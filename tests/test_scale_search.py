@@ -181,3 +181,66 @@ def test_an_index_without_the_recipe_temperature_does_not_fold(tmp_path):
     assert idx.anchors.fold is None and "qbnorm_fold" not in store.read_manifest().extra
     recs, _ = idx.records(sc["item_img"][:5], "image", list("abcde"), [{}] * 5)
     assert all(r.fold is None for r in recs)
+
+
+def _stored_equal_fresh(idx):
+    """Every visible point equals a fresh projection of its raw embedding (and fold)."""
+    recs = [r for b in idx.store.scroll_items(version=idx.version) for r in b]
+    for mod in ("image", "text"):
+        group = [r for r in recs if r.modality == mod]
+        if not group:
+            continue
+        sb = idx.project(np.stack([r.embedding for r in group]), mod)
+        for j, r in enumerate(group):
+            i, v = sb.row(j)
+            o = np.argsort(i)
+            np.testing.assert_array_equal(r.sparse_indices, i[o])
+            np.testing.assert_allclose(r.sparse_values, v[o], rtol=1e-5, atol=1e-7)
+        if idx.anchors.fold is not None:
+            want = idx.anchors.fold.values(mod, [(r.sparse_indices, r.sparse_values)
+                                                 for r in group])
+            np.testing.assert_allclose([r.fold for r in group], want, rtol=1e-5)
+    return recs
+
+
+@pytest.mark.parametrize("kind", ["memory", "qdrant-edge"])
+def test_a_bounded_update_reads_only_the_points_it_can_change(kind, tmp_path):
+    """New-domain anchors: the database finds the candidates (dense threshold search per
+    k-th bucket), the update reads only those, re-projects the affected ones, and every
+    point (touched or not) equals the exact projection at the new version; removals read
+    the removed anchors' posting lists."""
+    from asif_index.recipe import Recipe
+    from connectors.updates import update_anchors
+
+    sc = make_scenario()
+    store = make_store(kind, tmp_path)
+    idx = Index.create(store, FakeEncoder("image", DI), FakeEncoder("text", DT), k=K, p=8.0,
+                       recipe=Recipe(p_text=4.0, qbnorm=0.05))
+    idx.add_anchor_embeddings(sc["anchor_img"][:300], sc["anchor_txt"][:300],
+                              [AnchorPayload(f"c{i}") for i in range(300)])
+    for mod, emb in (("image", sc["item_img"]), ("text", sc["item_txt"])):
+        recs, _ = idx.records(emb, mod, [f"{mod}{i}" for i in range(len(emb))],
+                              [{} for _ in range(len(emb))])
+        idx.write(recs)
+    n = len(sc["item_img"]) + len(sc["item_txt"])
+    before = {r.item: r.sparse_indices.tolist() for b in store.scroll_items(version=idx.version)
+              for r in b}
+    rng = np.random.default_rng(3)
+    # a new domain: anchors away from the items (opposite their mean), one beside an item
+    far_i = -sc["item_img"].mean(0) + 0.05 * rng.standard_normal((5, DI)).astype(np.float32)
+    far_t = -sc["item_txt"].mean(0) + 0.05 * rng.standard_normal((5, DT)).astype(np.float32)
+    new_img = np.concatenate([far_i, sc["item_img"][:1]]).astype(np.float32)
+    new_txt = np.concatenate([far_t, sc["item_txt"][:1]]).astype(np.float32)
+    new_img /= np.linalg.norm(new_img, axis=1, keepdims=True)
+    new_txt /= np.linalg.norm(new_txt, axis=1, keepdims=True)
+    res = update_anchors(idx, add=(new_img, new_txt, [AnchorPayload("new")] * 6))
+    after = {r.item: r.sparse_indices.tolist() for r in _stored_equal_fresh(idx)}
+    changed = sum(before[i] != after[i] for i in before)
+    assert 0 < changed <= res.items_touched <= res.items_scanned < n / 2
+    # removal: only the removed anchors' holders (and any with k-th <= 0) are read
+    gone = idx.anchors.ids[:3]
+    res = idx.remove_anchors(gone)
+    recs = _stored_equal_fresh(idx)
+    holders = sum(bool(set(gone.tolist()) & set(before_i)) for before_i in after.values())
+    assert res.items_scanned < n and res.items_touched >= holders > 0
+    assert all(not set(gone.tolist()) & set(r.sparse_indices.tolist()) for r in recs)
