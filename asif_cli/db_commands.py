@@ -34,8 +34,10 @@ def _open(args, create: bool = False):
         live_manifest(store)  # before loading encoders: a missing index fails fast
     img, txt = s.encoders()
     if create:
+        keep = getattr(args, "candidate_keep", None)
         return Index.create(store, img, txt, k=s.k, p=s.p, recreate=args.recreate,
-                            recipe=recipe)
+                            recipe=recipe, raw_dtype=getattr(args, "raw_dtype", None) or "float32",
+                            **({} if keep is None else {"candidate_keep": keep}))
     idx = Index.open(store, img, txt, cache_dir=str(s.cache_dir))
     idx.query_keep = s.query_keep
     return idx
@@ -335,17 +337,19 @@ def cmd_search(args) -> int:
     if args.queries:  # one process, many queries: one JSON line per query
         for line in query_lines(args.queries):
             hits = idx.search(text=line, limit=args.limit, filter=flt, qbnorm=qb,
-                              query_keep=keep)
+                              query_keep=keep, exact=args.exact, candidates=args.candidates)
             print(json.dumps({"query": line, "hits": [hit_dict(h) for h in hits]}))
         return 0
     if args.item:
         q, v = idx.item_vector(args.item)
-        print_hits(idx.search_vectors(q, args.limit, flt, keep, version=v)[0], args.json,
+        print_hits(idx.search_vectors(q, args.limit, flt, keep, version=v, exact=args.exact,
+                                      candidates=args.candidates)[0], args.json,
                    f"item {args.item}")
         return 0
     w = DEFAULT_IMAGE_WEIGHT if args.image_weight is None else args.image_weight
     res = idx.search_result(text=args.text, image=args.image, limit=args.limit, filter=flt,
-                            image_weight=w, qbnorm=qb, query_keep=keep)
+                            image_weight=w, qbnorm=qb, query_keep=keep, exact=args.exact,
+                            candidates=args.candidates)
     what = (f"image {args.image} (weight {w:g}) + {args.text!r}" if args.text and args.image
             else repr(args.text) if args.text else f"image {args.image}")
     print_hits(res.hits, args.json, what, res.qbnorm)
@@ -578,6 +582,14 @@ def register(sub, common) -> None:
     db(p)
     kp_options(p, " in this index")
     recipe_option(p)
+    p.add_argument("--candidate-keep", type=int, metavar="N",
+                   help="entries of each item's candidate vector, which two-stage search's "
+                        "first stage reads (default 0: none, every search is one exact "
+                        "stage, the faster on Qdrant Edge in docs/benchmarks.md 7b)")
+    p.add_argument("--raw-dtype", choices=["float32", "float16"],
+                   help="how raw embeddings are stored (read only by anchor updates): "
+                        "float16 halves them, and items are projected from the rounded "
+                        "embedding so updates stay exact (default float32)")
     p.add_argument("--recreate", action="store_true", help="replace an existing index")
     p.set_defaults(func=cmd_init)
 
@@ -681,6 +693,13 @@ def register(sub, common) -> None:
                    "e.g. --filter modality=image --filter label=cat")
     p.add_argument("--query-keep", type=query_keep, help="largest query entries sent to the database: a number, "
                    "or 'all' (default: ASIF_QUERY_KEEP, else all)")
+    p.add_argument("--exact", action="store_true",
+                   help="one exact stage over every item (default: two stages, candidates "
+                        "from each item's trimmed vector, then exact rescoring; every hit's "
+                        "score is exact either way)")
+    p.add_argument("--candidates", type=positive_int, metavar="N",
+                   help="the first stage's candidate count (default: by collection size; "
+                        "docs/benchmarks.md gives the recall of each)")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.set_defaults(func=cmd_search)
 

@@ -83,7 +83,9 @@ def search(args, flt, qb: float | bool | None = None) -> int:
     r = Remote(service_url(args))
     r.announce()
     keep = args.query_keep
-    body = {"limit": args.limit, "filter": filters.to_json(flt) or {}, "query_keep": keep}
+    body = {"limit": args.limit, "filter": filters.to_json(flt) or {}, "query_keep": keep,
+            "exact": bool(getattr(args, "exact", False)),
+            "candidates": getattr(args, "candidates", None)}
     if qb is not None and not args.item:
         body["qbnorm"] = qb
 

@@ -42,8 +42,21 @@ SECTIONS = [
      "point back against the exact projection; 1,000 anchors, 400 items in both modalities, 60 "
      "new anchors per update). `killed_mid_run`: trials whose kill landed before the work "
      "ended; `work_s`: the uninterrupted work time the kill moments were drawn from."),
-    ("scale.json", "7. Both embedded engines at scale",
-     "`python -m benchmarks.scale` (synthetic clustered embeddings, d=384, 30,000 anchors, "
+    ("scale_search.json", "7b. Search and updates at scale: folded QB-Norm, two stages, "
+     "bounded updates (issue 25)",
+     "`python -m benchmarks.scale` (synthetic clustered embeddings, d = 384 both modalities, "
+     "30,000 anchors, the `tuned` recipe: image items k = 3,200, text queries p = 4, QB-Norm "
+     "T = 0.05 folded into the items; 100 text queries over an image collection, each through "
+     "`Index.search_vectors`, single client, projection excluded). `default`: QB-Norm folded + "
+     "two stages with the candidate count chosen by size; `plain`: the same without QB-Norm "
+     "(`qbnorm_cost` = default / plain p50); `exact`: one exact sparse stage with the fold; "
+     "`rerank`: the path before folding (plain top 100 read back, rescored per query against "
+     "the bank); `dense`: the peer, a 384-d HNSW collection of the same items on the same "
+     "engine. Recalls are against the exact in-memory ranking (the normalised one for "
+     "`default`, `exact` and `rerank`; ties within 1e-5 count as found). `fold_items_s`: the "
+     "write-time cost of the fold. The second table sweeps the candidate count."),
+    ("scale.json", "7. Both embedded engines at scale (the benchmark before issue 25)",
+     "Recorded by the earlier version of `python -m benchmarks.scale` (synthetic clustered embeddings, d=384, 30,000 anchors, "
      "k=800; every write through `Index.write`; 200 queries; recall@10 against the exact "
      "in-memory top-10, ties not counted as misses; `bytes_per_item` is the whole database "
      "folder over the items, fixed overheads such as Qdrant's preallocated WAL included; "

@@ -255,7 +255,8 @@ def run(engine, n_items, recipe_name, direction, a, root) -> dict:
     idx.add_anchor_embeddings(a_img, a_txt, [AnchorPayload(f"a{i}") for i in range(a.anchors)])
     fold = idx.anchors.fold
     row = {"engine": engine, "items": n_items, "recipe": recipe_name, "direction": direction,
-           "anchors": a.anchors, "anchors_s": time.perf_counter() - t0}
+           "anchors": a.anchors, "candidate_keep": a.candidate_keep,
+           "anchors_s": time.perf_counter() - t0}
     if fold is not None:
         t0 = time.perf_counter()
         fold.warm()
@@ -365,6 +366,7 @@ def update_figures(idx, engine, d, a, pair) -> dict:
     rebuilt, _ = rebuild(idx, open_store(engine, d, "rebuilt"))
     out["rebuild_s"] = time.perf_counter() - t0
     rebuilt.store.drop()
+    print(f"  rebuild: {out['rebuild_s']:.1f} s", flush=True)
     for share, seed in ((0.01, 5), (0.10, 6)):
         n = int(share * a.anchors)
         img, txt = pair(n, np.arange(a.covered, a.topics), seed)
@@ -375,6 +377,9 @@ def update_figures(idx, engine, d, a, pair) -> dict:
         out[f"{key}_vs_rebuild"] = out[f"{key}_s"] / out["rebuild_s"]
         out[f"{key}_scanned"], out[f"{key}_touched"] = res.items_scanned, res.items_touched
         out[f"{key}_max_err"] = check_exact(idx, a.exact_sample)
+        print(f"  {key}: {out[f'{key}_s']:.1f} s ({out[f'{key}_vs_rebuild']:.3f} of the "
+              f"rebuild), {res.items_scanned} read, {res.items_touched} touched, exact "
+              f"{out[f'{key}_max_err']}", flush=True)
     return out
 
 
@@ -390,7 +395,7 @@ def main(argv=None):
                     help="qdrant-edge[/float16|/uint8] (sparse storage datatype), milvus-lite")
     ap.add_argument("--recipes", default="tuned,asif")
     ap.add_argument("--directions", default="t2i,i2t")
-    ap.add_argument("--candidate-keep", type=int, default=128)
+    ap.add_argument("--candidate-keep", type=int, default=0)
     ap.add_argument("--sweep", default="250,500,1000,2000,4000",
                     help="candidate counts whose recall and latency are also measured")
     ap.add_argument("--topics", type=int, default=20)
@@ -400,7 +405,7 @@ def main(argv=None):
     ap.add_argument("--exact-sample", type=int, default=1000)
     ap.add_argument("--append", action="store_true",
                     help="keep the rows of --out for other (engine, items, recipe, direction)")
-    ap.add_argument("--out", default="runs/bench/scale.json")
+    ap.add_argument("--out", default="runs/bench/scale_search.json")
     a = ap.parse_args(argv)
     a.sweep = [int(x) for x in a.sweep.split(",") if x]
     rng = np.random.default_rng(0)
@@ -442,6 +447,12 @@ def _save(rows, a, key) -> str:
             "write_items_s", "rebuild_s", "add_1pct_s", "add_1pct_vs_rebuild", "add_1pct_touched",
             "add_10pct_s", "add_10pct_vs_rebuild"]
     md = table(out, cols)
+    sweep = [{**{k: r[k] for k in key}, "candidate_keep": r.get("candidate_keep"),
+              "candidates": int(c), "p50_ms": v["p50_ms"], "recall_at_10": v["recall"]}
+             for r in out for c, v in sorted((r.get("sweep") or {}).items(), key=lambda x: int(x[0]))]
+    if sweep:
+        md += "\n\nCandidate count against recall@10 (vs the exact ranking) and p50:\n\n" + \
+            table(sweep, list(sweep[0]))
     write_json({"machine": machine(), "config": {k: v for k, v in vars(a).items()
                                                  if k not in ("centres", "noise", "covered")},
                 "rows": out, "markdown": md}, a.out)

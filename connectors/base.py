@@ -139,7 +139,15 @@ def point_records(sb, items: list[str], modality: str, embeddings, payloads,
 # largest entries as a second sparse vector, ``cand``, which a cheap first stage searches
 # with the query's largest entries; the full vector ``rel`` then rescores the candidates.
 TWO_STAGE_KEY = "two_stage"  # manifest.extra: {"item_keep": n}; absent: single stage only
-DEFAULT_ITEM_KEEP = 128
+# 0: no candidate vectors by default. Measured (docs/benchmarks.md, 7b; Qdrant Edge, 10^5
+# tuned image items): one exact stage with the fold answered in 12 ms, while two stages cost
+# 28 ms at 30 candidates and 140 ms at 1,000 (Qdrant's rescoring costs ~80 us per candidate
+# for an 800-entry query); two stages are an option for engines where they pay.
+DEFAULT_ITEM_KEEP = 0
+
+
+RAW_DTYPE_KEY = "raw_dtype"  # manifest.extra: "float16" where raw embeddings are half size
+RAW_DTYPES = ("float32", "float16")
 
 
 def candidate_entries(indices: np.ndarray, values: np.ndarray, keep: int

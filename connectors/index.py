@@ -24,6 +24,8 @@ from asif_index.sparse import SparseBatch
 from connectors.anchor_cache import cached_anchors_at
 from connectors.base import (
     DEFAULT_ITEM_KEEP,
+    RAW_DTYPE_KEY,
+    RAW_DTYPES,
     TWO_STAGE_KEY,
     Filter,
     Hit,
@@ -74,6 +76,11 @@ def project_records(anchors: AnchorSet, embeddings: np.ndarray, modality: str,
     function of the anchor set alone, so a worker holding only the anchors can run it."""
     if modality not in ("image", "text"):
         raise ModalityError(f"modality must be 'image' or 'text'; got '{modality}'")
+    if anchors.manifest.extra.get(RAW_DTYPE_KEY) == "float16":
+        # the stored raw embedding is the float16 one: project exactly what is kept, so
+        # that a re-projection from storage (anchor updates) gives the same vector
+        embeddings = np.asarray(embeddings, np.float32).astype(np.float16).astype(np.float32)
+        device_embeddings = None
     x = device_embeddings if device_embeddings is not None else embeddings
     sb = anchors.project(x, modality, **(engine_options or {}))
     recs = point_records(sb, [item_id(modality, k) for k in keys], modality, embeddings,
@@ -201,12 +208,15 @@ class Index:
     @classmethod
     def create(cls, store: VectorStore, image_encoder: Encoder, text_encoder: Encoder,
                k: int = 800, p: float = 8.0, recreate: bool = False, recipe=None,
-               candidate_keep: int | None = DEFAULT_ITEM_KEEP, **engine_options) -> "Index":
+               candidate_keep: int | None = DEFAULT_ITEM_KEEP, raw_dtype: str = "float32",
+               **engine_options) -> "Index":
         """A new, empty index. recipe: an ``asif_index.recipe.Recipe`` (default
         :data:`asif_index.recipe.DEFAULT`, ``tuned``; ``PUBLISHED`` is the paper's); its
         statistics are frozen from the first anchors added. candidate_keep: entries of each
         item's candidate vector for two-stage search (None or 0: none, every search is one
-        exact stage)."""
+        exact stage). raw_dtype: how the raw embeddings (read only by anchor updates) are
+        stored: "float32", or "float16" (half the bytes; items are projected from the
+        rounded embedding, so updates stay exact; Qdrant stores it as float16)."""
         import uuid
 
         from asif_index.recipe import DEFAULT as DEFAULT_RECIPE
@@ -216,6 +226,11 @@ class Index:
                              text_encoder.dim, k=k, p=p, extra={"uid": uuid.uuid4().hex})
         if not recipe.published:
             man.extra["recipe"] = recipe.to_dict()
+        if raw_dtype not in RAW_DTYPES:
+            raise ConfigError(f"raw_dtype (--raw-dtype) must be one of {', '.join(RAW_DTYPES)}; "
+                              f"got {raw_dtype!r}")
+        if raw_dtype != "float32":
+            man.extra[RAW_DTYPE_KEY] = raw_dtype
         if candidate_keep:
             if isinstance(candidate_keep, bool) or not isinstance(candidate_keep, int) \
                     or not 1 <= candidate_keep <= 4096:
@@ -374,6 +389,11 @@ class Index:
             raise InputError(f"records of one write must share their anchor version; got "
                              f"{sorted(projected)}")
         batch = {"records": records, "at": projected.pop()}
+        fold = self.anchors.fold
+        if fold is not None and batch["at"] == self.version:
+            # records made without the fold (point_records directly): fold them here, or the
+            # normalised search would find them without a normaliser
+            fold.fold_records([r for r in records if r.fold is None])
 
         def upsert(version: int, lease) -> tuple[int, int]:
             if version != batch["at"]:

@@ -496,6 +496,51 @@ class MilvusStore(VectorStore):
                                      fold=None if fold is None else float(fold))
         return sorted(out.values(), key=lambda x: -x.score)[:limit]
 
+    _RANGE_LIMIT = 16384  # Milvus' top-k ceiling: a full page means "maybe more", so scan
+
+    def points_near(self, modality, queries, threshold, kth_range, version):
+        if not len(queries):
+            return set()
+        man = self._manifest_cached()
+        d = max(man.image_dim, man.text_dim)
+        lo, hi = kth_range
+        parts = [f'modality == "{modality}"', self._expr(None, version)]
+        if np.isfinite(lo):
+            parts.append(f"kth >= {float(lo)!r}")
+        if np.isfinite(hi):
+            parts.append(f"kth < {float(hi)!r}")
+        if not self.count_items_expr(" and ".join(parts)):
+            return set()
+        padded = np.zeros((len(queries), d), np.float32)
+        padded[:, :queries.shape[1]] = queries
+        out: set[str] = set()
+        for s in range(0, len(padded), 16):
+            # a range search on the FLAT (exact) index: every row above the radius
+            res = self._call("search", self.client.search, self.items,
+                             data=padded[s:s + 16].tolist(), anns_field="emb",
+                             limit=self._RANGE_LIMIT, filter=" and ".join(parts),
+                             output_fields=["id"],
+                             search_params={"metric_type": "IP",
+                                            "params": {"radius": float(threshold),
+                                                       "range_filter": 1e9}})
+            for hits in res:
+                if len(hits) >= self._RANGE_LIMIT:
+                    raise NotImplementedError("more points than one range search returns")
+                out.update(h["entity"]["id"] for h in hits)
+        return out
+
+    def points_holding(self, anchor_ids, version):
+        out: set[str] = set()
+        for a in anchor_ids:
+            res = self._call("search", self.client.search, self.items, data=[{int(a): 1.0}],
+                             anns_field="rel", limit=self._RANGE_LIMIT,
+                             filter=self._expr(None, version), output_fields=["id"],
+                             search_params={"metric_type": "IP", "params": {}})
+            if len(res[0]) >= self._RANGE_LIMIT:
+                raise NotImplementedError("more holders than one search returns")
+            out.update(h["entity"]["id"] for h in res[0])
+        return out
+
     def search_two_stage(self, full, cand, candidates, limit, flt=None, version=None):
         # Milvus has no rescoring stage (its hybrid search fuses ranks): the candidates come
         # back with their full vectors and are rescored here, exactly as the engine would

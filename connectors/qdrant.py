@@ -14,6 +14,7 @@ from asif_index.anchors import AnchorManifest
 from asif_index.errors import BackendUnavailableError, CollectionError, ConfigError
 from connectors import filters
 from connectors.base import (
+    RAW_DTYPE_KEY,
     candidate_entries,
     two_stage_keep,
     check_index_name,
@@ -141,9 +142,13 @@ class QdrantStore(VectorStore):
             "image": m.VectorParams(size=manifest.image_dim, distance=m.Distance.COSINE),
             "text": m.VectorParams(size=manifest.text_dim, distance=m.Distance.COSINE),
         }, **spread)
+        raw = (m.Datatype.FLOAT16 if manifest.extra.get(RAW_DTYPE_KEY) == "float16"
+               else None)
         self._call("create", self.client.create_collection, self.items, vectors_config={
-            "emb_image": m.VectorParams(size=manifest.image_dim, distance=m.Distance.COSINE),
-            "emb_text": m.VectorParams(size=manifest.text_dim, distance=m.Distance.COSINE),
+            "emb_image": m.VectorParams(size=manifest.image_dim, distance=m.Distance.COSINE,
+                                        datatype=raw),
+            "emb_text": m.VectorParams(size=manifest.text_dim, distance=m.Distance.COSINE,
+                                       datatype=raw),
         }, sparse_vectors_config={"rel": m.SparseVectorParams(),
                                   **({"cand": m.SparseVectorParams()}
                                      if two_stage_keep(manifest) else {})}, **spread)
@@ -151,7 +156,8 @@ class QdrantStore(VectorStore):
             for field, kind in (("asif_modality", m.PayloadSchemaType.KEYWORD),
                                 ("asif_item", m.PayloadSchemaType.KEYWORD),
                                 ("asif_from", m.PayloadSchemaType.INTEGER),
-                                ("asif_to", m.PayloadSchemaType.INTEGER)):
+                                ("asif_to", m.PayloadSchemaType.INTEGER),
+                                ("asif_kth", m.PayloadSchemaType.FLOAT)):
                 self._call("index", self.client.create_payload_index, self.items,
                            field_name=field, field_schema=kind)
         self.write_manifest(manifest)
@@ -339,6 +345,43 @@ class QdrantStore(VectorStore):
                          limit=limit, query_filter=self._filter(flt, version), with_payload=True)
         return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
                     user_payload(p.payload), fold=hit_fold(p.payload)) for p in res.points]
+
+    def points_near(self, modality, queries, threshold, kth_range, version):
+        m = self._m
+        lo, hi = kth_range
+        rng = m.Range(gte=None if not np.isfinite(lo) else float(lo),
+                      lt=None if not np.isfinite(hi) else float(hi))
+        flt = m.Filter(must=[m.FieldCondition(key="asif_modality",
+                                              match=m.MatchValue(value=modality)),
+                             m.FieldCondition(key="asif_kth", range=rng),
+                             self._filter(None, version)])
+        n = int(self._call("count", self.client.count, self.items, count_filter=flt,
+                           exact=True).count)
+        if not n or not len(queries):
+            return set()
+        out: set[str] = set()
+        for s in range(0, len(queries), 64):
+            reqs = [m.QueryRequest(query=np.asarray(v, np.float32).tolist(),
+                                   using=f"emb_{modality}", filter=flt, limit=n,
+                                   score_threshold=float(threshold),
+                                   params=m.SearchParams(exact=True), with_payload=False)
+                    for v in queries[s:s + 64]]
+            for res in self._call("search", self.client.query_batch_points, self.items, reqs):
+                out.update(str(p.id) for p in res.points)
+        return out
+
+    def points_holding(self, anchor_ids, version):
+        m = self._m
+        flt = self._filter(None, version)
+        n = int(self._call("count", self.client.count, self.items, count_filter=flt,
+                           exact=True).count)
+        out: set[str] = set()
+        for a in anchor_ids:
+            res = self._call("search", self.client.query_points, self.items,
+                             query=m.SparseVector(indices=[int(a)], values=[1.0]), using="rel",
+                             limit=max(n, 1), query_filter=flt, with_payload=False)
+            out.update(str(p.id) for p in res.points if p.score > 0)
+        return out
 
     def search_two_stage(self, full, cand, candidates, limit, flt=None, version=None):
         # the Query API: a prefetch on ``cand``, rescored by the outer query on ``rel``

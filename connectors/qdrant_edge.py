@@ -32,6 +32,7 @@ from connectors.base import (
     Filter,
     Hit,
     ItemRecord,
+    RAW_DTYPE_KEY,
     VectorStore,
     candidate_entries,
     in_range,
@@ -236,11 +237,13 @@ class QdrantEdgeStore(VectorStore):
         # The raw embeddings are read back only to re-project items (anchor updates): on disk,
         # not in RAM; the sparse index, which every search reads, stays resident.
         cold = q.Memory.Cold
+        raw = (q.VectorStorageDatatype.Float16 if manifest.extra.get(RAW_DTYPE_KEY) == "float16"
+               else q.VectorStorageDatatype.Float32)
         self._new_shard(self.items, q.EdgeConfig(
             vectors={"emb_image": vp(size=manifest.image_dim, distance=q.Distance.Dot,
-                                     memory=cold),
+                                     memory=cold, datatype=raw),
                      "emb_text": vp(size=manifest.text_dim, distance=q.Distance.Dot,
-                                    memory=cold)},
+                                    memory=cold, datatype=raw)},
             # Cached: the sparse index is memory-mapped and warmed into the page cache, so it
             # is served from RAM while it fits and the OS may evict it when it does not.
             sparse_vectors={"rel": q.EdgeSparseVectorParams(datatype=dtype,

@@ -31,7 +31,11 @@ CANDIDATE_BASE = 500
 CANDIDATE_GROWTH = 0.4
 CANDIDATES_PER_HIT = 20
 MAX_CANDIDATES = 16384  # Milvus' top-k ceiling, and far past where rescoring stops paying
-QUERY_KEEP = 128  # the query's largest entries the first stage searches with
+# The query's largest entries the first stage searches with (None: all). Qdrant's rescoring
+# costs about 100 ns per query entry per candidate (benchmarks/scale.py), so the first stage
+# must rank well enough that few candidates suffice: the whole query does (a 128-entry query
+# needed 4x the candidates for the same recall on the synthetic benchmark).
+QUERY_KEEP: int | None = None
 
 
 def candidate_count(n_items: int, limit: int) -> int:
@@ -65,7 +69,9 @@ def ranked(index: "Index", indices: np.ndarray, values: np.ndarray, limit: int,
     if c >= n:  # the candidates would be the collection: one exact stage is cheaper
         return index.store.search(indices, values, limit, flt, version)
     anchor = np.asarray(indices) != FOLD_DIM
-    cand = candidate_entries(np.asarray(indices)[anchor], np.asarray(values)[anchor], QUERY_KEEP)
+    cand = (np.asarray(indices)[anchor], np.asarray(values)[anchor])
+    if QUERY_KEEP is not None:
+        cand = candidate_entries(*cand, QUERY_KEEP)
     return index.store.search_two_stage((indices, values), cand, c, limit, flt, version)
 
 if TYPE_CHECKING:

@@ -203,7 +203,7 @@ def _stored_equal_fresh(idx):
     return recs
 
 
-@pytest.mark.parametrize("kind", ["memory", "qdrant-edge"])
+@pytest.mark.parametrize("kind", STORES)
 def test_a_bounded_update_reads_only_the_points_it_can_change(kind, tmp_path):
     """New-domain anchors: the database finds the candidates (dense threshold search per
     k-th bucket), the update reads only those, re-projects the affected ones, and every
@@ -244,3 +244,46 @@ def test_a_bounded_update_reads_only_the_points_it_can_change(kind, tmp_path):
     holders = sum(bool(set(gone.tolist()) & set(before_i)) for before_i in after.values())
     assert res.items_scanned < n and res.items_touched >= holders > 0
     assert all(not set(gone.tolist()) & set(r.sparse_indices.tolist()) for r in recs)
+
+
+@pytest.mark.parametrize("kind", ["memory", "qdrant-edge"])
+def test_float16_raw_embeddings_keep_updates_exact(kind, tmp_path):
+    """raw_dtype='float16': the stored raw embedding is the rounded one and the item was
+    projected from it, so an anchor update's re-projection from storage stays exact."""
+    sc = make_scenario()
+    store = make_store(kind, tmp_path)
+    idx = Index.create(store, FakeEncoder("image", DI), FakeEncoder("text", DT), k=K, p=8.0,
+                       raw_dtype="float16")
+    assert store.read_manifest().extra["raw_dtype"] == "float16"
+    idx.add_anchor_embeddings(sc["anchor_img"][:300], sc["anchor_txt"][:300],
+                              [AnchorPayload(f"c{i}") for i in range(300)])
+    emb = sc["item_txt"][:200]
+    recs, _ = idx.records(emb, "text", [f"t{i}" for i in range(200)], [{}] * 200)
+    idx.write(recs)
+    stored = {r.item: r for b in store.scroll_items(version=idx.version) for r in b}
+    half = emb.astype(np.float16).astype(np.float32)
+    for i in range(200):
+        np.testing.assert_array_equal(stored[item_id("text", f"t{i}")].embedding, half[i])
+    idx.add_anchor_embeddings(sc["anchor_img"][300:], sc["anchor_txt"][300:],
+                              [AnchorPayload(f"n{i}") for i in range(100)])
+    _stored_equal_fresh(idx)
+    with pytest.raises(ConfigError, match="raw_dtype"):
+        Index.create(make_store("memory", tmp_path), FakeEncoder("image", DI),
+                     FakeEncoder("text", DT), raw_dtype="int8")
+
+
+def test_records_written_without_fold_values_are_folded_by_write(tmp_path):
+    """A writer that builds records itself (point_records) still stores fold values: an
+    unfolded item would otherwise drop out of the normalised ranking's guarantees."""
+    from connectors.base import point_records
+
+    idx, sc, emb = build("memory", tmp_path)
+    e = sc["q_img"][-4:]
+    sb = idx.project(e, "image")
+    recs = point_records(sb, [item_id("image", f"x{i}") for i in range(4)], "image", e,
+                         [{}] * 4, idx.version)
+    assert all(r.fold is None for r in recs)
+    idx.write(recs)
+    got = idx.store.points_at([r.item for r in recs], idx.version)
+    want = idx.anchors.fold.values("image", [sb.row(i) for i in range(4)])
+    np.testing.assert_allclose([got[r.item].fold for r in recs], want, rtol=1e-6)

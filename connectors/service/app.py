@@ -287,12 +287,14 @@ def create_app(index, settings: ServiceSettings | None = None, *,
         if req.item_id is not None:
             q, version = idx.item_vector(req.item_id)
             # query and items on one anchor version, even while an update job lands
-            hits = idx.search_vectors(q, req.limit, flt, req.query_keep, version=version)[0]
+            hits = idx.search_vectors(q, req.limit, flt, req.query_keep, version=version,
+                                      exact=req.exact, candidates=req.candidates)[0]
             return SearchResponse(query="item", anchor_version=version, hits=hits_out(hits))
         image = resolve_under(req.image_path, s.image_roots) if req.image_path else None
         return answer(idx.search_result(text=req.text, image=image, limit=req.limit,
                                         filter=flt, qbnorm=req.qbnorm,
-                                        query_keep=req.query_keep))
+                                        query_keep=req.query_keep, exact=req.exact,
+                                        candidates=req.candidates))
 
     def answer(res) -> SearchResponse:
         return SearchResponse(query=res.query, anchor_version=res.anchor_version,

@@ -26,10 +26,14 @@ class SearchRequest(BaseModel):
     limit: int = Field(10, ge=1, le=1000)
     query_keep: int | Literal["all"] | None = Field(
         None, description="largest query entries sent to the database (default: the index's)")
+    exact: bool = Field(False, description="one exact stage over every item instead of the "
+                        "two-stage search (candidates, then exact rescoring)")
+    candidates: int | None = Field(None, ge=1, le=16384, description="the first stage's "
+                                   "candidate count (default: chosen by collection size)")
     # StrictBool: a temperature of 1 stays 1.0, not true
     qbnorm: Union[StrictBool, Annotated[float, Field(gt=0, le=10)], None] = Field(
-        None, examples=[0.05, False], description="query-bank normalisation of the top 100 "
-        "(docs/evaluation.md). Unset: the index recipe's default (the tuned recipe re-ranks "
+        None, examples=[0.05, False], description="query-bank normalisation (folded into the "
+        "index: every item's normaliser is stored; docs/evaluation.md). Unset: the index recipe's default (the tuned recipe re-ranks "
         "results that are all of the other modality, T=0.05); a temperature, or true for the "
         "recipe's: re-rank whatever the results' modality; false: the plain ranking. "
         "Re-ranked scores are normalised scores (log-odds against the bank)")
