@@ -367,7 +367,7 @@ def update_figures(idx, engine, d, a, pair) -> dict:
     out["rebuild_s"] = time.perf_counter() - t0
     rebuilt.store.drop()
     print(f"  rebuild: {out['rebuild_s']:.1f} s", flush=True)
-    for share, seed in ((0.01, 5), (0.10, 6)):
+    for share, seed in ((s, 5 + j) for j, s in enumerate(a.update_shares)):
         n = int(share * a.anchors)
         img, txt = pair(n, np.arange(a.covered, a.topics), seed)
         t0 = time.perf_counter()
@@ -402,12 +402,15 @@ def main(argv=None):
     ap.add_argument("--no-peer", dest="peer", action="store_false")
     ap.add_argument("--updates", action="store_true",
                     help="also +1%% / +10%% new-domain anchors against a rebuild")
+    ap.add_argument("--update-shares", default="0.01,0.10",
+                    help="new anchors per update, as shares of the anchors")
     ap.add_argument("--exact-sample", type=int, default=1000)
     ap.add_argument("--append", action="store_true",
                     help="keep the rows of --out for other (engine, items, recipe, direction)")
     ap.add_argument("--out", default="runs/bench/scale_search.json")
     a = ap.parse_args(argv)
     a.sweep = [int(x) for x in a.sweep.split(",") if x]
+    a.update_shares = [float(x) for x in a.update_shares.split(",") if x]
     rng = np.random.default_rng(0)
     a.centres = rng.standard_normal((a.topics, a.dim)).astype(np.float32)
     a.centres /= np.linalg.norm(a.centres, axis=1, keepdims=True)

@@ -496,11 +496,15 @@ class QdrantEdgeStore(VectorStore):
             return set()
         out: set[str] = set()
         params = q.SearchParams(exact=True)  # brute force: a threshold search that misses none
+        must = list(flt.must)
         for s in range(0, len(queries), 64):
+            # points found by earlier batches are left out: many new anchors near the same
+            # items would otherwise return each of them once per anchor
+            f = q.Filter(must=must, must_not=[q.HasIdCondition(set(out))]) if out else flt
             batch = q.QueryBatchRequest([q.QueryRequest(
                 limit=n, query=q.Query.Nearest(np.asarray(v, np.float32).tolist(),
                                                using=f"emb_{modality}"),
-                filter=flt, score_threshold=float(threshold), params=params, with_payload=False)
+                filter=f, score_threshold=float(threshold), params=params, with_payload=False)
                 for v in queries[s:s + 64]])
             for res in self._on(self.items, "search", "query_batch", batch):
                 out.update(str(p.id) for p in res)

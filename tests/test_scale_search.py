@@ -287,3 +287,25 @@ def test_records_written_without_fold_values_are_folded_by_write(tmp_path):
     got = idx.store.points_at([r.item for r in recs], idx.version)
     want = idx.anchors.fold.values("image", [sb.row(i) for i in range(4)])
     np.testing.assert_allclose([got[r.item].fold for r in recs], want, rtol=1e-6)
+
+
+def test_points_near_over_many_queries_equals_the_reference(tmp_path):
+    """More queries than one batch (64): the points later batches leave out are the ones
+    found already, so the union equals the in-memory reference."""
+    from asif_index.recipe import Recipe
+
+    sc = make_scenario()
+    found = {}
+    for kind in ("memory", "qdrant-edge"):
+        store = make_store(kind, tmp_path / kind)
+        idx = Index.create(store, FakeEncoder("image", DI), FakeEncoder("text", DT), k=K,
+                           recipe=Recipe(p_text=4.0, qbnorm=0.05))
+        idx.add_anchor_embeddings(sc["anchor_img"][:300], sc["anchor_txt"][:300],
+                                  [AnchorPayload(f"c{i}") for i in range(300)])
+        recs, _ = idx.records(sc["item_img"], "image",
+                              [f"i{i}" for i in range(len(sc["item_img"]))],
+                              [{}] * len(sc["item_img"]))
+        idx.write(recs)
+        qs = sc["anchor_img"][300:].copy()  # 100 queries: two batches
+        found[kind] = store.points_near("image", qs, 0.35, (-np.inf, np.inf), idx.version)
+    assert found["memory"] and found["memory"] == found["qdrant-edge"]
