@@ -402,6 +402,15 @@ class VectorStore(ABC):
                 break
         return np.asarray(out[:n], np.float64)
 
+    _candidate_keep: int | None = None  # read from the manifest once (0: no vectors)
+
+    def candidate_keep(self) -> int | None:
+        """Entries of this index's candidate vectors (None: it has none); the manifest's
+        setting never changes after create, so it is read once."""
+        if self._candidate_keep is None:
+            self._candidate_keep = two_stage_keep(self.read_manifest()) or 0
+        return self._candidate_keep or None
+
     def search_two_stage(self, full: tuple[np.ndarray, np.ndarray],
                          cand: tuple[np.ndarray, np.ndarray], candidates: int, limit: int,
                          flt: Filter | None = None, version: int | None = None) -> list[Hit]:

@@ -28,12 +28,11 @@ from connectors.base import (
     in_range,
 )
 from connectors.qdrant_layout import (
-    hit_fold,
     item_payload,
     item_record,
     payload_key,
+    point_hit,
     stored_rel,
-    user_payload,
 )
 
 
@@ -161,7 +160,7 @@ class QdrantStore(VectorStore):
                 self._call("index", self.client.create_payload_index, self.items,
                            field_name=field, field_schema=kind)
         self.write_manifest(manifest)
-        self._keep = None
+        self._candidate_keep = None
 
     def drop(self) -> None:
         for c in (self.items, self.anchors, self.meta):
@@ -229,14 +228,9 @@ class QdrantStore(VectorStore):
         return out
 
     # items ---------------------------------------------------------------------------
-    def _cand_keep(self) -> int | None:
-        if getattr(self, "_keep", None) is None:
-            self._keep = two_stage_keep(self.read_manifest()) or 0
-        return self._keep or None
-
     def upsert_items(self, items: list[ItemRecord]) -> None:
         m = self._m
-        keep = self._cand_keep() if items else None
+        keep = self.candidate_keep() if items else None
         pts = []
         for it in items:
             payload = item_payload(it)
@@ -343,8 +337,7 @@ class QdrantStore(VectorStore):
                                  values=np.asarray(values, np.float32).tolist())
         res = self._call("search", self.client.query_points, self.items, query=q, using="rel",
                          limit=limit, query_filter=self._filter(flt, version), with_payload=True)
-        return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
-                    user_payload(p.payload), fold=hit_fold(p.payload)) for p in res.points]
+        return [point_hit(p) for p in res.points]
 
     def points_near(self, modality, queries, threshold, kth_range, version):
         m = self._m
@@ -385,7 +378,7 @@ class QdrantStore(VectorStore):
 
     def search_two_stage(self, full, cand, candidates, limit, flt=None, version=None):
         # the Query API: a prefetch on ``cand``, rescored by the outer query on ``rel``
-        if not self._cand_keep():
+        if not self.candidate_keep():
             raise NotImplementedError("this index has no candidate vectors")
         m = self._m
 
@@ -399,9 +392,7 @@ class QdrantStore(VectorStore):
                                              filter=flt_q),
                          query=vec(full), using="rel", limit=limit, query_filter=flt_q,
                          with_payload=True)
-        return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
-                    user_payload(p.payload), fold=hit_fold(p.payload))
-                for p in res.points if p.score > 0]
+        return [point_hit(p) for p in res.points if p.score > 0]
 
     def scroll_items(self, batch: int = 256, version: int | None = None,
                      id_range=None) -> Iterator[list[ItemRecord]]:

@@ -40,12 +40,11 @@ from connectors.base import (
 )
 from connectors.qdrant_layout import (
     BOOL_TWIN,
-    hit_fold,
     item_payload,
     item_record,
     payload_key,
+    point_hit,
     stored_rel,
-    user_payload,
 )
 
 _BATCH = 256  # points per update operation
@@ -133,7 +132,6 @@ class QdrantEdgeStore(VectorStore):
         self.sparse_datatype = sparse_datatype
         self.optimize_every = optimize_every or self.OPTIMIZE_EVERY
         self._written = 0  # items written since the last optimize
-        self._keep: int | None = None  # entries per candidate vector (0: none); from manifest
         self._shards: dict[str, Any] = {}
         self._gate = _Gate()
         self._lock = threading.RLock()  # opening and closing shards
@@ -257,7 +255,7 @@ class QdrantEdgeStore(VectorStore):
              "asif_to": "Integer", "asif_kth": "Float"})
         manifest.extra["sparse_datatype"] = self.sparse_datatype
         self.write_manifest(manifest)
-        self._keep = None
+        self._candidate_keep = None
 
     def drop(self) -> None:
         with self._lock:
@@ -376,16 +374,11 @@ class QdrantEdgeStore(VectorStore):
         payload = item_payload(it)
         vectors = {f"emb_{it.modality}": it.embedding.tolist(),
                    "rel": q.SparseVector(*stored_rel(it))}
-        keep = self._cand_keep()
+        keep = self.candidate_keep()
         if keep:
             ci, cv = candidate_entries(it.sparse_indices, it.sparse_values, keep)
             vectors["cand"] = q.SparseVector(ci.tolist(), np.asarray(cv, np.float32).tolist())
         return q.Point(it.id, vectors, payload)
-
-    def _cand_keep(self) -> int | None:
-        if self._keep is None:
-            self._keep = two_stage_keep(self.read_manifest()) or 0
-        return self._keep or None
 
     def upsert_items(self, items: list[ItemRecord]) -> None:
         q = self._q
@@ -481,9 +474,7 @@ class QdrantEdgeStore(VectorStore):
         res = self._on(self.items, "search", "query", q.QueryRequest(
             limit=int(limit), query=q.Query.Nearest(vec, using="rel"),
             filter=self._filter(flt, version), with_payload=True))
-        return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
-                    user_payload(p.payload), fold=hit_fold(p.payload))
-                for p in res if p.score > 0]
+        return [point_hit(p) for p in res if p.score > 0]
 
     def points_near(self, modality, queries, threshold, kth_range, version):
         q = self._q
@@ -526,7 +517,7 @@ class QdrantEdgeStore(VectorStore):
     def search_two_stage(self, full, cand, candidates, limit, flt=None, version=None):
         # Qdrant's query planner: the prefetch finds the candidates on ``cand``, the outer
         # query rescores only those with the full vector ``rel`` (including the fold entry)
-        if not self._cand_keep():
+        if not self.candidate_keep():
             raise NotImplementedError("this index has no candidate vectors")
         q = self._q
         flt_q = self._filter(flt, version)
@@ -540,9 +531,7 @@ class QdrantEdgeStore(VectorStore):
             prefetches=[q.Prefetch(int(candidates), query=q.Query.Nearest(vec(cand), using="cand"),
                                    filter=flt_q)],
             filter=flt_q, with_payload=True))
-        return [Hit(p.payload["asif_item"], float(p.score), p.payload["asif_modality"],
-                    user_payload(p.payload), fold=hit_fold(p.payload))
-                for p in res if p.score > 0]
+        return [point_hit(p) for p in res if p.score > 0]
 
     def scroll_items(self, batch: int = 256, version: int | None = None,
                      id_range=None) -> Iterator[list[ItemRecord]]:

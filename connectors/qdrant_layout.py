@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from asif_index.methods.qbnorm_fold import split_fold, with_fold
-from connectors.base import ItemRecord
+from connectors.base import Hit, ItemRecord
 
 RESERVED = {"asif_modality", "asif_kth", "asif_item", "asif_from", "asif_to", "asif_fold"}
 RESERVED_PREFIX = "asif_"
@@ -44,9 +44,12 @@ def stored_rel(it: ItemRecord) -> tuple[list[int], list[float]]:
     return np.asarray(idx).tolist(), np.asarray(val, np.float32).tolist()
 
 
-def hit_fold(payload: dict[str, Any]) -> float | None:
-    f = payload.get("asif_fold")
-    return None if f is None else float(f)
+def point_hit(point) -> Hit:
+    """A Hit from a scored point of either client (its payload carries the reserved fields)."""
+    pl = point.payload
+    f = pl.get("asif_fold")
+    return Hit(pl["asif_item"], float(point.score), pl["asif_modality"], user_payload(pl),
+               fold=None if f is None else float(f))
 
 
 def user_payload(payload: dict[str, Any]) -> dict[str, Any]:
