@@ -17,6 +17,16 @@ def positive_int(text: str) -> int:
     return v
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed: give a number >= 0")
+    return v
+
+
 def positive_ints(text: str) -> list[int]:
     """A comma-separated list of whole numbers >= 1 (e.g. '100,500')."""
     parts = [x.strip() for x in text.split(",") if x.strip()]

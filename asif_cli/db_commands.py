@@ -6,7 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from asif_cli.args import (anchor_ids, kp_options, open_unit_float, positive_float, positive_int,
+from asif_cli.args import (anchor_ids, kp_options, non_negative_int, open_unit_float,
+                           positive_float, positive_int,
                            qbnorm_choice, query_keep, query_lines)
 from asif_cli.output import hit_dict, print_explanation, print_hits, print_prediction
 
@@ -27,6 +28,10 @@ def _open(args, create: bool = False):
 
     s = _settings(args)
     recipe = _recipe(args) if create else None  # a bad --recipe fails before any work
+    if create:
+        from connectors.schema import parse_field_specs
+
+        fields = parse_field_specs(getattr(args, "field", None))  # and a bad --field
     store = open_store(s, must_exist=not create)
     if not create:
         from connectors.readonly import live_manifest
@@ -37,7 +42,7 @@ def _open(args, create: bool = False):
         keep = getattr(args, "candidate_keep", None)
         return Index.create(store, img, txt, k=s.k, p=s.p, recreate=args.recreate,
                             recipe=recipe, raw_dtype=getattr(args, "raw_dtype", None) or "float32",
-                            **({} if keep is None else {"candidate_keep": keep}))
+                            fields=fields, **({} if keep is None else {"candidate_keep": keep}))
     idx = Index.open(store, img, txt, cache_dir=str(s.cache_dir))
     idx.query_keep = s.query_keep
     return idx
@@ -51,6 +56,18 @@ def _recipe(args):
     from asif_index.recipe import Recipe
 
     return Recipe.parse(text)
+
+
+def _open_maintenance(args):
+    """The live index without encoders: what deletes and anchor updates need (they read the
+    stored raw embeddings, never an input), so they start without loading the models."""
+    from connectors import open_store
+    from connectors.index import Index
+
+    s = _settings(args)
+    idx = Index.open_writer(open_store(s, must_exist=True), cache_dir=str(s.cache_dir))
+    idx.query_keep = s.query_keep
+    return idx
 
 
 def _open_readonly(args):
@@ -115,18 +132,33 @@ def _source(args):
 
     # Tables, folders and text files are read up front (paths and captions, not pixels), so
     # progress bars know their total; WebDataset shards stream.
+    from asif_index.errors import ConfigError
+
+    sidecar = getattr(args, "metadata", None)
+    if sidecar and not getattr(args, "folder", None):
+        raise ConfigError("--metadata (a per-file sidecar) goes with --folder; a captions "
+                          "table's own columns are its metadata")
     if getattr(args, "captions", None):
+        # anchors keep no metadata (their parser has no --columns)
+        cols = getattr(args, "columns", "") if hasattr(args, "columns") else ""
+        cols = None if cols is None else [c.strip() for c in cols.split(",") if c.strip()]
         return list(read_captions_table(args.captions, args.images, args.image_column,
-                                        args.caption_column, args.split)), args.captions
+                                        args.caption_column, args.split, cols)), args.captions
     if getattr(args, "folder", None):
-        return list(read_image_folder(args.folder, follow_symlinks=getattr(
-            args, "follow_symlinks", False))), args.folder
+        items = list(read_image_folder(args.folder, follow_symlinks=getattr(
+            args, "follow_symlinks", False)))
+        if sidecar:
+            from connectors.pipeline.metadata import read_sidecar, with_sidecar
+
+            items, unused = with_sidecar(items, read_sidecar(sidecar), args.folder)
+            if unused:
+                print(f"warning: {len(unused)} --metadata entries match no image in "
+                      f"{args.folder} (first: {unused[0]!r})", file=sys.stderr)
+        return items, args.folder
     if getattr(args, "texts", None):
         return list(read_texts(args.texts, args.text_column)), args.texts
     if getattr(args, "webdataset", None):
         return read_webdataset(args.webdataset), ",".join(args.webdataset)
-    from asif_index.errors import ConfigError
-
     raise ConfigError("give a source: --captions TABLE [--images DIR], --folder DIR, "
                       "--texts FILE or --webdataset SHARD...")
 
@@ -172,7 +204,7 @@ def cmd_anchors_remove(args) -> int:
 
     import numpy as np
 
-    idx = _open(args)
+    idx = _open_maintenance(args)
     idx.anchors.rows_of(np.unique(np.asarray(args.ids, np.int64)))  # unknown ids: error first
     rp = _item_pass(args, idx)
     with tqdm(total=idx.store.count_items(version=idx.version), unit="item",
@@ -187,7 +219,7 @@ def cmd_anchors_status(args) -> int:
     from connectors.updates import status
 
     if args.resume:
-        idx = _open(args)
+        idx = _open_maintenance(args)
         r = idx.resume_update(item_pass=_item_pass(args, idx))
         print(f"resumed: version {r.version}, re-projected {r.items_touched} items")
         store, n = idx.store, len(idx.anchors)
@@ -252,16 +284,21 @@ def _classify_with_head(args) -> int:
 
 def cmd_ingest(args) -> int:
     from connectors.pipeline import ingest_items
+    from connectors.pipeline.metadata import parse_payload_args, source_name
+
+    parse_payload_args(args.payload)  # bad flags fail before the encoders load
+    source_name(args.source, "x")
 
     if args.ray is not None:
         return _ingest_on_ray(args)
+    src, name = _source(args)  # a bad table or sidecar fails before the encoders load
     idx = _open(args)
-    for name in args.tag_with or []:
-        idx.taggers[name] = idx.text_head(name)
-    src, name = _source(args)
+    for head in args.tag_with or []:
+        idx.taggers[head] = idx.text_head(head)
     _restart(args)
     s = ingest_items(idx, src, args.modality, args.batch_size, args.checkpoint, name,
-                     index_key=_settings(args).collection)
+                     index_key=_settings(args).collection, item_source=args.source,
+                     fields=parse_payload_args(args.payload))
     print(s.report())
     return 0
 
@@ -273,6 +310,7 @@ def _ingest_on_ray(args) -> int:
     from asif_index.config import describe_validation
     from asif_index.errors import ConfigError
     from connectors.distributed.ingest import RayIngestOptions, ingest_on_ray
+    from connectors.pipeline.metadata import parse_payload_args
 
     if args.tag_with:
         raise ConfigError("--tag-with runs in the single-process ingest only; drop --ray, or "
@@ -288,10 +326,12 @@ def _ingest_on_ray(args) -> int:
     s = _settings(args)
     if getattr(args, "webdataset", None):
         summary = ingest_on_ray(s, None, args.modality, opts, ",".join(args.webdataset),
-                                webdataset=args.webdataset, restart=args.restart)
+                                webdataset=args.webdataset, restart=args.restart,
+                                item_source=args.source, fields=parse_payload_args(args.payload))
     else:
         src, name = _source(args)
-        summary = ingest_on_ray(s, src, args.modality, opts, name, restart=args.restart)
+        summary = ingest_on_ray(s, src, args.modality, opts, name, restart=args.restart,
+                                item_source=args.source, fields=parse_payload_args(args.payload))
     print(summary.report())
     return 0
 
@@ -337,19 +377,19 @@ def cmd_search(args) -> int:
     if args.queries:  # one process, many queries: one JSON line per query
         for line in query_lines(args.queries):
             hits = idx.search(text=line, limit=args.limit, filter=flt, qbnorm=qb,
-                              query_keep=keep, exact=args.exact, candidates=args.candidates)
+                              query_keep=keep, exact=args.exact, candidates=args.candidates,
+                              offset=args.offset)
             print(json.dumps({"query": line, "hits": [hit_dict(h) for h in hits]}))
         return 0
     if args.item:
-        q, v = idx.item_vector(args.item)
-        print_hits(idx.search_vectors(q, args.limit, flt, keep, version=v, exact=args.exact,
-                                      candidates=args.candidates)[0], args.json,
-                   f"item {args.item}")
+        res = idx.similar(args.item, args.limit, flt, keep, exact=args.exact,
+                          candidates=args.candidates, offset=args.offset)
+        print_hits(res.hits, args.json, f"item {args.item}")
         return 0
     w = DEFAULT_IMAGE_WEIGHT if args.image_weight is None else args.image_weight
     res = idx.search_result(text=args.text, image=args.image, limit=args.limit, filter=flt,
                             image_weight=w, qbnorm=qb, query_keep=keep, exact=args.exact,
-                            candidates=args.candidates)
+                            candidates=args.candidates, offset=args.offset)
     what = (f"image {args.image} (weight {w:g}) + {args.text!r}" if args.text and args.image
             else repr(args.text) if args.text else f"image {args.image}")
     print_hits(res.hits, args.json, what, res.qbnorm)
@@ -440,7 +480,7 @@ def cmd_items_delete(args) -> int:
         raise ConfigError("say which items: --ids ID,ID (as 'search' prints them) or --filter "
                           "field=value")
     flt = _filter(args.filter)  # a malformed filter fails before the database is opened
-    idx = _open(args)
+    idx = _open_maintenance(args)
     ids = [x.strip() for x in (args.ids or "").split(",") if x.strip()]
     n = idx.delete_items(ids, flt)
     print(f"deleted {n} items (anchor version {idx.version}); "
@@ -590,6 +630,10 @@ def register(sub, common) -> None:
                    help="how raw embeddings are stored (read only by anchor updates): "
                         "float16 halves them, and items are projected from the rounded "
                         "embedding so updates stay exact (default float32)")
+    p.add_argument("--field", action="append", metavar="NAME:TYPE",
+                   help="declare a payload field (repeatable): keyword, integer, float or "
+                   "bool; indexed on Qdrant, and every write is type-checked against it: "
+                   "--field album:keyword --field year:integer ('source' is always declared)")
     p.add_argument("--recreate", action="store_true", help="replace an existing index")
     p.set_defaults(func=cmd_init)
 
@@ -640,6 +684,16 @@ def register(sub, common) -> None:
                    help="what to embed from each source item (default image)")
     p.add_argument("--batch-size", type=positive_int,
                    help="items per database write (default: 128 Qdrant, 512 Milvus)")
+    p.add_argument("--source", metavar="NAME", help="the 'source' field of every item "
+                   "(default: the input's file or folder name); items delete --filter "
+                   "source=NAME removes the run")
+    p.add_argument("--payload", action="append", metavar="KEY=VALUE",
+                   help="a field on every item (repeatable; numbers and true/false typed): "
+                   "--payload album=alps --payload year=2024")
+    p.add_argument("--metadata", metavar="FILE", help="with --folder: per-image fields, a "
+                   "JSON object {file: {field: value}} or a table with a 'file' column")
+    p.add_argument("--columns", metavar="A,B", help="with --captions: the table columns to "
+                   "keep as fields (default: all but image, caption, split)")
     p.add_argument("--tag-with", action="append", metavar="HEAD",
                    help="label every item with this text-trained head: payload fields "
                    "tag_HEAD and tag_HEAD_p, filterable (repeatable)")
@@ -686,7 +740,10 @@ def register(sub, common) -> None:
     p.add_argument("--queries", help="text file, one query per line: results as JSON lines, "
                    "in one process")
     p.add_argument("--limit", type=positive_int, default=10,
-                   help="results per query (default 10)")
+                   help="results per query (default 10, at most 1000)")
+    p.add_argument("--offset", type=non_negative_int, default=0, metavar="N",
+                   help="skip the first N results: the next page (ties ordered by item id, "
+                   "so pages neither skip nor repeat a hit; offset + limit <= 10000)")
     p.add_argument("--filter", action="append", help="a condition, ANDed (repeatable): "
                    "field=value, field!=value, 'year>=2010' (> >= < <=), 'album in [a,b]', "
                    "'album not in [a,b]', 'field exists', or a JSON filter ({\"or\": [...]}); "

@@ -85,7 +85,8 @@ def search(args, flt, qb: float | bool | None = None) -> int:
     keep = args.query_keep
     body = {"limit": args.limit, "filter": filters.to_json(flt) or {}, "query_keep": keep,
             "exact": bool(getattr(args, "exact", False)),
-            "candidates": getattr(args, "candidates", None)}
+            "candidates": getattr(args, "candidates", None),
+            "offset": getattr(args, "offset", 0)}
     if qb is not None and not args.item:
         body["qbnorm"] = qb
 
@@ -109,7 +110,7 @@ def search(args, flt, qb: float | bool | None = None) -> int:
         path = Path(args.image)
         if not path.is_file():
             raise ConfigError(f"query image '{path}' (--image) does not exist")
-        data = {"limit": str(args.limit)}
+        data = {"limit": str(args.limit), "offset": str(getattr(args, "offset", 0))}
         if args.text:  # a composed query
             data["text"] = args.text
             if args.image_weight is not None:

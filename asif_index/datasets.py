@@ -30,7 +30,7 @@ class CaptionRow:
     image: Path
     caption: str
     split: str = ""
-    extra: tuple = ()
+    extra: tuple = ()  # (column, value) of the table's other columns, in column order
     error: str = ""  # why this row is unusable (bad encoding, malformed line); "" when fine
 
 
@@ -192,7 +192,10 @@ def read_captions(
                 f"be text; got {type(cap).__name__} and {type(img).__name__}")))
             continue
         split = str(r.get(split_column, "") or "") if split_column else ""
-        out.append(CaptionRow(base / str(img), str(cap), split))
+        # the table's other columns: the user's metadata (connectors.pipeline.metadata)
+        extra = tuple((k, v) for k, v in r.items()
+                      if k not in (image_column, caption_column, split_column))
+        out.append(CaptionRow(base / str(img), str(cap), split, extra))
     return out
 
 

@@ -92,9 +92,12 @@ def project_records(anchors: AnchorSet, embeddings: np.ndarray, modality: str,
         for r, lb, pr in zip(recs, labels, probs):
             r.payload = {**r.payload, f"tag_{name}": lb,
                          f"tag_{name}_p": round(float(pr.max()), 4)}
+    from connectors.schema import declared, type_problem
+
+    fields = declared(anchors.manifest)
     errors, kept = [], []
     for key, r in zip(keys, recs):
-        problem = item_payload_problem(r.payload)
+        problem = item_payload_problem(r.payload) or type_problem(r.payload, fields)
         if problem:
             errors.append(InputError(f"{modality} item '{key}': {problem}", key))
         elif r.sparse_indices.size == 0:
@@ -209,15 +212,19 @@ class Index:
     def create(cls, store: VectorStore, image_encoder: Encoder, text_encoder: Encoder,
                k: int = 800, p: float = 8.0, recreate: bool = False, recipe=None,
                candidate_keep: int | None = DEFAULT_ITEM_KEEP, raw_dtype: str = "float32",
-               **engine_options) -> "Index":
+               fields: dict[str, str] | None = None, **engine_options) -> "Index":
         """A new, empty index. recipe: an ``asif_index.recipe.Recipe`` (default
         :data:`asif_index.recipe.DEFAULT`, ``tuned``; ``PUBLISHED`` is the paper's); its
         statistics are frozen from the first anchors added. candidate_keep: entries of each
         item's candidate vector for two-stage search (None or 0: none, every search is one
         exact stage). raw_dtype: how the raw embeddings (read only by anchor updates) are
         stored: "float32", or "float16" (half the bytes; items are projected from the
-        rounded embedding, so updates stay exact; Qdrant stores it as float16)."""
+        rounded embedding, so updates stay exact; Qdrant stores it as float16). fields:
+        declared payload fields {name: keyword | integer | float | bool}
+        (:mod:`connectors.schema`): indexed on Qdrant, type-checked on every write."""
         import uuid
+
+        from connectors.schema import SCHEMA_KEY, check_fields
 
         from asif_index.recipe import DEFAULT as DEFAULT_RECIPE
 
@@ -238,6 +245,7 @@ class Index:
                                   f"from 1 to 4096, or 0 for no candidate vectors; got "
                                   f"{candidate_keep!r}")
             man.extra[TWO_STAGE_KEY] = {"item_keep": int(candidate_keep)}
+        man.extra[SCHEMA_KEY] = check_fields(fields)
         store.create(man, recreate=recreate)
         return cls(store, AnchorSet(man), image_encoder, text_encoder, **engine_options)
 
@@ -384,6 +392,13 @@ class Index:
         records = list({r.item: r for r in records}.values())
         if not records:
             return 0, 0
+        from connectors.schema import declared, type_problem
+
+        fields = declared(self.anchors.manifest)
+        for r in records:  # refused before any of the batch is written
+            problem = type_problem(r.payload, fields) if fields else None
+            if problem:
+                raise InputError(f"item '{r.item}': {problem}", r.item)
         projected = {r.valid_from for r in records}
         if len(projected) != 1:
             raise InputError(f"records of one write must share their anchor version; got "
@@ -511,9 +526,11 @@ class Index:
                filter: Filter | None = None, image_weight: float = DEFAULT_IMAGE_WEIGHT,
                qbnorm: float | bool | None = None,
                query_keep: int | Literal["all"] | None = None, exact: bool = False,
-               candidates: int | None = None) -> list[Hit]:
+               candidates: int | None = None, offset: int = 0) -> list[Hit]:
         """Items (either modality, narrowed by ``filter``) ranked for a text query, an image
-        query, or both composed (``image_weight``: the image's share).
+        query, or both composed (``image_weight``: the image's share); hits ``offset`` ..
+        ``offset + limit`` of the order (score desc, item id asc), so successive pages
+        neither skip nor repeat a hit (offset + limit <= 10,000).
 
         qbnorm: query-bank normalisation (:mod:`asif_index.methods.qbnorm`) of the database's
         top 100, discounting items near every query.
@@ -532,16 +549,43 @@ class Index:
         :meth:`search_result` also says which anchor version answered and whether the
         ranking was normalised. exact / candidates: as :meth:`search_vectors`'s."""
         return self.search_result(text, image, limit, filter, image_weight, qbnorm,
-                                  query_keep, exact, candidates).hits
+                                  query_keep, exact, candidates, offset).hits
 
     def search_result(self, text: str | None = None, image: Any = None, limit: int = 10,
                       filter: Filter | None = None,
                       image_weight: float = DEFAULT_IMAGE_WEIGHT,
                       qbnorm: float | bool | None = None,
                       query_keep: int | Literal["all"] | None = None, exact: bool = False,
-                      candidates: int | None = None) -> "SearchResult":
+                      candidates: int | None = None, offset: int = 0) -> "SearchResult":
         """:meth:`search`'s hits with the query's kind, the anchor version that answered,
         and the temperature they were normalised at (None: plain ranking)."""
+        from connectors import search_stages
+
+        limit, offset = search_stages.check_page(limit, offset)
+        search_stages.check_candidates(candidates, limit)
+        return search_stages.paged(
+            lambda n: self._ranked(text, image, n, filter, image_weight, qbnorm, query_keep,
+                                   exact, candidates if candidates is None
+                                   else max(candidates, n)), limit, offset)
+
+    def similar(self, item: str, limit: int = 10, filter: Filter | None = None,
+                query_keep: int | Literal["all"] | None = None, exact: bool = False,
+                candidates: int | None = None, offset: int = 0) -> "SearchResult":
+        """Items like a stored one ("more like this": its stored vector as the query, on the
+        anchor version it was projected at), paged as :meth:`search` is."""
+        from connectors import search_stages
+
+        limit, offset = search_stages.check_page(limit, offset)
+        search_stages.check_candidates(candidates, limit)
+        q, v = self.item_vector(item)
+        return search_stages.paged(
+            lambda n: SearchResult(self.search_vectors(
+                q, n, filter, query_keep, version=v, exact=exact,
+                candidates=candidates if candidates is None else max(candidates, n))[0],
+                "item", v, None), limit, offset)
+
+    def _ranked(self, text, image, limit, filter, image_weight, qbnorm, query_keep, exact,
+                candidates) -> "SearchResult":
         from asif_index.methods.qbnorm import DEFAULT_TEMPERATURE, check_temperature
 
         explicit = qbnorm is not None and qbnorm is not False

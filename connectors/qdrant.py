@@ -49,6 +49,15 @@ def _doc_id(key: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"asif-doc:{key}"))
 
 
+def _field_indexes(manifest, m) -> list:
+    """(field, schema) of the declared fields' payload indexes."""
+    from connectors.schema import declared
+
+    kinds = {"keyword": m.PayloadSchemaType.KEYWORD, "integer": m.PayloadSchemaType.INTEGER,
+             "float": m.PayloadSchemaType.FLOAT, "bool": m.PayloadSchemaType.BOOL}
+    return [(k, kinds[t]) for k, t in declared(manifest).items()]
+
+
 class QdrantStore(VectorStore):
     """``NAME_items`` points hold ``rel`` (sparse, dot product) and ``emb_<modality>``
     (dense); payload carries the item id, validity range, modality, k-th similarity."""
@@ -156,7 +165,8 @@ class QdrantStore(VectorStore):
                                 ("asif_item", m.PayloadSchemaType.KEYWORD),
                                 ("asif_from", m.PayloadSchemaType.INTEGER),
                                 ("asif_to", m.PayloadSchemaType.INTEGER),
-                                ("asif_kth", m.PayloadSchemaType.FLOAT)):
+                                ("asif_kth", m.PayloadSchemaType.FLOAT),
+                                *_field_indexes(manifest, m)):
                 self._call("index", self.client.create_payload_index, self.items,
                            field_name=field, field_schema=kind)
         self.write_manifest(manifest)

@@ -57,6 +57,16 @@ MIN_FREE_BYTES = 256 * 2**20
 SPARSE_DATATYPES = ("float32", "float16", "uint8")
 
 
+def _field_indexes(manifest) -> dict[str, str]:
+    """Payload indexes of the declared fields (a bool's filters match its keyword twin)."""
+    from connectors.qdrant_layout import BOOL_TWIN
+    from connectors.schema import QDRANT_KIND, declared
+
+    return {(f"{BOOL_TWIN}{k}" if t == "bool" else k): ("Keyword" if t == "bool"
+                                                        else QDRANT_KIND[t])
+            for k, t in declared(manifest).items()}
+
+
 def _doc_id(key: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"asif-doc:{key}"))
 
@@ -252,7 +262,7 @@ class QdrantEdgeStore(VectorStore):
                                                                  memory=q.Memory.Cached)}
                                if two_stage_keep(manifest) else {})}),
             {"asif_item": "Keyword", "asif_modality": "Keyword", "asif_from": "Integer",
-             "asif_to": "Integer", "asif_kth": "Float"})
+             "asif_to": "Integer", "asif_kth": "Float", **_field_indexes(manifest)})
         manifest.extra["sparse_datatype"] = self.sparse_datatype
         self.write_manifest(manifest)
         self._candidate_keep = None

@@ -13,7 +13,7 @@ same-modality item reaches the top, the plain ranking is returned instead.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -77,6 +77,46 @@ def ranked(index: "Index", indices: np.ndarray, values: np.ndarray, limit: int,
 if TYPE_CHECKING:
     from connectors.index import Index, SearchResult
 
+# Paging: a page is a slice of one deterministic order, (score desc, item id asc), so pages
+# neither skip nor repeat a hit even where the engine breaks ties differently per call.
+MAX_DEPTH = 10_000  # offset + limit; past it a filter narrows better than paging does
+MAX_LIMIT = 1000
+
+
+def check_page(limit: Any, offset: Any) -> tuple[int, int]:
+    """(limit, offset), or a one-line error naming the bad one."""
+    for name, v, lo in (("limit", limit, 1), ("offset", offset, 0)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ConfigError(f"{name} (--{name}) must be a whole number >= {lo}; got {v!r}")
+    if limit > MAX_LIMIT:
+        raise ConfigError(f"limit (--limit) is at most {MAX_LIMIT}; got {limit} (page with "
+                          "--offset)")
+    if offset + limit > MAX_DEPTH:
+        raise ConfigError(f"offset + limit is at most {MAX_DEPTH}; got {offset} + {limit} "
+                          "(narrow the search with a filter instead)")
+    return int(limit), int(offset)
+
+
+def paged(fetch: Callable[[int], "SearchResult"], limit: int, offset: int) -> "SearchResult":
+    """Hits ``offset`` .. ``offset + limit`` of the order (score desc, id asc).
+
+    ``fetch(n)``: the search's top ``n``. One hit past the page is fetched; where it ties the
+    page's last score, the tie group may reach past what was fetched, so the fetch doubles
+    until the last fetched hit scores strictly lower (or the results run out)."""
+    from dataclasses import replace
+
+    end = offset + limit
+    want = end + 1
+    while True:
+        res = fetch(min(want, MAX_DEPTH + 1))
+        hits = res.hits
+        if len(hits) < want or want > MAX_DEPTH or len(hits) < end \
+                or hits[-1].score < min(h.score for h in hits[:end]):
+            break
+        want *= 2
+    order = sorted(hits, key=lambda h: (-h.score, h.id))
+    return replace(res, hits=order[offset:end])
+
 
 def normalised(index: "Index", anchors: AnchorSet, q: SparseBatch, modality: str, limit: int,
                flt: Filter | None, query_keep: Any, version: int, temperature: float,
@@ -132,4 +172,4 @@ def reranked(index: "Index", anchors: AnchorSet, q: SparseBatch, modality: str, 
                         modality, version, float(temperature))
 
 
-__all__ = ["candidate_count", "check_candidates", "normalised", "ranked", "reranked", "unfold"]
+__all__ = ["candidate_count", "check_candidates", "check_page", "paged", "normalised", "ranked", "reranked", "unfold"]

@@ -280,3 +280,38 @@ def test_serve_resumes_a_job_killed_with_the_server(pairs, tmp_path, capsys):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert "resuming 1 unfinished job" in out
+
+
+def test_maintenance_commands_load_no_encoder(pairs, tmp_path):
+    """items delete, anchors remove and anchors status --resume read stored raw embeddings
+    only: a fresh process running them never imports the encoders' modules (nor their
+    weights), so they start in about the time of the database's own open."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("qdrant_edge")
+    a = ["--backend", "qdrant", "--path", str(tmp_path / "q"), "--name", "m",
+         "--cache-dir", str(tmp_path / "cache")]
+    assert main(["init", "--k", "6"] + a) == 0
+    assert main(["anchors", "add", "--captions", str(pairs / "half.tsv"), "--images",
+                 str(pairs / "img")] + a) == 0
+    assert main(["ingest", "--captions", str(pairs / "pairs.tsv"), "--images",
+                 str(pairs / "img"), "--source", "first"] + a) == 0
+    from connectors import close_embedded
+
+    close_embedded()  # the subprocesses open the folder themselves
+    probe = ("import json, sys, time\n"
+             "t = time.perf_counter()\n"
+             "from asif_cli.main import main\n"
+             "rc = main(sys.argv[1:])\n"
+             "print(json.dumps({'rc': rc, 's': time.perf_counter() - t, 'encoders': sorted("
+             "m for m in sys.modules if m.startswith(('asif_index.encoders.image', "
+             "'asif_index.encoders.text', 'safetensors', 'tokenizers', 'transformers')))}))\n")
+    for cmd in (["anchors", "remove", "--ids", "1"], ["anchors", "status", "--resume"],
+                ["items", "delete", "--filter", "source=first"]):
+        out = subprocess.run([sys.executable, "-c", probe, *cmd, *a], capture_output=True,
+                             text=True, timeout=300)
+        doc = json.loads(out.stdout.strip().splitlines()[-1])
+        assert doc["rc"] == 0 and doc["encoders"] == [], (cmd, doc, out.stderr[-2000:])
+        if cmd[0] == "items":
+            assert "deleted 15 items" in out.stdout, out.stdout

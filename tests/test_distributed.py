@@ -110,7 +110,8 @@ def _reference(encoders, root, modality, src):
 
     idx = Index.create(MemoryStore("ref"), *encoders, k=20, p=8.0)
     ingest_anchors(idx, source(root)[:48:2], batch_size=12, progress=False)
-    ingest_items(idx, src, modality, batch_size=16, progress=False)
+    # the runs compared with it record the same ``source`` on every item
+    ingest_items(idx, src, modality, batch_size=16, progress=False, item_source="test")
     return {r.id: r for batch in idx.store.scroll_items() for r in batch}
 
 
@@ -145,7 +146,8 @@ def test_distributed_ingest_equals_single_process(local_ray, pictures, encoders,
     src = source(pictures, 40) + source(pictures)[-2:]  # 40 drawings, the corrupt, the missing
     want = reference(encoders, pictures, "both", src)
     s = ingest_on_ray(settings, src, "both", RayIngestOptions(batch_size=8, writers=None),
-                      source_name="pictures", progress=False)
+                      source_name="pictures", progress=False,
+                      item_source="test")
     assert s.source_items == 42 and s.ingested == 40 + 42 and s.updated == 0, s.report()
     assert sorted(k.split("|")[0] for k, _ in s.skipped) == ["corrupt.png", "missing.png"]
     assert any("cannot be decoded" in r for _, r in s.skipped)
@@ -176,7 +178,8 @@ def test_webdataset_shards_read_on_workers(local_ray, tmp_path, pictures, encode
     settings = settings_for("qdrant-embedded", tmp_path)
     build_index(settings, encoders, pictures)
     s = ingest_on_ray(settings, None, "both", RayIngestOptions(batch_size=4),
-                      source_name="wds", webdataset=[str(x) for x in shards], progress=False)
+                      source_name="wds", webdataset=[str(x) for x in shards], progress=False,
+                      item_source="test")
     # 12 photos and 14 captions (a broken image's caption is still a text item)
     assert s.ingested == 12 + 14 and len(s.skipped) == 2, s.report()
     assert_same(stored(settings), reference(encoders, pictures, "both",
@@ -217,7 +220,8 @@ from connectors.pipeline import read_captions_table
 ray.init(address={address!r}, log_to_driver=False, configure_logging=False)
 src = list(read_captions_table({table!r}, {images!r}))[:80]
 ingest_on_ray(AsifSettings(**{settings!r}), src, "image", RayIngestOptions(batch_size=4),
-              source_name="pictures", progress=False)
+              source_name="pictures", progress=False,
+                      item_source="test")
 """
 
 
@@ -262,7 +266,7 @@ def test_killed_driver_resumes_and_a_killed_worker_loses_nothing(local_ray, tmp_
     # another block size on the rerun: the checkpoint is keyed by item, not by block
     run = threading.Thread(target=lambda: result.update(s=ingest_on_ray(
         settings, src, "image", RayIngestOptions(batch_size=3), source_name="pictures",
-        progress=False)))
+        progress=False, item_source="test")))
     run.start()
     while run.is_alive() and time.time() < deadline and not killed:
         if {f.name for f in ck.glob("*.parquet")} - done:  # the rerun's blocks are landing

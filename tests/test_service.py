@@ -351,6 +351,31 @@ def test_rebuild_job_switches_the_service_to_the_new_index(jobbed):
     assert client.delete(f"/items/{hits[0]['id']}", headers=h(ADMIN)).status_code == 404
 
 
+def test_ingest_job_records_source_fields_and_pages(jobbed):
+    """A job's ``source`` and ``payload`` land on every item; ``offset`` pages /search."""
+    client, idx, root, app = jobbed
+    r = client.post("/jobs/ingest", json={"captions": "pairs.tsv", "images": "img",
+                                          "source": "batch-7", "payload": {"year": 2024}},
+                    headers=h(ADMIN))
+    assert wait_job(client, r.json()["id"])["state"] == "done"
+    body = {"text": "a photo", "modality": "image", "limit": 4,
+            "filter": {"source": "batch-7", "year": {"gte": 2024}}}
+    pages = [client.post("/search", json={**body, "offset": o}, headers=h()).json()["hits"]
+             for o in (0, 4, 8)]
+    ids = [x["id"] for p in pages for x in p]
+    assert len(ids) == 10 == len(set(ids))
+    assert all(x["payload"]["source"] == "batch-7" and x["payload"]["year"] == 2024
+               for p in pages for x in p)
+    # ConfigError is the service's 400, as for every bad option
+    for bad, code in ((("payload", {"a b": 1}), 400), (("payload", {"path": "x"}), 400),
+                      (("columns", ["nope"]), 400)):
+        r = client.post("/jobs/ingest", json={"captions": "pairs.tsv", "images": "img",
+                                              bad[0]: bad[1]}, headers=h(ADMIN))
+        assert r.status_code == code, r.text
+    r = client.post("/search", json={**body, "offset": 9999}, headers=h())
+    assert r.status_code == 422 and "10000" in r.text
+
+
 def test_jobs_refuse_bad_sources_up_front(jobbed):
     client = jobbed[0]
     for body, code in [({"captions": "../../etc/passwd"}, 403), ({"folder": "nope"}, 404),

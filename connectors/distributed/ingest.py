@@ -86,7 +86,9 @@ class ItemSource:
 
         class _Source(Datasource):
             def __init__(self, items: list[SourceItem] | None = None,
-                         shards: list[str] | None = None, block_rows: int = 256) -> None:
+                         shards: list[str] | None = None, block_rows: int = 256,
+                         fields: dict | None = None, source: str = "") -> None:
+                self.fields, self.source = dict(fields or {}), source
                 super().__init__()
                 self.items, self.shards, self.block_rows = items, shards, block_rows
 
@@ -105,7 +107,8 @@ class ItemSource:
 
                 rows = self.block_rows
                 if self.shards is not None:
-                    return [task(lambda s=s: _blocks(_shard_items(s), rows), None)
+                    fields, label = self.fields, self.source
+                    return [task(lambda s=s: _blocks(_shard_items(s, fields, label), rows), None)
                             for s in self.shards]
                 n = max(1, min(parallelism, -(-len(self.items) // rows)))
                 bounds = np.linspace(0, len(self.items), n + 1).astype(int)
@@ -115,10 +118,11 @@ class ItemSource:
         return _Source(*args, **kwargs)
 
 
-def _shard_items(shard: str) -> list[SourceItem]:
+def _shard_items(shard: str, fields: dict, source: str) -> list[SourceItem]:
+    from connectors.pipeline.metadata import with_fields
     from connectors.pipeline.readers import read_webdataset
 
-    return list(read_webdataset([shard]))
+    return list(with_fields(read_webdataset([shard]), fields, source))
 
 
 def _blocks(items: list[SourceItem], rows: int):
@@ -409,7 +413,8 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
                   modality: Literal["image", "text", "both"] = "image",
                   options: RayIngestOptions | None = None, source_name: str = "",
                   webdataset: list[str] | None = None, progress: bool = True,
-                  restart: bool = False) -> IngestSummary:
+                  restart: bool = False, item_source: str | None = None,
+                  fields: dict | None = None) -> IngestSummary:
     """Embed, project and write items on a Ray cluster; resumable. -> the run's summary.
 
     settings: an ``AsifSettings`` naming the database and index (every worker opens it from
@@ -437,7 +442,13 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
     if not settings.url and (opts.writers or 1) != 1:
         raise ConfigError(f"an embedded {settings.backend} database admits one writer; "
                           f"--ray-writers {opts.writers} needs a server (--url)")
-    items = None if source is None else list(source)
+    from connectors.pipeline.metadata import field_name, source_name as _source_name
+    from connectors.pipeline.metadata import with_fields
+
+    label = _source_name(item_source, source_name or "api")  # every item's ``source``
+    for k in fields or {}:
+        field_name(k, f"fields['{k}']")
+    items = None if source is None else list(with_fields(source, dict(fields or {}), label))
     if items == [] or webdataset == []:
         return IngestSummary()
     ray = connect(opts.address)
@@ -495,7 +506,7 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
     try:
         ds = ray.data.read_datasource(
             ItemSource(items=items, shards=[str(s) for s in webdataset or []] or None,
-                       block_rows=opts.batch_size),
+                       block_rows=opts.batch_size, fields=fields, source=label),
             override_num_blocks=opts.read_tasks)
         if "image" in mods:
             ds = ds.map_batches(decode_batch, batch_size=opts.batch_size, batch_format="numpy",

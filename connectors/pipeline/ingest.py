@@ -199,8 +199,13 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
                  batch_size: int | None = None, checkpoint: str | Path | None = None,
                  source_name: str = "", progress: bool = True,
                  on_batch: Callable[[IngestSummary], None] | None = None,
-                 index_key: str | None = None) -> IngestSummary:
+                 index_key: str | None = None, item_source: str | None = None,
+                 fields: dict[str, Any] | None = None) -> IngestSummary:
     """Embed, project and write items; resumable through ``checkpoint``.
+
+    Every item's payload gets ``source`` (``item_source``, else the file name of
+    ``source_name``) and the run's ``fields`` (``--payload``; an item's own metadata wins):
+    :mod:`connectors.pipeline.metadata`.
 
     The database write of a batch runs in a writer thread while the next batch is decoded,
     encoded and projected (one write in flight, so batches land in order); a batch counts
@@ -215,7 +220,15 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
     s = ck.summary
     s.resumed_at = ck.done
     total = len(source) if hasattr(source, "__len__") else None
-    it = islice(opened(source), ck.done, None)
+    from connectors.pipeline.metadata import source_name as _source_name
+    from connectors.pipeline.metadata import with_fields
+
+    from connectors.pipeline.metadata import field_name
+
+    label = _source_name(item_source, source_name or "api")
+    for k in fields or {}:
+        field_name(k, f"fields['{k}']")
+    it = with_fields(islice(opened(source), ck.done, None), dict(fields or {}), label)
     bar = _bar(progress, ck.done, total)
     t_start = time.perf_counter() - s.seconds
     pending: tuple[Future, list, list] | None = None

@@ -9,7 +9,7 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from asif_index.datasets import (
     IMAGE_EXTS,
@@ -36,18 +36,45 @@ class SourceItem:
 
 def read_captions_table(table: str | Path, images_dir: str | Path | None = None,
                         image_column: str = "image", caption_column: str = "caption",
-                        split: str | None = None) -> Iterator[SourceItem]:
+                        split: str | None = None, columns: Sequence[str] | None = None
+                        ) -> Iterator[SourceItem]:
     """Image-caption pairs from a CSV/TSV/JSONL/Parquet table beside an image folder.
-    Image references are stored absolute, so they resolve wherever the index is read."""
-    for n, r in enumerate(read_captions(table, images_dir, image_column, caption_column)):
+    Image references are stored absolute, so they resolve wherever the index is read.
+
+    The table's other columns are the items' metadata (typed, see
+    :mod:`connectors.pipeline.metadata`): all of them, or only ``columns`` (``[]``: none).
+    A column that cannot be a field name is an error before any row is used; a row whose
+    value cannot be stored is a skipped item with the reason."""
+    from connectors.pipeline.metadata import field_name, row_fields
+
+    rows = read_captions(table, images_dir, image_column, caption_column)
+    # every column any row has (JSONL rows need not share keys), in first-seen order
+    names = tuple(dict.fromkeys(k for r in rows if not r.error for k, _ in r.extra))
+    keep = list(names) if columns is None else list(columns)
+    missing = [c for c in keep if c not in names]
+    if missing and any(not r.error for r in rows):
+        raise ConfigError(f"table '{table}' has no column '{missing[0]}' (--columns); its "
+                          f"metadata columns are {list(names)}")
+    for c in keep:
+        field_name(c, f"table '{table}', column '{c}' (or choose columns with --columns)")
+    keep_set = set(keep)
+    text = Path(table).suffix.lower() in (".csv", ".tsv", ".txt")
+    for n, r in enumerate(rows):
         if r.error:
             yield SourceItem(key=f"{Path(table).name}:row{n + 1}", error=r.error)
             continue
         if split is not None and r.split != split:
             continue
         path = r.image.resolve()
-        yield SourceItem(key=f"{r.image.name}|{r.caption}", image=path, text=r.caption,
-                         payload={"path": str(path), "caption": r.caption,
+        key = f"{r.image.name}|{r.caption}"
+        try:
+            meta = row_fields([(k, v) for k, v in r.extra if k in keep_set], text,
+                              f"{table}: row {n + 1}")
+        except ValueError as exc:
+            yield SourceItem(key=key, error=str(exc))
+            continue
+        yield SourceItem(key=key, image=path, text=r.caption,
+                         payload={**meta, "path": str(path), "caption": r.caption,
                                   **({"split": r.split} if r.split else {})})
 
 

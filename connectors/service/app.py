@@ -285,16 +285,16 @@ def create_app(index, settings: ServiceSettings | None = None, *,
             raise HTTPException(422, f"limit is over {s.max_limit}")
         flt = query_filter(req.filter, req.modality)
         if req.item_id is not None:
-            q, version = idx.item_vector(req.item_id)
             # query and items on one anchor version, even while an update job lands
-            hits = idx.search_vectors(q, req.limit, flt, req.query_keep, version=version,
-                                      exact=req.exact, candidates=req.candidates)[0]
-            return SearchResponse(query="item", anchor_version=version, hits=hits_out(hits))
+            res = idx.similar(req.item_id, req.limit, flt, req.query_keep, exact=req.exact,
+                              candidates=req.candidates, offset=req.offset)
+            return SearchResponse(query="item", anchor_version=res.anchor_version,
+                                  hits=hits_out(res.hits))
         image = resolve_under(req.image_path, s.image_roots) if req.image_path else None
         return answer(idx.search_result(text=req.text, image=image, limit=req.limit,
                                         filter=flt, qbnorm=req.qbnorm,
                                         query_keep=req.query_keep, exact=req.exact,
-                                        candidates=req.candidates))
+                                        candidates=req.candidates, offset=req.offset))
 
     def answer(res) -> SearchResponse:
         return SearchResponse(query=res.query, anchor_version=res.anchor_version,
@@ -304,6 +304,7 @@ def create_app(index, settings: ServiceSettings | None = None, *,
               dependencies=[reader])
     def search_image(file: UploadFile = File(..., description="an image file"),
                      limit: int = Form(10, ge=1, le=1000),
+                     offset: int = Form(0, ge=0, le=9999),
                      modality: str | None = Form(None, pattern="^(image|text)$"),
                      text: str | None = Form(None, max_length=2000, description=(
                          "with the image: a composed query, e.g. 'at night'")),
@@ -324,7 +325,7 @@ def create_app(index, settings: ServiceSettings | None = None, *,
                                     "(or set it 'off') for a composed query")
         return answer(idx.search_result(text=text, image=data, limit=min(limit, s.max_limit),
                                         filter=query_filter({}, modality),
-                                        image_weight=image_weight, qbnorm=qb))
+                                        image_weight=image_weight, qbnorm=qb, offset=offset))
 
     @app.post("/classify", response_model=ClassifyResponse, tags=["search"],
               dependencies=[reader])
@@ -447,9 +448,16 @@ def create_app(index, settings: ServiceSettings | None = None, *,
         return page
 
     # -- jobs (admin) -------------------------------------------------------------------
-    def checked_source(req: SourceRequest) -> dict:
+    def checked_source(req: SourceRequest, metadata: bool = False) -> dict:
         params = req.model_dump(exclude_none=True)
-        source_items(params, s.image_roots, uploads)  # bad paths: 403/404 now, not in the job
+        # bad paths (403/404), columns or fields (422) fail now, not in the job
+        source_items(params, s.image_roots, uploads, metadata)
+        if metadata:
+            from connectors.pipeline.metadata import field_name, source_name
+
+            for k in params.get("payload", {}):
+                field_name(k, f"payload['{k}']")
+            source_name(params.get("source"), "x")
         return params
 
     @app.post("/uploads", response_model=Upload, tags=["jobs"], dependencies=[admin])
@@ -469,7 +477,7 @@ def create_app(index, settings: ServiceSettings | None = None, *,
               dependencies=[admin])
     def ingest_job(req: IngestJobRequest) -> Job:
         """Embed, project and store items from a source; poll ``GET /jobs/{id}``."""
-        return jobs.submit("ingest", {**checked_source(req), "modality": req.modality})
+        return jobs.submit("ingest", {**checked_source(req, True), "modality": req.modality})
 
     @app.post("/jobs/anchors/add", response_model=Job, status_code=202, tags=["jobs"],
               dependencies=[admin])

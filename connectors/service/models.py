@@ -24,6 +24,8 @@ class SearchRequest(BaseModel):
         "{op: value} with op eq, ne, in, nin, gt, gte, lt, lte, exists; and/or/not take "
         "lists of filters. Field names: letters, digits, '_' and '-'")
     limit: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=9999, description="skip this many hits: the next page "
+                        "(order: score desc, then item id; offset + limit <= 10000)")
     query_keep: int | Literal["all"] | None = Field(
         None, description="largest query entries sent to the database (default: the index's)")
     exact: bool = Field(False, description="one exact stage over every item instead of the "
@@ -139,6 +141,14 @@ class SourceRequest(BaseModel):
 
 class IngestJobRequest(SourceRequest):
     modality: Literal["image", "text", "both"] = "image"
+    source: str | None = Field(None, min_length=1, max_length=256, examples=["crawl-2026-11"],
+                               description="every item's 'source' field (default: the "
+                               "input's file or folder name); filter or delete by it")
+    payload: dict[str, Union[StrictBool, int, float, str]] = Field(
+        default_factory=dict, examples=[{"album": "alps", "year": 2024}],
+        description="fields set on every item (an item's own metadata wins)")
+    columns: list[str] | None = Field(None, description="a captions table's columns kept as "
+                                      "fields (default: all but image, caption and split)")
 
 
 class AnchorAddRequest(SourceRequest):

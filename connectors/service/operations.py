@@ -10,7 +10,8 @@ from connectors.service.images import inside, resolve_under
 from connectors.service.jobs import Job, JobManager
 
 
-def source_items(params: dict[str, Any], roots: list[Path], uploads: Path) -> list:
+def source_items(params: dict[str, Any], roots: list[Path], uploads: Path,
+                 metadata: bool = True) -> list:
     """The SourceItems a job reads: a captions table (uploaded, or a path under the roots)
     with its image folder, an image folder, or a texts file. Image rows pointing outside the
     roots are kept as skipped items with that reason, never read."""
@@ -20,7 +21,8 @@ def source_items(params: dict[str, Any], roots: list[Path], uploads: Path) -> li
     if params.get("captions"):
         table = resolve_under(params["captions"], table_roots)
         images = resolve_under(params["images"], roots, "dir") if params.get("images") else None
-        items = list(read_captions_table(table, images))
+        items = list(read_captions_table(table, images,
+                                         columns=params.get("columns") if metadata else []))
     elif params.get("folder"):
         items = list(read_image_folder(resolve_under(params["folder"], roots, "dir")))
     else:
@@ -44,7 +46,7 @@ def make_runner(holder: dict, roots: list[Path], manager_ref: list[JobManager],
         p = job.params
         manager = manager_ref[0]
         if job.kind in ("ingest", "anchors_add"):
-            items = source_items(p, roots, manager.dir / "uploads")
+            items = source_items(p, roots, manager.dir / "uploads", job.kind == "ingest")
             report(total=len(items))
             name = p.get("captions") or p.get("folder") or p.get("texts") or ""
 
@@ -54,7 +56,8 @@ def make_runner(holder: dict, roots: list[Path], manager_ref: list[JobManager],
             if job.kind == "ingest":
                 s = ingest_items(idx, items, p.get("modality", "image"),
                                  checkpoint=manager.checkpoint(job), source_name=name,
-                                 progress=False, on_batch=on_batch)
+                                 progress=False, on_batch=on_batch,
+                                 item_source=p.get("source"), fields=p.get("payload"))
             else:
                 s = ingest_anchors(idx, items, batch_size=int(p.get("batch", 4096)),
                                    checkpoint=manager.checkpoint(job), source_name=name,
