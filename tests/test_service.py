@@ -373,7 +373,7 @@ def test_ingest_job_records_source_fields_and_pages(jobbed):
                                               bad[0]: bad[1]}, headers=h(ADMIN))
         assert r.status_code == code, r.text
     r = client.post("/search", json={**body, "offset": 9999}, headers=h())
-    assert r.status_code == 422 and "10000" in r.text
+    assert r.status_code == 400 and "10000" in r.text
 
 
 def test_jobs_refuse_bad_sources_up_front(jobbed):
