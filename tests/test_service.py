@@ -376,6 +376,64 @@ def test_ingest_job_records_source_fields_and_pages(jobbed):
     assert r.status_code == 400 and "10000" in r.text
 
 
+def test_images_sent_in_a_multipart_job_are_indexed_with_their_metadata(jobbed, tmp_path):
+    """POST /jobs/ingest/images: images by content hash under the service's data root, their
+    metadata and source on the items, thumbnails served; a batch with one bad member keeps
+    nothing; the same photo sent again is the same item."""
+    import io
+
+    from PIL import Image
+
+    client, idx, root, app = jobbed
+    store = tmp_path / "jobs" / "uploads" / "images"
+
+    def png(rgb):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 40), rgb).save(buf, format="PNG")
+        return buf.getvalue()
+
+    files = [("files", (f"p{i}.png", png(c), "image/png"))
+             for i, c in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)])]
+    meta = {"p0.png": {"album": "alps", "year": 2019}, "p2.png": {"album": "beach"}}
+    r = client.post("/jobs/ingest/images", files=files,
+                    data={"metadata": json.dumps(meta), "source": "phone",
+                          "payload": json.dumps({"owner": "ann"})}, headers=h(ADMIN))
+    assert r.status_code == 202, r.text
+    j = wait_job(client, r.json()["id"])
+    assert j["state"] == "done" and j["result"]["new"] == 3, j
+    hits = client.post("/search", json={"text": "a photo", "limit": 10,
+                                        "filter": {"source": "phone"}}, headers=h()).json()["hits"]
+    by = {x["payload"]["file"]: x for x in hits}
+    assert set(by) == {"p0.png", "p1.png", "p2.png"}
+    assert by["p0.png"]["payload"]["year"] == 2019 and by["p2.png"]["payload"]["album"] == "beach"
+    assert all(x["payload"]["owner"] == "ann" for x in hits)
+    assert str(store) in by["p1.png"]["payload"]["path"]
+    th = client.get(f"/items/{by['p1.png']['id']}/thumbnail", headers=h())
+    assert th.status_code == 200 and th.headers["content-type"] == "image/jpeg"
+    kept = sorted(store.rglob("*.png"))
+    assert len(kept) == 3
+    # one undecodable file: 422 naming it, nothing stored, no job
+    n_jobs = len(client.get("/jobs", headers=h()).json())
+    bad = files[:1] + [("files", ("broken.png", b"\x89PNG not really", "image/png"))]
+    r = client.post("/jobs/ingest/images", files=bad, headers=h(ADMIN))
+    assert r.status_code == 422 and "broken.png" in r.text
+    for extra, code, needle in (({"metadata": json.dumps({"zz.png": {}})}, 400, "zz.png"),
+                                ({"metadata": "{not json"}, 400, "JSON"),
+                                ({"payload": json.dumps({"a b": 1})}, 400, "a b"),
+                                ({"payload": json.dumps({"tags": [1]})}, 400, "tags")):
+        r = client.post("/jobs/ingest/images", files=files[:1], data=extra, headers=h(ADMIN))
+        assert r.status_code == code and needle in r.text, (extra, r.text)
+    assert sorted(store.rglob("*.png")) == kept
+    assert len(client.get("/jobs", headers=h()).json()) == n_jobs
+    # the same photo again: one stored file, the same item (updated, not new)
+    j = wait_job(client, client.post("/jobs/ingest/images", files=files[:1],
+                                     headers=h(ADMIN)).json()["id"])
+    assert j["state"] == "done" and j["result"]["new"] == 0 and j["result"]["updated"] == 1, j
+    assert sorted(store.rglob("*.png")) == kept
+    assert client.post("/jobs/ingest/images", files=files[:1],
+                       headers=h(READ)).status_code == 403
+
+
 def test_jobs_refuse_bad_sources_up_front(jobbed):
     client = jobbed[0]
     for body, code in [({"captions": "../../etc/passwd"}, 403), ({"folder": "nope"}, 404),

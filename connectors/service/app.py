@@ -99,11 +99,17 @@ def create_app(index, settings: ServiceSettings | None = None, *,
     holder = {"index": index}  # a rebuild job swaps in the new index
     index.prepare()  # engines and query banks now, not in the first searches
     manager_ref: list[JobManager] = []
+    # where jobs and thumbnails may read images: the configured roots, and the service's own
+    # store of images sent to it (added once the jobs folder is known)
+    roots: list[Path] = list(s.image_roots)
     jobs = JobManager(jobs_dir or tempfile.mkdtemp(prefix="asif-jobs-"),
-                      make_runner(holder, s.image_roots, manager_ref, rebuild))
+                      make_runner(holder, roots, manager_ref, rebuild))
     manager_ref.append(jobs)
     uploads = jobs.dir / "uploads"
     uploads.mkdir(exist_ok=True)
+    image_store = (uploads / "images").resolve()
+    image_store.mkdir(exist_ok=True)
+    roots.append(image_store)
     app = fastapi.FastAPI(
         title="asif-index", version="0.1.0",
         description="Training-free multimodal search (ASIF relative vectors) on Qdrant or "
@@ -207,7 +213,7 @@ def create_app(index, settings: ServiceSettings | None = None, *,
         return idx
 
     def item_thumb(payload: dict, item_id: str) -> str | None:
-        if not s.image_roots or not payload.get("path"):
+        if not payload.get("path"):
             return None
         return f"/items/{item_id}/thumbnail"
 
@@ -425,7 +431,7 @@ def create_app(index, settings: ServiceSettings | None = None, *,
         ref = rec.payload.get("path")
         if not ref:
             raise HTTPException(404, f"item '{item_id}' has no image path")
-        return jpeg(resolve_under(str(ref), s.image_roots))
+        return jpeg(resolve_under(str(ref), roots))
 
     @app.get("/anchors/{anchor_id}/thumbnail", tags=["images"], dependencies=[reader],
              response_class=Response)
@@ -451,7 +457,7 @@ def create_app(index, settings: ServiceSettings | None = None, *,
     def checked_source(req: SourceRequest, metadata: bool = False) -> dict:
         params = req.model_dump(exclude_none=True)
         # bad paths (403/404), columns or fields (422) fail now, not in the job
-        source_items(params, s.image_roots, uploads, metadata)
+        source_items(params, roots, uploads, metadata)
         if metadata:
             from connectors.pipeline.metadata import field_name, source_name
 
@@ -478,6 +484,36 @@ def create_app(index, settings: ServiceSettings | None = None, *,
     def ingest_job(req: IngestJobRequest) -> Job:
         """Embed, project and store items from a source; poll ``GET /jobs/{id}``."""
         return jobs.submit("ingest", {**checked_source(req, True), "modality": req.modality})
+
+    @app.post("/jobs/ingest/images", response_model=Job, status_code=202, tags=["jobs"],
+              dependencies=[admin])
+    def ingest_images_job(
+            files: list[UploadFile] = File(..., description="the images (JPEG, PNG, WebP, "
+                                           "GIF, BMP, TIFF), each within the upload limit"),
+            metadata: str | None = Form(None, description="JSON: {file name: {field: "
+                                        "value}} for some or all of the files"),
+            source: str | None = Form(None, max_length=256, description="every item's "
+                                      "'source' (default 'upload')"),
+            payload: str | None = Form(None, description="JSON: fields for every item")
+            ) -> Job:
+        """Index images sent in the request: the whole batch is checked (sizes, decodable
+        images, metadata) before anything is kept, each image is stored once by content
+        hash under the service's data root, then an ingest job runs as for a folder."""
+        from connectors.pipeline.metadata import source_name
+        from connectors.service.image_uploads import (MAX_FILES, parse_metadata,
+                                                      parse_payload, store_batch)
+
+        if len(files) > MAX_FILES:
+            raise HTTPException(413, f"a batch holds at most {MAX_FILES} images; got "
+                                     f"{len(files)}")
+        sent = [(Path(f.filename or f"file{i}").name, read_upload(f))
+                for i, f in enumerate(files)]
+        meta = parse_metadata(metadata, [n for n, _ in sent])
+        fields = parse_payload(payload)
+        label = source_name(source, "upload")
+        handle = store_batch(sent, meta, image_store, uploads / "batches")
+        return jobs.submit("ingest", {"batch": handle, "modality": "image", "source": label,
+                                      "payload": fields})
 
     @app.post("/jobs/anchors/add", response_model=Job, status_code=202, tags=["jobs"],
               dependencies=[admin])
