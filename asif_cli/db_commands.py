@@ -286,13 +286,23 @@ def cmd_ingest(args) -> int:
     from connectors.pipeline import ingest_items
     from connectors.pipeline.metadata import parse_payload_args, source_name
 
+    from connectors.image_roots import parse_root_specs, register, relativise
+
     parse_payload_args(args.payload)  # bad flags fail before the encoders load
     source_name(args.source, "x")
+    roots = parse_root_specs(args.image_root)
+    if roots and args.ray is not None:
+        from asif_index.errors import ConfigError
+
+        raise ConfigError("--image-root runs in the single-process ingest only; drop --ray")
 
     if args.ray is not None:
         return _ingest_on_ray(args)
     src, name = _source(args)  # a bad table or sidecar fails before the encoders load
+    if roots:
+        src = relativise(src if isinstance(src, list) else list(src), roots)
     idx = _open(args)
+    register(idx.store, roots)
     for head in args.tag_with or []:
         idx.taggers[head] = idx.text_head(head)
     _restart(args)
@@ -515,6 +525,15 @@ def cmd_index_drop(args) -> int:
     return 0
 
 
+def cmd_index_relocate(args) -> int:
+    from connectors import open_store
+    from connectors.image_roots import relocate
+
+    old, new = relocate(open_store(_settings(args), must_exist=True), args.root, args.folder)
+    print(f"image root '{args.root}': {old} -> {new}")
+    return 0
+
+
 def cmd_stats(args) -> int:
     from connectors.readonly import index_stats
 
@@ -690,6 +709,9 @@ def register(sub, common) -> None:
     p.add_argument("--payload", action="append", metavar="KEY=VALUE",
                    help="a field on every item (repeatable; numbers and true/false typed): "
                    "--payload album=alps --payload year=2024")
+    p.add_argument("--image-root", action="append", metavar="NAME=DIR",
+                   help="store paths under DIR relative to the root NAME (repeatable), so a "
+                   "moved folder is one 'asif-index index relocate NAME NEWDIR'")
     p.add_argument("--metadata", metavar="FILE", help="with --folder: per-image fields, a "
                    "JSON object {file: {field: value}} or a table with a 'file' column")
     p.add_argument("--columns", metavar="A,B", help="with --captions: the table columns to "
@@ -827,6 +849,14 @@ def register(sub, common) -> None:
     p.add_argument("--yes", action="store_true", help="confirm the deletion")
     p.add_argument("--force", action="store_true", help="drop even while an alias points at it")
     p.set_defaults(func=cmd_index_drop)
+    p = ix.add_parser("relocate", help="point an image root at the folder its photos moved "
+                      "to (one document write; items keep their relative paths)",
+                      epilog="example: asif-index index relocate photos /mnt/new/photos "
+                      "--backend qdrant --path ./db")
+    db(p)
+    p.add_argument("root", help="the root's name, as ingest --image-root NAME=DIR gave it")
+    p.add_argument("folder", help="where the photos are now")
+    p.set_defaults(func=cmd_index_relocate)
     p = ix.add_parser("migrate", help="copy an index, every version of it, into the store named "
                       "by --backend/--path/--url (e.g. from an asif-index 0.1 Qdrant local-mode "
                       "folder into the Qdrant engine)",

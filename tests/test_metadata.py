@@ -258,3 +258,58 @@ def test_cli_field_declarations_fail_in_one_line(tmp_path, capfd):
         assert main(["init", "--field", spec] + a) == 2
         err = capfd.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_moved_photo_folder_keeps_thumbnails_after_one_relocate(photos, tmp_path, encoders,
+                                                                capfd):
+    """Paths under a named root are stored relative; after the folder moves, one
+    ``index relocate`` makes every item resolve (and its thumbnail serve) again."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from connectors import close_embedded
+    from connectors.image_roots import resolve, roots_of
+    from connectors.index import Index
+    from connectors.qdrant_edge import QdrantEdgeStore
+    from connectors.service import ServiceSettings, create_app
+
+    pytest.importorskip("qdrant_edge")
+    lib = tmp_path / "library"
+    shutil.copytree(photos / "img", lib)
+    a = ["--backend", "qdrant", "--path", str(tmp_path / "q"), "--name", "roots",
+         "--cache-dir", str(tmp_path / "cache")]
+    assert main(["init", "--k", "6"] + a) == 0
+    assert main(["anchors", "add", "--captions", str(photos / "anchors.tsv"), "--images",
+                 str(photos / "img")] + a) == 0
+    assert main(["ingest", "--folder", str(lib), "--image-root", f"lib={lib}"] + a) == 0
+    capfd.readouterr()
+    # the same name for another folder is refused, naming the fix
+    assert main(["ingest", "--folder", str(photos / "img"), "--image-root",
+                 f"lib={photos / 'img'}"] + a) == 2
+    assert "index relocate lib" in capfd.readouterr().err
+    close_embedded()
+    moved = tmp_path / "moved" / "library"
+    moved.parent.mkdir()
+    shutil.move(str(lib), str(moved))
+    assert main(["index", "relocate", "lib", str(moved)] + a) == 0
+    assert "->" in capfd.readouterr().out
+    assert main(["index", "relocate", "nope", str(moved)] + a) == 2
+    assert "no image root 'nope'" in capfd.readouterr().err
+    close_embedded()
+    store = QdrantEdgeStore("roots", path=str(tmp_path / "q"))
+    idx = Index.open(store, *encoders, cache_dir=str(tmp_path / "cache"))
+    hits = idx.search(text="a red square", limit=30, qbnorm=False)
+    assert len(hits) == 18
+    roots = roots_of(store)
+    for h in hits:
+        assert h.payload["root"] == "lib" and not h.payload["path"].startswith("/")
+        assert resolve(h.payload, roots).is_file()
+    app = create_app(idx, ServiceSettings(allow_anonymous=True, image_roots=[moved]),
+                     jobs_dir=tmp_path / "jobs")
+    try:
+        r = TestClient(app).get(f"/items/{hits[0].id}/thumbnail")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", r.text
+    finally:
+        app.state.jobs.stop()
+        store.close()

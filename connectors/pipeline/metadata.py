@@ -27,7 +27,7 @@ from asif_index.errors import ConfigError, FilterError
 
 # Fields the readers and the index set themselves: user metadata may not shadow them.
 BUILTIN_FIELDS = frozenset({"path", "caption", "split", "label", "text", "line", "shard", "key",
-                            "source", "modality", "path_escaped", "file"})
+                            "source", "modality", "path_escaped", "file", "root"})
 SOURCE = "source"
 MAX_SOURCE = 256
 _INT = re.compile(r"^-?(0|[1-9][0-9]{0,17})$")

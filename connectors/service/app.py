@@ -431,7 +431,11 @@ def create_app(index, settings: ServiceSettings | None = None, *,
         ref = rec.payload.get("path")
         if not ref:
             raise HTTPException(404, f"item '{item_id}' has no image path")
-        return jpeg(resolve_under(str(ref), roots))
+        from connectors.image_roots import resolve, roots_of
+
+        # a path under a named root resolves against where the index says the root is now
+        path = resolve(rec.payload, roots_of(fresh().store) if "root" in rec.payload else {})
+        return jpeg(resolve_under(str(path), roots))
 
     @app.get("/anchors/{anchor_id}/thumbnail", tags=["images"], dependencies=[reader],
              response_class=Response)
