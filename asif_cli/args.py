@@ -7,24 +7,22 @@ import argparse
 import math
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, lo: int) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} is not allowed: give a number >= 1")
+    if v < lo:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed: give a number >= {lo}")
     return v
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} is not allowed: give a number >= 0")
-    return v
+    return _int_at_least(text, 0)
 
 
 def positive_ints(text: str) -> list[int]:

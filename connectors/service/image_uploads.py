@@ -45,17 +45,25 @@ def image_format(name: str, data: bytes) -> str:
     return _EXT[fmt]
 
 
-def parse_metadata(text: str | None, names: list[str]) -> dict[str, dict[str, Any]]:
-    """The batch's per-file metadata: {uploaded file name: typed fields}."""
-    from connectors.pipeline.metadata import field_name, row_fields
-
+def _json_object(text: str | None, what: str, shape: str) -> dict:
+    """A form field's JSON object ({} when absent), or a one-line error naming it."""
     if text is None or not text.strip():
         return {}
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"metadata is not valid JSON ({exc})") from None
-    if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
+        raise ConfigError(f"{what} is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{what} must be a JSON object of {shape}")
+    return doc
+
+
+def parse_metadata(text: str | None, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The batch's per-file metadata: {uploaded file name: typed fields}."""
+    from connectors.pipeline.metadata import field_name, row_fields
+
+    doc = _json_object(text, "metadata", "file name -> {field: value}")
+    if not all(isinstance(v, dict) for v in doc.values()):
         raise ConfigError("metadata must be a JSON object of file name -> {field: value}")
     unknown = sorted(set(doc) - set(names))
     if unknown:
@@ -76,14 +84,7 @@ def parse_payload(text: str | None) -> dict[str, Any]:
     """The batch's fields for every item: a JSON object of field: scalar."""
     from connectors.pipeline.metadata import field_name, row_fields
 
-    if text is None or not text.strip():
-        return {}
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"payload is not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ConfigError("payload must be a JSON object of field: value")
+    doc = _json_object(text, "payload", "field: value")
     for k in doc:
         field_name(k, f"payload['{k}']")
     try:
