@@ -516,7 +516,7 @@ def create_app(index, settings: ServiceSettings | None = None, *,
         fields = parse_payload(payload)
         label = source_name(source, "upload")
         handle = store_batch(sent, meta, image_store, uploads / "batches")
-        return jobs.submit("ingest", {"batch": handle, "modality": "image", "source": label,
+        return jobs.submit("ingest", {"upload_batch": handle, "modality": "image", "source": label,
                                       "payload": fields})
 
     @app.post("/jobs/anchors/add", response_model=Job, status_code=202, tags=["jobs"],

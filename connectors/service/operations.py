@@ -18,10 +18,10 @@ def source_items(params: dict[str, Any], roots: list[Path], uploads: Path,
     from connectors.pipeline import read_captions_table, read_image_folder, read_texts
 
     table_roots = [*roots, uploads.resolve()]
-    if params.get("batch"):  # images sent to POST /jobs/ingest/images, kept under uploads
+    if params.get("upload_batch"):  # images sent to POST /jobs/ingest/images, kept under uploads
         from connectors.service.image_uploads import batch_items
 
-        return batch_items(params["batch"], uploads / "batches")
+        return batch_items(params["upload_batch"], uploads / "batches")
     if params.get("captions"):
         table = resolve_under(params["captions"], table_roots)
         images = resolve_under(params["images"], roots, "dir") if params.get("images") else None
@@ -53,7 +53,7 @@ def make_runner(holder: dict, roots: list[Path], manager_ref: list[JobManager],
             items = source_items(p, roots, manager.dir / "uploads", job.kind == "ingest")
             report(total=len(items))
             name = (p.get("captions") or p.get("folder") or p.get("texts")
-                    or ("upload" if p.get("batch") else ""))
+                    or ("upload" if p.get("upload_batch") else ""))
 
             def on_batch(summary) -> None:
                 report(done=summary.source_items, skipped=summary.skipped)
