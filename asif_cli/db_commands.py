@@ -650,8 +650,8 @@ def register(sub, common) -> None:
                         "float16 halves them, and items are projected from the rounded "
                         "embedding so updates stay exact (default float32)")
     p.add_argument("--field", action="append", metavar="NAME:TYPE",
-                   help="declare a payload field (repeatable): keyword, integer, float or "
-                   "bool; indexed on Qdrant, and every write is type-checked against it: "
+                   help="declare a payload field (repeatable): keyword, integer, float, "
+                   "bool or datetime (ISO 8601 text); indexed on Qdrant, and every write is type-checked against it: "
                    "--field album:keyword --field year:integer ('source' is always declared)")
     p.add_argument("--recreate", action="store_true", help="replace an existing index")
     p.set_defaults(func=cmd_init)
@@ -767,8 +767,8 @@ def register(sub, common) -> None:
                    help="skip the first N results: the next page (ties ordered by item id, "
                    "so pages neither skip nor repeat a hit; offset + limit <= 10000)")
     p.add_argument("--filter", action="append", help="a condition, ANDed (repeatable): "
-                   "field=value, field!=value, 'year>=2010' (> >= < <=), 'album in [a,b]', "
-                   "'album not in [a,b]', 'field exists', or a JSON filter ({\"or\": [...]}); "
+                   "field=value, field!=value, 'year>=2010' (> >= < <=; dates too: "
+                   "'taken>=2024-05-01'), 'album in [a,b]', 'album not in [a,b]', 'field exists', or a JSON filter ({\"or\": [...]}); "
                    "e.g. --filter modality=image --filter label=cat")
     p.add_argument("--query-keep", type=query_keep, help="largest query entries sent to the database: a number, "
                    "or 'all' (default: ASIF_QUERY_KEEP, else all)")

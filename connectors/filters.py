@@ -11,7 +11,9 @@ no filter can widen what a pinned reader sees.
 Semantics (what :func:`matches` computes, and what every store is tested against):
 - ``eq``/``in``: the field holds the value (a bool never equals a number);
 - ``ne``/``nin``/``Not``: the complement of the above, so items without the field match;
-- ``gt``/``gte``/``lt``/``lte``: the field holds a number (ints and floats; not bools) in range;
+- ``gt``/``gte``/``lt``/``lte``: the field holds a number (ints and floats; not bools) in range,
+  or, when the bound is a date or datetime (ISO 8601, :func:`instant`), the field holds a
+  date or datetime text that falls in range (times without a zone are UTC);
 - ``exists``: the field is present (not null).
 """
 
@@ -21,6 +23,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Iterable, Union
 
 from asif_index.errors import FilterError
@@ -39,6 +42,42 @@ MAX_NODES = 256
 OPS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "exists")
 RANGE_OPS = ("gt", "gte", "lt", "lte")
 Scalar = Union[str, int, float, bool]
+# A stored string that reads as a date or datetime is also kept as seconds since 1970 under
+# this prefix (one number per field, on every store), which date ranges compare.
+DATE_TWIN = "asif_d_"
+DATETIME = "datetime"  # Cond.kind of a range whose bound is a date
+_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?"
+                      r"(?:Z|z|[+-]\d{2}:?\d{2})?)?$")
+
+
+def instant(text: Any) -> float | None:
+    """Seconds since 1970-01-01 UTC of an ISO 8601 date (``2024-05-01``) or datetime
+    (``2024-05-01T12:30``, ``...:05Z``, ``...+02:00``; no zone = UTC); None for anything
+    else (other strings, numbers, impossible dates like 2024-02-30)."""
+    if not isinstance(text, str) or len(text) > 40 or not _INSTANT.fullmatch(text):
+        return None
+    t = text[:-1] + "+00:00" if text[-1] in "Zz" else text
+    frac = re.search(r"\.(\d+)", t)
+    if frac and len(frac.group(1)) > 6:  # Python keeps microseconds
+        t = t.replace(frac.group(0), "." + frac.group(1)[:6], 1)
+    try:
+        d = datetime.fromisoformat(t)
+    except ValueError:
+        return None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=timezone.utc)
+    return d.timestamp()
+
+
+def date_twins(payload: dict[str, Any]) -> dict[str, float]:
+    """The DATE_TWIN fields a stored payload gets: one per date or datetime string."""
+    out = {}
+    for k, v in payload.items():
+        if isinstance(v, str) and not k.startswith(RESERVED_PREFIX):
+            t = instant(v)
+            if t is not None:
+                out[DATE_TWIN + k] = t
+    return out
 
 
 @dataclass(frozen=True)
@@ -46,6 +85,14 @@ class Cond:
     field: str
     op: str
     value: Any = None  # a scalar; a tuple of scalars for in/nin; None for exists
+    kind: str = ""  # DATETIME: a range on dates (value: the bound's text)
+
+    @property
+    def seconds(self) -> float:
+        """A date range's bound as seconds since 1970 (UTC)."""
+        t = instant(self.value)
+        assert t is not None, self
+        return t
 
 
 @dataclass(frozen=True)
@@ -128,8 +175,13 @@ def cond(field: str, op: str, value: Any = None) -> Cond:
         vals = tuple(_scalar(field, v) for v in value)
     else:
         vals = _scalar(field, value)
-        if op in RANGE_OPS and (isinstance(vals, (bool, str))):
-            raise _bad(f"on '{field}'", f"'{op}' compares numbers; got {ascii(vals)[:60]}")
+        if op in RANGE_OPS and isinstance(vals, str) and field != MODALITY:
+            if instant(vals) is None:
+                raise _bad(f"on '{field}'", f"'{op}' compares numbers or dates (ISO 8601: "
+                           f"2024-05-01, 2024-05-01T12:00:00Z); got {ascii(vals)[:60]}")
+            return Cond(field, op, vals, DATETIME)
+        if op in RANGE_OPS and isinstance(vals, bool):
+            raise _bad(f"on '{field}'", f"'{op}' compares numbers or dates; got {vals}")
     if field == MODALITY:
         if op not in ("eq", "ne", "in", "nin"):
             raise _bad("on 'modality'", "modality takes =, !=, in and not in")
@@ -289,10 +341,25 @@ def _leaf(c: Cond, have: Any, present: bool) -> bool:
         return present and any(_same(have, v) for v in c.value)
     if c.op == "nin":
         return not (present and any(_same(have, v) for v in c.value))
-    if not present or isinstance(have, bool) or not isinstance(have, (int, float)):
+    if c.kind == DATETIME:
+        have, bound = instant(have) if present else None, c.seconds
+        if have is None:
+            return False
+    elif not present or isinstance(have, bool) or not isinstance(have, (int, float)):
         return False
-    return {"gt": have > c.value, "gte": have >= c.value, "lt": have < c.value,
-            "lte": have <= c.value}[c.op]
+    else:
+        bound = c.value
+    return {"gt": have > bound, "gte": have >= bound, "lt": have < bound,
+            "lte": have <= bound}[c.op]
+
+
+def uses_dates(expr: Expr | None) -> bool:
+    """Whether a tree holds a date range (which needs the stores' date twins)."""
+    if isinstance(expr, Cond):
+        return expr.kind == DATETIME
+    if isinstance(expr, Not):
+        return uses_dates(expr.item)
+    return expr is not None and any(uses_dates(e) for e in expr.items)
 
 
 def matches(expr: Expr | None, payload: dict[str, Any], modality: str) -> bool:
@@ -352,13 +419,13 @@ TYPES_KEY = "asif_t"
 
 
 def type_tags(payload: dict[str, Any]) -> dict[str, str]:
-    """The letter of each non-null field: n(umber), b(ool), s(tring), o(ther)."""
+    """The letter of each non-null field: n(umber), b(ool), d(ate text), s(tring), o(ther)."""
     out = {}
     for k, v in payload.items():
-        if v is None:
+        if v is None or k.startswith(RESERVED_PREFIX):
             continue
         out[k] = ("b" if isinstance(v, bool) else "n" if isinstance(v, (int, float)) else
-                  "s" if isinstance(v, str) else "o")
+                  ("d" if instant(v) is not None else "s") if isinstance(v, str) else "o")
     return out
 
 
@@ -378,7 +445,7 @@ def _milvus_leaf(c: Cond, neg: bool) -> str:
     f = "modality" if c.field == MODALITY else f'payload["{c.field}"]'
     tag = f'payload["{TYPES_KEY}"]["{c.field}"]'
     if c.op == "exists":
-        return f'({tag} {"not in" if neg else "in"} ["n", "b", "s", "o"])'
+        return f'({tag} {"not in" if neg else "in"} ["n", "b", "d", "s", "o"])'
     op = c.op
     if neg:
         op = {"eq": "ne", "ne": "eq", "in": "nin", "nin": "in"}.get(op, op)
@@ -389,10 +456,13 @@ def _milvus_leaf(c: Cond, neg: bool) -> str:
         j, cmp = (" or ", "==") if op == "in" else (" and ", "!=")
         return "(" + j.join(f"{f} {cmp} {_milvus_lit(v)}" for v in c.value) + ")"
     sym = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[op]
+    letter, bound = "n", _milvus_lit(c.value)
+    if c.kind == DATETIME:
+        f, letter, bound = f'payload["{DATE_TWIN}{c.field}"]', "d", repr(c.seconds)
     if not neg:
-        return f"({f} {sym} {_milvus_lit(c.value)})"
+        return f"({f} {sym} {bound})"
     flip = {"gt": "<=", "gte": "<", "lt": ">=", "lte": ">"}[op]
-    return f'({tag} != "n" or {f} {flip} {_milvus_lit(c.value)})'
+    return f'({tag} != "{letter}" or {f} {flip} {bound})'
 
 
 def to_milvus(expr: Expr | None, neg: bool = False) -> str:
@@ -475,6 +545,8 @@ class _QdrantBuilder:
         if c.op in ("in", "nin"):
             alts = self._filter(should=[self._eq(key, v) for v in c.value])
             return alts if c.op == "in" else self._filter(must_not=[alts])
+        if c.kind == DATETIME:
+            return self._range(DATE_TWIN + key, **{c.op: c.seconds})
         return self._range(key, **{c.op: c.value})
 
     def filter(self, e: Expr):

@@ -52,6 +52,9 @@ from connectors.versioning import (
 
 
 ITEM_COUNT_TTL = 30.0
+# manifest.extra: every stored date text has its seconds twin (connectors.filters.DATE_TWIN);
+# an index made before twins cannot answer date ranges, and says so
+DATE_TWINS_KEY = "date_twins"
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,7 @@ class Index:
                                   f"{candidate_keep!r}")
             man.extra[TWO_STAGE_KEY] = {"item_keep": int(candidate_keep)}
         man.extra[SCHEMA_KEY] = check_fields(fields)
+        man.extra[DATE_TWINS_KEY] = True  # every stored date text has its seconds twin
         store.create(man, recreate=recreate)
         return cls(store, AnchorSet(man), image_encoder, text_encoder, **engine_options)
 
@@ -704,9 +708,15 @@ class Index:
         candidates: the first stage's candidate count (None: by collection size, see
         ``connectors.search_stages``). Either way every returned hit's score is exact."""
         from asif_index.methods.qbnorm_fold import fold_query
-        from connectors import search_stages
+        from connectors import filters, search_stages
 
         candidates = search_stages.check_candidates(candidates, limit)
+        flt = filters.parse(flt)
+        if filters.uses_dates(flt) and not self.anchors.manifest.extra.get(DATE_TWINS_KEY):
+            raise filters.FilterError(
+                f"filter: date ranges need the date twins stored with each item, which "
+                f"{self.where} predates (it was made before date ranges); migrate it into a new index "
+                "('asif-index index migrate') or filter on numbers")
 
         self._pin()
         keep = self.query_keep if query_keep is None else (None if query_keep == "all" else query_keep)

@@ -28,6 +28,7 @@ def copy_index(src: VectorStore, dst: VectorStore, batch: int = 512,
     man = copy.deepcopy(man)
     man.extra["storage"] = dst.storage_version
     man.extra["uid"] = uuid.uuid4().hex  # a new physical index
+    man.extra["date_twins"] = True  # every item is rewritten, its date twins with it
     dst.create(man)
     anchors = src.fetch_anchors(None)
     for s in range(0, len(anchors), batch):

@@ -85,6 +85,7 @@ def _stored_payload(payload: dict) -> dict:
     """The user's fields and their type tags (see connectors.filters.TYPES_KEY)."""
     out = {k: v for k, v in payload.items() if not k.startswith(filters.RESERVED_PREFIX)}
     out[filters.TYPES_KEY] = filters.type_tags(out)
+    out.update(filters.date_twins(out))
     return out
 
 

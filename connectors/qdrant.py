@@ -51,11 +51,17 @@ def _doc_id(key: str) -> str:
 
 def _field_indexes(manifest, m) -> list:
     """(field, schema) of the declared fields' payload indexes."""
+    from connectors.filters import DATE_TWIN
     from connectors.schema import declared
 
     kinds = {"keyword": m.PayloadSchemaType.KEYWORD, "integer": m.PayloadSchemaType.INTEGER,
              "float": m.PayloadSchemaType.FLOAT, "bool": m.PayloadSchemaType.BOOL}
-    return [(k, kinds[t]) for k, t in declared(manifest).items()]
+    out = []
+    for k, t in declared(manifest).items():
+        # a date's ranges compare its seconds twin; equality matches its text
+        out += ([(k, kinds["keyword"]), (DATE_TWIN + k, kinds["float"])] if t == "datetime"
+                else [(k, kinds[t])])
+    return out
 
 
 class QdrantStore(VectorStore):

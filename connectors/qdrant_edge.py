@@ -59,12 +59,19 @@ SPARSE_DATATYPES = ("float32", "float16", "uint8")
 
 def _field_indexes(manifest) -> dict[str, str]:
     """Payload indexes of the declared fields (a bool's filters match its keyword twin)."""
+    from connectors.filters import DATE_TWIN
     from connectors.qdrant_layout import BOOL_TWIN
     from connectors.schema import QDRANT_KIND, declared
 
-    return {(f"{BOOL_TWIN}{k}" if t == "bool" else k): ("Keyword" if t == "bool"
-                                                        else QDRANT_KIND[t])
-            for k, t in declared(manifest).items()}
+    out = {}
+    for k, t in declared(manifest).items():
+        if t == "bool":
+            out[BOOL_TWIN + k] = "Keyword"
+        elif t == "datetime":  # ranges compare the seconds twin, equality the text
+            out.update({k: "Keyword", DATE_TWIN + k: "Float"})
+        else:
+            out[k] = QDRANT_KIND[t]
+    return out
 
 
 def _doc_id(key: str) -> str:

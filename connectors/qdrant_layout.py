@@ -13,6 +13,7 @@ import numpy as np
 
 from asif_index.methods.qbnorm_fold import split_fold, with_fold
 from connectors.base import Hit, ItemRecord
+from connectors.filters import date_twins
 
 RESERVED = {"asif_modality", "asif_kth", "asif_item", "asif_from", "asif_to", "asif_fold"}
 RESERVED_PREFIX = "asif_"
@@ -31,6 +32,7 @@ def item_payload(it: ItemRecord) -> dict[str, Any]:
     payload = {k: v for k, v in it.payload.items() if not k.startswith(RESERVED_PREFIX)}
     payload.update({f"{BOOL_TWIN}{k}": "true" if v else "false"
                     for k, v in it.payload.items() if isinstance(v, bool)})
+    payload.update(date_twins(payload))
     payload.update(asif_modality=it.modality, asif_kth=float(it.kth_similarity),
                    asif_item=it.item, asif_from=int(it.valid_from), asif_to=int(it.valid_to))
     if it.fold is not None:  # also in the vector (FOLD_DIM); here so that hits carry it

@@ -7,7 +7,9 @@ written. Undeclared fields are stored as they come (see :mod:`connectors.pipelin
 ``source`` is always declared (keyword): every item has it and takedowns filter on it.
 
 Types: ``keyword`` (text), ``integer`` (whole numbers, not booleans), ``float`` (any number),
-``bool``. Milvus keeps user fields in one JSON column, whose path indexes Milvus Lite 2.5.1
+``bool``, ``datetime`` (an ISO 8601 date or datetime text, e.g. ``2024-05-01`` or
+``2024-05-01T12:00:00Z``; ranges compare instants, see :func:`connectors.filters.instant`).
+Milvus keeps user fields in one JSON column, whose path indexes Milvus Lite 2.5.1
 does not build, so there a declaration checks types only.
 """
 
@@ -18,11 +20,12 @@ from typing import Any, Iterable
 from asif_index.errors import ConfigError, FilterError
 
 SCHEMA_KEY = "fields"  # manifest.extra: {name: type}
-FIELD_TYPES = ("keyword", "integer", "float", "bool")
+FIELD_TYPES = ("keyword", "integer", "float", "bool", "datetime")
 DEFAULT_FIELDS = {"source": "keyword"}
 # Qdrant payload index kinds (PayloadSchemaType member names); a bool is indexed on its
 # keyword twin on Qdrant Edge (connectors.qdrant_layout.BOOL_TWIN), which its filters match
-QDRANT_KIND = {"keyword": "Keyword", "integer": "Integer", "float": "Float", "bool": "Bool"}
+QDRANT_KIND = {"keyword": "Keyword", "integer": "Integer", "float": "Float", "bool": "Bool",
+               "datetime": "Keyword"}
 
 
 def check_fields(fields: dict[str, str] | None) -> dict[str, str]:
@@ -69,6 +72,10 @@ def _fits(kind: str, v: Any) -> bool:
         return isinstance(v, str)
     if kind == "bool":
         return isinstance(v, bool)
+    if kind == "datetime":
+        from connectors.filters import instant
+
+        return instant(v) is not None
     if kind == "integer":
         return isinstance(v, int) and not isinstance(v, bool)
     return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -220,12 +220,13 @@ def test_declared_fields_are_type_checked_and_indexed(kind, tmp_path):
     idx = Index.create(make_store(kind, tmp_path), FakeEncoder("image", DI),
                        FakeEncoder("text", DT), k=8, p=8.0, recipe=PUBLISHED,
                        fields={"year": "integer", "album": "keyword", "fav": "bool",
-                               "score": "float"})
+                               "score": "float", "taken": "datetime"})
     idx.add_anchor_embeddings(unit(20, DI), unit(20, DT), [AnchorPayload(f"c{i}")
                                                            for i in range(20)])
-    good = {"year": 2010, "album": "alps", "fav": True, "score": 3, "source": "t"}
+    good = {"year": 2010, "album": "alps", "fav": True, "score": 3, "source": "t",
+            "taken": "2010-07-01T09:00:00Z"}
     bad = [{"year": "2010"}, {"year": True}, {"year": 2010.0}, {"album": 7}, {"fav": 1},
-           {"score": "high"}]
+           {"score": "high"}, {"taken": "July 2010"}, {"taken": 1278000000}]
     recs, errs = idx.records(unit(1 + len(bad), DI), "image",
                              [f"i{j}" for j in range(1 + len(bad))], [good] + bad)
     assert len(recs) == 1 and len(errs) == len(bad)
@@ -245,15 +246,21 @@ def test_declared_fields_are_type_checked_and_indexed(kind, tmp_path):
     hits = idx.store.search(np.arange(20), np.ones(20, np.float32), 10, {"fav": True},
                             idx.version)
     assert [h.payload["year"] for h in hits] == [2010]
+    for flt, n in (({"taken": {"gte": "2010-07-01", "lt": "2010-07-01T10:00+00:00"}}, 1),
+                   ({"taken": {"gt": "2010-07-01T09:00:00Z"}}, 0)):
+        assert len(idx.store.search(np.arange(20), np.ones(20, np.float32), 10, flt,
+                                    idx.version)) == n, flt
+    assert hits[0].payload["taken"] == "2010-07-01T09:00:00Z"  # the text as given, no twin
     if kind == "qdrant-edge":
         schema = idx.store._shard(idx.store.items).info().payload_schema
         names = set(schema) if isinstance(schema, dict) else {str(x) for x in schema}
-        assert {"year", "album", "score", "source", "asif_b_fav"} <= names, schema
+        assert {"year", "album", "score", "source", "asif_b_fav", "taken",
+                "asif_d_taken"} <= names, schema
 
 
 def test_cli_field_declarations_fail_in_one_line(tmp_path, capfd):
     a = ["--backend", "qdrant", "--path", str(tmp_path / "q"), "--cache-dir", str(tmp_path / "c")]
-    for spec, needle in (("year", "NAME:TYPE"), ("year:date", "keyword, integer"),
+    for spec, needle in (("year", "NAME:TYPE"), ("year:date", "keyword, integer"), ("t:time", "datetime"),
                          ("a b:keyword", "field name"), ("source:integer", "always")):
         assert main(["init", "--field", spec] + a) == 2
         err = capfd.readouterr().err
