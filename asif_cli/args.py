@@ -123,6 +123,15 @@ def query_lines(path_text: str):
     return [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
+def explain_qbnorm(args):
+    """explain's --qbnorm [T] / --no-qbnorm as Index.explain's qbnorm."""
+    from asif_index.errors import ConfigError
+
+    if args.no_qbnorm and args.qbnorm is not None:
+        raise ConfigError("give --qbnorm or --no-qbnorm, not both")
+    return False if args.no_qbnorm else args.qbnorm
+
+
 def qbnorm_choice(args):
     """--qbnorm [T] / --no-qbnorm as Index.search's qbnorm (None: the index's default)."""
     from asif_index.errors import ConfigError

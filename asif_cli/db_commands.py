@@ -455,10 +455,16 @@ def cmd_explain(args) -> int:
 
     if remote.service_url(args):
         return remote.explain(args)
+    import dataclasses
+
+    from asif_cli.args import explain_qbnorm
+
+    qb = explain_qbnorm(args)
     idx = _open(args)
-    ex = idx.explain(args.item, text=args.text, image=args.image, top=args.top)
-    print_explanation(args.item, ex.score, ex.anchors, args.json)
+    ex = idx.explain(args.item, text=args.text, image=args.image, top=args.top, qbnorm=qb)
+    print_explanation(args.item, dataclasses.asdict(ex), args.json)
     return 0
+
 
 
 def cmd_anchors_list(args) -> int:
@@ -749,8 +755,8 @@ def register(sub, common) -> None:
                    help="re-rank the top 100 by query-bank normalisation at temperature T "
                         "whatever the results' modality (alone: the recipe's, 0.05). By "
                         "default an index with the tuned recipe applies it when the results "
-                        "are all of the other modality (a text query over photos); scores "
-                        "then are normalised scores (docs/evaluation.md)")
+                        "are all of the other modality (a text query over photos). Scores are "
+                        "in [0, 1] either way (README: 'One score')")
     p.add_argument("--no-qbnorm", action="store_true",
                    help="the database's plain ranking, even where the recipe re-ranks")
     p.add_argument("--image-weight", type=open_unit_float, default=None,
@@ -809,6 +815,10 @@ def register(sub, common) -> None:
     g.add_argument("--image", help="query image file")
     p.add_argument("--top", type=positive_int, default=10,
                    help="anchors to show (default 10)")
+    p.add_argument("--qbnorm", nargs="?", const=True, type=positive_float, metavar="T",
+                   help="decompose the score as 'search --qbnorm T' ranks it")
+    p.add_argument("--no-qbnorm", action="store_true",
+                   help="decompose the plain ranking's score (the similarity)")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.set_defaults(func=cmd_explain)
 

@@ -139,10 +139,15 @@ def explain(args) -> int:
         body["text"] = args.text
     else:
         body["image_path"] = str(Path(args.image).resolve())
+    from asif_cli.args import explain_qbnorm
+
+    qb = explain_qbnorm(args)
+    if qb is not None:
+        body["qbnorm"] = qb
     ex = r.call("POST", "/explain", json=body)
-    print_explanation(args.item, ex["score"],
-                      [{k: a[k] for k in ("anchor_id", "contribution", "caption", "image_ref")}
-                       for a in ex["anchors"]], args.json)
+    ex["anchors"] = [{k: a[k] for k in ("anchor_id", "contribution", "caption", "image_ref")}
+                     for a in ex["anchors"]]
+    print_explanation(args.item, ex, args.json)
     return 0
 
 

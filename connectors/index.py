@@ -127,10 +127,17 @@ class _NoEncoder:
 
 @dataclass
 class Explanation:
-    """Why an item matches a query: the shared anchors, largest contribution first."""
+    """Why an item matches a query. ``similarity``: the relative vectors' dot product s, the
+    sum of every shared anchor's contribution (``anchors``: the largest first). ``score``:
+    the hit's score as search gives it (:mod:`connectors.search_stages`): s itself for a
+    plain ranking, else ``relevance(s/T - log_z)`` at ``temperature`` T, with ``log_z`` the
+    item's query-bank normaliser log Z(x)."""
 
     score: float
     anchors: list[dict[str, Any]]
+    similarity: float = 0.0
+    temperature: float | None = None
+    log_z: float | None = None
 
 
 class Index:
@@ -548,8 +555,9 @@ class Index:
           query's candidates, whatever their modality;
         * False: off.
 
-        Re-ranked hits' scores are the normalised scores s/T - log Z (log-odds against the
-        bank: higher is better, not a cosine). query_keep: as :meth:`search_vectors`'s.
+        Every hit's ``score`` is a relevance in [0, 1] (:mod:`connectors.search_stages`):
+        the dot product s of a plain ranking, ``exp(s/T) / (exp(s/T) + Z(x))`` of a
+        normalised one; ``similarity`` carries s either way. query_keep: as :meth:`search_vectors`'s.
         :meth:`search_result` also says which anchor version answered and whether the
         ranking was normalised. exact / candidates: as :meth:`search_vectors`'s."""
         return self.search_result(text, image, limit, filter, image_weight, qbnorm,
@@ -838,11 +846,24 @@ class Index:
         return head.predict(v, modality)
 
     def explain(self, item: str, text: str | None = None, image: Any = None,
-                top: int = 10) -> Explanation:
-        """The shared anchors behind a query-item score, with their captions."""
+                top: int = 10, qbnorm: float | bool | None = None) -> Explanation:
+        """The shared anchors behind a query-item score, with their captions, and the score
+        decomposed as :meth:`search` ranks a collection of the item's modality (``qbnorm``
+        as there: by default a text query over photos is normalised, a same-modality pair
+        is not)."""
+        from asif_index.methods.qbnorm import DEFAULT_TEMPERATURE, check_temperature
+
         anchors = self.anchors  # query, item and captions from one anchor version
-        q, _ = self._query_on(anchors, text, image)
+        q, modality = self._query_on(anchors, text, image)
         rec = self.item(item, anchors.manifest.version)
+        explicit = qbnorm is not None and qbnorm is not False
+        temperature = (qbnorm if explicit and qbnorm is not True else
+                       (anchors.recipe.qbnorm or DEFAULT_TEMPERATURE) if qbnorm is True else
+                       None if qbnorm is False else anchors.recipe.qbnorm)
+        if temperature is not None:
+            check_temperature(temperature)
+        if modality == "composed" or not (explicit or rec.modality != modality):
+            temperature = None
         qi, qv = q.row(0)
         common, a, b = np.intersect1d(qi, rec.sparse_indices, return_indices=True)
         contrib = qv[a] * rec.sparse_values[b]
@@ -851,7 +872,19 @@ class Index:
         out = [{"anchor_id": int(common[o]), "contribution": float(contrib[o]),
                 "caption": anchors.payloads[r].caption,
                 "image_ref": anchors.payloads[r].image_ref} for o, r in zip(order, rows)]
-        return Explanation(float(contrib.sum()), out)
+        sim = float(contrib.sum(dtype=np.float32))
+        if temperature is None:
+            return Explanation(sim, out, sim)
+        from connectors.search_stages import relevance
+
+        T, fold = float(temperature), anchors.fold
+        if fold is not None and rec.fold is not None and \
+                abs(fold.temperature - T) <= 1e-12 * T:
+            logit = fold.normalised(float(np.float32(sim) + np.float32(rec.fold)))
+        else:
+            bank = fold.bank(modality) if fold is not None else self._bank(anchors, modality)
+            logit = float(bank.rescore([sim], [(rec.sparse_indices, rec.sparse_values)], T)[0])
+        return Explanation(relevance(logit), out, sim, T, sim / T - logit)
 
     def item(self, item: str, version: int | None = None) -> ItemRecord:
         """The point of a logical item visible at ``version`` (default: this index's)."""

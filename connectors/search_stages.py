@@ -9,6 +9,19 @@
 Both normalise only a single-modality query's results of the other modality by default (the
 bank holds queries of the query's modality; same-modality rankings lose with it): when a
 same-modality item reaches the top, the plain ranking is returned instead.
+
+**One score.** Every hit's ``score`` is a relevance in [0, 1], the number every entry point
+ranks by and shows (CLI, API, ``/search``, ``/explain``, the web page):
+
+* plain ranking: the relative vectors' dot product ``s`` (unit vectors with non-negative
+  entries, so in [0, 1]);
+* normalised ranking: :func:`relevance` of the normalised score, ``exp(s/T) / (exp(s/T) +
+  Z(x))`` with ``Z(x) = sum_b exp(s(b, x)/T)`` over the query bank: the query's share of the
+  item's match mass against every bank query, so an item every query matches (a hub) scores
+  low however high its ``s``. It is a monotone map of ``s/T - log Z``, so the order is the
+  normalised one; :func:`log_odds` maps back.
+
+``similarity`` always carries ``s``.
 """
 
 from __future__ import annotations
@@ -141,9 +154,25 @@ def normalised(index: "Index", anchors: AnchorSet, q: SparseBatch, modality: str
                     explicit, exact, candidates)
 
 
+def relevance(normalised: float) -> float:
+    """A normalised score ``s/T - log Z`` -> the hit's score in [0, 1] (the logistic
+    function, computed without overflow)."""
+    x = float(normalised)
+    if x >= 0:
+        return 1.0 / (1.0 + float(np.exp(-x)))
+    e = float(np.exp(x))
+    return e / (1.0 + e)
+
+
+def log_odds(score: float) -> float:
+    """:func:`relevance`'s inverse: a normalised hit's score -> ``s/T - log Z``."""
+    p = float(score)
+    return float(np.log(p) - np.log1p(-p))
+
+
 def unfold(hits: list[Hit], fold) -> list[Hit]:
-    """Folded database hits (score s + fold(x)) -> normalised scores, similarity s."""
-    return [Hit(h.id, fold.normalised(h.score), h.modality, h.payload,
+    """Folded database hits (score s + fold(x)) -> relevance scores, similarity s."""
+    return [Hit(h.id, relevance(fold.normalised(h.score)), h.modality, h.payload,
                 float(np.float32(h.score) - np.float32(h.fold)))
             for h in hits]
 
@@ -167,9 +196,10 @@ def reranked(index: "Index", anchors: AnchorSet, q: SparseBatch, modality: str, 
     scores = bank.rescore([h.score for h in hits],
                           [(r.sparse_indices, r.sparse_values) for r in recs], temperature)
     order = np.lexsort((np.arange(len(hits)), -scores))[:limit]
-    return SearchResult([Hit(hits[i].id, float(scores[i]), hits[i].modality, hits[i].payload,
-                             hits[i].score) for i in order],
+    return SearchResult([Hit(hits[i].id, relevance(scores[i]), hits[i].modality,
+                             hits[i].payload, hits[i].score) for i in order],
                         modality, version, float(temperature))
 
 
-__all__ = ["candidate_count", "check_candidates", "check_page", "paged", "normalised", "ranked", "reranked", "unfold"]
+__all__ = ["candidate_count", "check_candidates", "check_page", "log_odds", "normalised",
+           "paged", "ranked", "relevance", "reranked", "unfold"]

@@ -141,9 +141,14 @@ def test_ingest_end_to_end(kind, dataset, encoders, tmp_path):
     hits = idx.search(text="a yellow circle", limit=5, filter={"modality": "image"})
     assert hits[0].payload["caption"] in ("a yellow circle",), [h.payload["caption"] for h in hits]
     ex = idx.explain(hits[0].id, text="a yellow circle", top=3)
-    # the default recipe re-ranked this cross-modal search; the explanation decomposes the
-    # hit's similarity (the relative vectors' dot product)
-    assert ex.score == pytest.approx(hits[0].similarity, abs=1e-4)
+    # the default recipe normalised this cross-modal search; the explanation decomposes the
+    # hit's score, the same number, into its similarity and the item's normaliser
+    assert ex.similarity == pytest.approx(hits[0].similarity, abs=1e-4)
+    assert ex.score == pytest.approx(hits[0].score, abs=1e-5) and 0 < ex.score < 1
+    assert ex.temperature == 0.05 and ex.log_z is not None
+    assert ex.score == pytest.approx(1 / (1 + np.exp(ex.log_z - ex.similarity / 0.05)), abs=1e-6)
+    plain = idx.explain(hits[0].id, text="a yellow circle", top=3, qbnorm=False)
+    assert plain.score == plain.similarity == pytest.approx(ex.similarity)
     assert ex.anchors and all("caption" in a for a in ex.anchors)
     labels, _ = idx.classify([dataset / "img" / "001.png"], ["red square", "blue circle"])
     assert labels == ["red square"]

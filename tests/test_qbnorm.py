@@ -8,6 +8,7 @@ import pytest
 from asif_index.anchors import AnchorManifest, AnchorPayload, AnchorSet
 from asif_index.errors import ConfigError
 from asif_index.methods.qbnorm import BANK_STRIDE, QueryBank
+from connectors.search_stages import log_odds
 from tests.stores import make_store
 
 
@@ -92,7 +93,7 @@ def test_search_through_the_database_equals_the_exact_path(kind, tmp_path):
         hits = idx.search(image=q, limit=10, filter={"modality": "text"}, qbnorm=0.05)
         ids, scores = exact(q)
         assert [h.id for h in hits] == ids
-        np.testing.assert_allclose([h.score for h in hits], scores, rtol=1e-4)
+        np.testing.assert_allclose([log_odds(h.score) for h in hits], scores, rtol=1e-4)
     idx.add_anchor_embeddings(sc["anchor_img"][300:], sc["anchor_txt"][300:],
                               [AnchorPayload(f"n{i}") for i in range(100)])
     hits = idx.search(image=sc["q_img"][1], limit=10, filter={"modality": "text"}, qbnorm=0.05)

@@ -10,7 +10,7 @@ from asif_index.errors import ConfigError
 from asif_index.methods.qbnorm_fold import FOLD_DIM, QBNormFold
 from connectors.base import item_id
 from connectors.index import Index
-from connectors.search_stages import normalised
+from connectors.search_stages import log_odds, normalised
 from tests.stores import make_store
 from tests.test_congruence import DI, DT, K, FakeEncoder, make_scenario
 
@@ -46,13 +46,16 @@ def exact_ranking(idx, emb, q, alive, limit=10):
 
 
 def assert_equal_rankings(hits, ids, scores):
+    """Hits (scores in [0, 1]) against the exact normalised ranking (s/T - log Z)."""
     got = [h.id for h in hits]
+    assert all(0 < h.score < 1 for h in hits)
+    logits = [log_odds(h.score) for h in hits]
     # a swap of two items whose normalised scores tie within float32 noise is not a miss
     for g, w, sc in zip(got, ids, scores):
         if g != w:
-            other = [h.score for h in hits if h.id == g][0]
+            other = logits[got.index(g)]
             assert abs(other - sc) < 1e-3, (got, ids)
-    np.testing.assert_allclose([h.score for h in hits], scores, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(logits, scores, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("kind", STORES)
@@ -125,7 +128,7 @@ def test_two_stage_hits_are_exact(kind, tmp_path):
         ids, scores = exact_ranking(idx, emb, q, alive, limit=N_IMG)
         by_id = dict(zip(ids, scores))
         for h in res.hits:
-            assert h.score == pytest.approx(by_id[h.id], rel=1e-4, abs=1e-3)
+            assert log_odds(h.score) == pytest.approx(by_id[h.id], rel=1e-4, abs=1e-3)
         full = idx.search_vectors(qv, 10, candidates=N_IMG - 1)[0]
         assert [h.id for h in full] == [h.id for h in plain_exact[:10]] or np.allclose(
             [h.score for h in full], [h.score for h in plain_exact[:10]], rtol=1e-5)

@@ -73,7 +73,8 @@ def test_text_search_returns_items_with_thumbnails(served):
     plain = client.post("/search", json={"text": captions_of(idx)[0], "limit": 5,
                                          "modality": "image", "qbnorm": False},
                         headers=h()).json()
-    assert plain["qbnorm"] is None and plain["hits"][0]["similarity"] is None
+    assert plain["qbnorm"] is None
+    assert all(x["score"] == x["similarity"] and 0 <= x["score"] <= 1 for x in plain["hits"])
     assert [x["id"] for x in plain["hits"]] == [x.id for x in idx.search(
         text=captions_of(idx)[0], limit=5, filter={"modality": "image"}, qbnorm=False)]
     one = client.post("/search", json={"text": "a photo", "modality": "image", "qbnorm": 1},
@@ -130,10 +131,20 @@ def test_explain_and_classify(served):
                       headers=h()).json()["hits"][0]
     ex = client.post("/explain", json={"item_id": hit["id"], "text": "a photo", "top": 5},
                      headers=h()).json()
-    # the explanation decomposes the relative vectors' dot product; the default recipe
-    # re-ranked this cross-modal hit, whose score is then normalised
-    assert hit["similarity"] is not None and hit["score"] != hit["similarity"]
-    assert ex["score"] == pytest.approx(hit["similarity"], abs=1e-4)
+    # one score: the default recipe normalised this cross-modal hit; its score, in [0, 1],
+    # is the explanation's, decomposed into the similarity and the item's log Z
+    assert 0 < hit["score"] < 1 and hit["score"] != hit["similarity"]
+    assert ex["score"] == pytest.approx(hit["score"], abs=1e-6)
+    assert ex["similarity"] == pytest.approx(hit["similarity"], abs=1e-4)
+    assert ex["score"] == pytest.approx(
+        1 / (1 + np.exp(ex["log_z"] - ex["similarity"] / ex["temperature"])), abs=1e-6)
+    assert sum(a["contribution"] for a in ex["anchors"]) <= ex["similarity"] + 1e-6
+    plain_hit = client.post("/search", json={"text": "a photo", "limit": 1, "modality": "image",
+                                             "qbnorm": False}, headers=h()).json()["hits"][0]
+    plain = client.post("/explain", json={"item_id": plain_hit["id"], "text": "a photo",
+                                          "qbnorm": False}, headers=h()).json()
+    assert plain_hit["score"] == plain_hit["similarity"] == pytest.approx(plain["score"], abs=1e-5)
+    assert plain["temperature"] is None and plain["log_z"] is None
     assert 0 < len(ex["anchors"]) <= 5 and all(a["caption"] for a in ex["anchors"])
     contrib = [a["contribution"] for a in ex["anchors"]]
     assert contrib == sorted(contrib, reverse=True)

@@ -97,6 +97,10 @@ def test_search_explain_and_anchor_job_in_a_browser(server, browser):
     rows = wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#explain .anchor"))
     assert 0 < len(rows) <= 10
     assert "Why it matches" in d.find_element(By.ID, "explain").text
+    # one score: the card's number is the explanation's, and it lies in [0, 1]
+    card = results[0].find_element(By.CSS_SELECTOR, ".score").text.split("·")[-1].strip()
+    shown = d.find_element(By.ID, "explain-score").text.rsplit(" ", 1)[-1]
+    assert card == shown and 0.0 <= float(card) <= 1.0, (card, shown)
     if os.environ.get("ASIF_UI_SCREENSHOT"):
         time.sleep(0.5)
         d.save_screenshot(os.environ["ASIF_UI_SCREENSHOT"])

@@ -246,7 +246,7 @@ def create_app(index, settings: ServiceSettings | None = None, *,
 
     def hits_out(hits) -> list[Hit]:
         return [Hit(id=h.id, score=h.score, modality=h.modality, payload=h.payload,
-                    similarity=getattr(h, "similarity", None),
+                    similarity=h.score if h.similarity is None else h.similarity,
                     thumbnail_url=item_thumb(h.payload, h.id)) for h in hits]
 
     def query_filter(req_filter, modality: str | None):
@@ -398,8 +398,10 @@ def create_app(index, settings: ServiceSettings | None = None, *,
         idx = fresh()
         check_text(req.text)
         image = resolve_under(req.image_path, s.image_roots) if req.image_path else None
-        ex = idx.explain(req.item_id, text=req.text, image=image, top=req.top)
-        return ExplainResponse(score=ex.score, anchors=[
+        ex = idx.explain(req.item_id, text=req.text, image=image, top=req.top,
+                         qbnorm=req.qbnorm)
+        return ExplainResponse(score=ex.score, similarity=ex.similarity,
+                               temperature=ex.temperature, log_z=ex.log_z, anchors=[
             AnchorContribution(**a, thumbnail_url=(f"/anchors/{a['anchor_id']}/thumbnail"
                                                    if s.image_roots and a["image_ref"] else None))
             for a in ex.anchors])

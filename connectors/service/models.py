@@ -38,7 +38,7 @@ class SearchRequest(BaseModel):
         "index: every item's normaliser is stored; docs/evaluation.md). Unset: the index recipe's default (the tuned recipe re-ranks "
         "results that are all of the other modality, T=0.05); a temperature, or true for the "
         "recipe's: re-rank whatever the results' modality; false: the plain ranking. "
-        "Re-ranked scores are normalised scores (log-odds against the bank)")
+        "Either way each hit's score is a relevance in [0, 1]")
 
     @model_validator(mode="after")
     def _one_query(self):
@@ -53,13 +53,18 @@ class SearchRequest(BaseModel):
         return self
 
 
+SCORE_DOC = ("relevance in [0, 1], what the hits are ranked by: the similarity itself for "
+             "a plain ranking; exp(s/T) / (exp(s/T) + Z(x)) for a query-bank normalised "
+             "one, the query's share of the item's matches against the bank's queries")
+
+
 class Hit(BaseModel):
     id: str
-    score: float
+    # no ge/le: a float32 dot product of an item with itself can read 1.0000001
+    score: float = Field(description=SCORE_DOC + " (up to float32 rounding)")
     modality: str
     payload: dict[str, Any]
-    similarity: float | None = Field(None, description="the relative vectors' dot product, "
-                                     "set when score is a re-ranked (normalised) score")
+    similarity: float = Field(description="the relative vectors' dot product s, in [0, 1]")
     thumbnail_url: str | None = Field(None, description="set when the item has a readable image")
 
 
@@ -77,6 +82,8 @@ class ExplainRequest(BaseModel):
     text: str | None = Field(None, min_length=1)
     image_path: str | None = None
     top: int = Field(10, ge=1, le=200)
+    qbnorm: Union[StrictBool, Annotated[float, Field(gt=0, le=10)], None] = Field(
+        None, description="as /search's: the score decomposed as that search ranks it")
 
     @model_validator(mode="after")
     def _one_query(self):
@@ -94,7 +101,12 @@ class AnchorContribution(BaseModel):
 
 
 class ExplainResponse(BaseModel):
-    score: float
+    score: float = Field(description=SCORE_DOC + " (the hit's score in /search)")
+    similarity: float = Field(description="s: the sum of every shared anchor's contribution")
+    temperature: float | None = Field(None, description="T of a normalised score (null: "
+                                      "score = similarity)")
+    log_z: float | None = Field(None, description="the item's query-bank normaliser log Z(x): "
+                                "score = 1 / (1 + exp(log_z - s/T))")
     anchors: list[AnchorContribution]
 
 
