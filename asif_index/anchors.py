@@ -192,7 +192,7 @@ class AnchorSet:
         image_embeddings: float [n, d_i]; text_embeddings: float [n, d_t] (row i of each is
         pair i). ``ids`` may be given when restoring from a database; fresh ids otherwise.
         """
-        from asif_index.engine.inputs import l2_normalize, validate_rows
+        from asif_index.rows import l2_normalize, validate_rows
 
         img = l2_normalize(
             validate_rows(image_embeddings, "anchor image embeddings", self.manifest.image_dim),

@@ -300,18 +300,28 @@ def test_maintenance_commands_load_no_encoder(pairs, tmp_path):
     from connectors import close_embedded
 
     close_embedded()  # the subprocesses open the folder themselves
-    probe = ("import json, sys, time\n"
+    probe = ("import json, os, sys, time\n"
              "t = time.perf_counter()\n"
              "from asif_cli.main import main\n"
              "rc = main(sys.argv[1:])\n"
              "print(json.dumps({'rc': rc, 's': time.perf_counter() - t, 'encoders': sorted("
              "m for m in sys.modules if m.startswith(('asif_index.encoders.image', "
-             "'asif_index.encoders.text', 'safetensors', 'tokenizers', 'transformers')))}))\n")
-    for cmd in (["anchors", "remove", "--ids", "1"], ["anchors", "status", "--resume"],
-                ["items", "delete", "--filter", "source=first"]):
+             "'asif_index.encoders.text', 'safetensors', 'tokenizers', 'transformers'))), "
+             "'torch': 'torch' in sys.modules}))\n")
+    # (command, exit code, needs torch): only re-projecting items runs the top-k engine
+    for cmd, rc, torch in ((["anchors", "remove", "--ids", "999"], 2, False),
+                           (["items", "delete", "--filter", "year>=abc"], 2, False),
+                           (["anchors", "remove", "--ids", "1"], 0, True),
+                           (["anchors", "status", "--resume"], 0, False),
+                           (["items", "delete", "--filter", "source=first"], 0, False),
+                           (["search", "--text", "x", "--limit", "0"], 2, False),
+                           (["index", "drop", "m", "--yes"], 0, False)):
         out = subprocess.run([sys.executable, "-c", probe, *cmd, *a], capture_output=True,
                              text=True, timeout=300)
         doc = json.loads(out.stdout.strip().splitlines()[-1])
-        assert doc["rc"] == 0 and doc["encoders"] == [], (cmd, doc, out.stderr[-2000:])
-        if cmd[0] == "items":
+        assert doc["rc"] == rc and doc["encoders"] == [], (cmd, doc, out.stderr[-2000:])
+        assert doc["torch"] == torch, (cmd, doc)
+        if rc == 2:
+            assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        elif cmd[0] == "items":
             assert "deleted 15 items" in out.stdout, out.stdout

@@ -9,13 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import numpy as np
-import torch
 
 from asif_index.errors import InputError, printable
-from asif_index.engine import resolve_device
+
+if TYPE_CHECKING:  # torch loads with the first encoder, not with the interface: maintenance
+    import torch  # commands (items delete, anchors remove) open an index without it
 
 Modality = Literal["image", "text"]
 
@@ -52,6 +53,8 @@ class Encoder(ABC):
 
     def __init__(self, device: str | None = None, batch_size: int | None = None, cache=None,
                  decode_workers: int | None = None) -> None:
+        from asif_index.engine import resolve_device
+
         self.device = resolve_device(device)
         # Large batches keep a GPU busy; on a CPU larger batches only cost memory.
         self.batch_size = batch_size or (256 if self.device.type == "cuda" else 64)
@@ -86,6 +89,8 @@ class Encoder(ABC):
         """Encode items; with ``on_error="skip"`` bad items are left out and reported.
         progress: called with (items done, items) after every model batch, so a caller can
         show a long call move (anchor chunks hold thousands of images)."""
+        import torch
+
         items = list(items)
         out = np.zeros((len(items), self.dim), np.float32)
         done = np.zeros(len(items), bool)

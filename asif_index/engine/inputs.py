@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from asif_index.errors import ConfigError, NonFiniteError, ShapeError, ZeroVectorError
+from asif_index.rows import _check_dim, l2_normalize, validate_rows
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -19,34 +19,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{device}' requested but CUDA is not available; use 'cpu'")
     return dev
-
-
-def _check_dim(shape: tuple, name: str, dim: int | None) -> None:
-    if len(shape) != 2:
-        raise ShapeError(f"{name} must be a 2-D array [n, d]; got shape {tuple(shape)}")
-    if dim is not None and shape[1] != dim:
-        raise ShapeError(
-            f"{name} has dimension {shape[1]} but the anchors have dimension {dim}: "
-            "embed it with the same encoder as the anchors of that modality"
-        )
-
-
-def validate_rows(x: np.ndarray | torch.Tensor, name: str, dim: int | None = None) -> np.ndarray:
-    """Return ``x`` as a C-contiguous float32 [n, d] array or raise a precise error."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().float().cpu().numpy()
-    arr = np.asarray(x)
-    if arr.ndim == 1:
-        arr = arr[None, :]
-    _check_dim(arr.shape, name, dim)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ShapeError(f"{name} must hold floats; got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    bad = ~np.isfinite(arr).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)[:5].tolist()
-        raise NonFiniteError(f"{name} has NaN or infinite values in rows {rows}; fix the input")
-    return arr
 
 
 def validate_normalize_tensor(x: torch.Tensor, name: str, dim: int | None,
@@ -77,12 +49,4 @@ def validate_normalize_tensor(x: torch.Tensor, name: str, dim: int | None,
     return t / norms[:, None]
 
 
-def l2_normalize(x: np.ndarray, name: str) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1)
-    zero = norms == 0
-    if zero.any():
-        rows = np.flatnonzero(zero)[:5].tolist()
-        raise ZeroVectorError(
-            f"{name} has all-zero rows {rows}; cosine similarity is undefined for them"
-        )
-    return x / norms[:, None]
+__all__ = ["l2_normalize", "resolve_device", "validate_normalize_tensor", "validate_rows"]
