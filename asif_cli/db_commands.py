@@ -142,8 +142,9 @@ def _source(args):
         # anchors keep no metadata (their parser has no --columns)
         cols = getattr(args, "columns", "") if hasattr(args, "columns") else ""
         cols = None if cols is None else [c.strip() for c in cols.split(",") if c.strip()]
-        return list(read_captions_table(args.captions, args.images, args.image_column,
-                                        args.caption_column, args.split, cols)), args.captions
+        items = list(read_captions_table(args.captions, args.images, args.image_column,
+                                         args.caption_column, args.split, cols))
+        return _fetched(args, items), args.captions
     if getattr(args, "folder", None):
         items = list(read_image_folder(args.folder, follow_symlinks=getattr(
             args, "follow_symlinks", False)))
@@ -161,6 +162,22 @@ def _source(args):
         return read_webdataset(args.webdataset), ",".join(args.webdataset)
     raise ConfigError("give a source: --captions TABLE [--images DIR], --folder DIR, "
                       "--texts FILE or --webdataset SHARD...")
+
+
+def _fetched(args, items: list):
+    from asif_index.errors import ConfigError
+    from connectors.pipeline.fetch import FetchingSource, FetchLimits, needs_fetch
+
+    folder = getattr(args, "fetch_dir", None)
+    if not needs_fetch(items):
+        return items
+    if not folder:
+        first = next(it.url for it in items if it.url)
+        raise ConfigError(f"table '{args.captions}' holds image URLs ('{first[:120]}'); give "
+                          "--fetch-dir DIR to download them (nothing was read or written)")
+    limits = FetchLimits(max_bytes=max(1, int(args.fetch_max_mb * 2**20)),
+                         timeout_s=min(float(args.fetch_timeout), 600.0))
+    return FetchingSource(items, folder, limits)
 
 
 def cmd_init(args) -> int:
@@ -630,6 +647,14 @@ def register(sub, common) -> None:
         p.add_argument("--caption-column", default="caption",
                        help="caption column (default caption)")
         p.add_argument("--split", help="only rows of this split (a 'split' column)")
+        p.add_argument("--fetch-dir", metavar="DIR", help="with --captions: download the "
+                       "table's http(s) image URLs into DIR (kept by content hash; each URL "
+                       "bounded by --fetch-max-mb and --fetch-timeout; failures are skipped "
+                       "with the reason)")
+        p.add_argument("--fetch-max-mb", type=positive_float, default=20.0, metavar="MB",
+                       help="largest image a URL may send (default 20)")
+        p.add_argument("--fetch-timeout", type=positive_float, default=20.0, metavar="S",
+                       help="seconds one URL may take, connect to last byte (default 20)")
         p.add_argument("--folder", help="image folder: its images, and those of each "
                        "sub-folder with the sub-folder's name as 'label' (hidden folders, "
                        "FIFOs and devices are skipped and reported)")

@@ -32,6 +32,7 @@ class CaptionRow:
     split: str = ""
     extra: tuple = ()  # (column, value) of the table's other columns, in column order
     error: str = ""  # why this row is unusable (bad encoding, malformed line); "" when fine
+    url: str = ""  # the image column held an http(s) URL (then ``image`` is no file)
 
 
 ROW_ERROR = "_asif_row_error"  # key of a row read_table could not decode (the reason)
@@ -195,7 +196,10 @@ def read_captions(
         # the table's other columns: the user's metadata (connectors.pipeline.metadata)
         extra = tuple((k, v) for k, v in r.items()
                       if k not in (image_column, caption_column, split_column))
-        out.append(CaptionRow(base / str(img), str(cap), split, extra))
+        if img[:8].lower().startswith(("http://", "https://")):
+            out.append(CaptionRow(base / f"row-{n}", str(cap), split, extra, url=img))
+        else:
+            out.append(CaptionRow(base / str(img), str(cap), split, extra))
     return out
 
 

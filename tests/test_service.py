@@ -319,8 +319,14 @@ def test_ingest_and_anchor_jobs_report_progress_and_skips(jobbed):
     # anchors from an uploaded table, while searches keep answering on one version or the other
     up = client.post("/uploads", files={"file": ("more.tsv", (root / "pairs.tsv").read_bytes())},
                      headers=h(ADMIN)).json()
+    # the handle is opaque: no server path leaves the service; an unknown handle is a 4xx
+    assert set(up) == {"handle", "name", "bytes"} and up["handle"].startswith("u-")
+    assert str(root) not in json.dumps(up) and "jobs" not in json.dumps(up)
+    bad = client.post("/jobs/anchors/add", json={"captions": "u-" + "0" * 32, "images": "img"},
+                      headers=h(ADMIN))
+    assert 400 <= bad.status_code < 500 and "no upload" in bad.text, bad.text
     v0 = idx.version
-    job = client.post("/jobs/anchors/add", json={"captions": up["path"], "images": "img",
+    job = client.post("/jobs/anchors/add", json={"captions": up["handle"], "images": "img",
                                                  "batch": 4}, headers=h(ADMIN)).json()
     seen = set()
     while client.get(f"/jobs/{job['id']}", headers=h()).json()["state"] in ("queued", "running"):

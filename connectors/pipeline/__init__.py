@@ -1,5 +1,7 @@
-"""Ingestion: reader -> embedder -> projector -> writer, with batching, retries and resume."""
+"""Ingestion: reader -> (fetcher) -> embedder -> projector -> writer, with batching, retries
+and resume."""
 
+from connectors.pipeline.fetch import FetchLimits, fetch_items
 from connectors.pipeline.ingest import IngestSummary, ingest_anchors, ingest_items
 from connectors.pipeline.readers import (
     SourceItem,
@@ -10,7 +12,9 @@ from connectors.pipeline.readers import (
 )
 
 __all__ = [
+    "FetchLimits",
     "IngestSummary",
+    "fetch_items",
     "SourceItem",
     "ingest_anchors",
     "ingest_items",

@@ -146,13 +146,19 @@ def embed_stage(encoder: Encoder, items: list[SourceItem], modality: str,
     skipped = [(it.key, it.error) for it in items if it.error]
     items = [it for it in items if not it.error]
     inputs = [it.image if modality == "image" else it.text for it in items]
-    skipped += [(it.key, f"no {modality} in this source item") for it, x in zip(items, inputs)
+    skipped += [(it.key, unfetched(it) if it.url and modality == "image" else
+                 f"no {modality} in this source item") for it, x in zip(items, inputs)
                 if x is None]
     present = [i for i, x in enumerate(inputs) if x is not None]
     res = encoder.encode_safe([inputs[i] for i in present], on_error="skip", progress=progress)
     skipped += [(items[present[i]].key, str(e)) for i, e in zip(_bad_positions(res, len(present)), res.errors)]
     return Embedded(res.embeddings, [items[present[i]] for i in res.kept], skipped,
                     res.device_embeddings)
+
+
+def unfetched(it: SourceItem) -> str:
+    return (f"image URL '{it.url[:200]}' was not downloaded: give --fetch-dir DIR (CLI) or "
+            "pass the items through connectors.pipeline.fetch_items")
 
 
 def _bad_positions(res, n: int) -> list[int]:
@@ -305,8 +311,8 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
     for batch in batched(islice(source, ck.done, None), batch_size):
         fresh, keys = [], []
         for it in batch:
-            if it.error:
-                s.skipped.append((it.key, it.error))
+            if it.error or (it.url and it.image is None):
+                s.skipped.append((it.key, it.error or unfetched(it)))
                 continue
             problem = anchor_payload_problem(_anchor_payload(it, source_name, ""))
             if problem:

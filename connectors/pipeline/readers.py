@@ -32,6 +32,7 @@ class SourceItem:
     text: str | None = None
     payload: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # the reader could not use this input: skip it, report why
+    url: str | None = None  # an image to download first (connectors.pipeline.fetch)
 
 
 def read_captions_table(table: str | Path, images_dir: str | Path | None = None,
@@ -65,14 +66,19 @@ def read_captions_table(table: str | Path, images_dir: str | Path | None = None,
             continue
         if split is not None and r.split != split:
             continue
-        path = r.image.resolve()
-        key = f"{r.image.name}|{r.caption}"
+        key = f"{r.url}|{r.caption}" if r.url else f"{r.image.name}|{r.caption}"
         try:
             meta = row_fields([(k, v) for k, v in r.extra if k in keep_set], text,
                               f"{table}: row {n + 1}")
         except ValueError as exc:
             yield SourceItem(key=key, error=str(exc))
             continue
+        if r.url:  # downloaded by the fetch stage (connectors.pipeline.fetch) before embedding
+            yield SourceItem(key=key, text=r.caption, url=r.url,
+                             payload={**meta, "url": r.url, "caption": r.caption,
+                                      **({"split": r.split} if r.split else {})})
+            continue
+        path = r.image.resolve()
         yield SourceItem(key=key, image=path, text=r.caption,
                          payload={**meta, "path": str(path), "caption": r.caption,
                                   **({"split": r.split} if r.split else {})})

@@ -11,6 +11,7 @@ a database that did not keep a write 507, a bug 500.
 # and they name classes imported inside create_app
 
 import logging
+import os
 import re
 import tempfile
 import threading
@@ -102,8 +103,12 @@ def create_app(index, settings: ServiceSettings | None = None, *,
     # where jobs and thumbnails may read images: the configured roots, and the service's own
     # store of images sent to it (added once the jobs folder is known)
     roots: list[Path] = list(s.image_roots)
+    from connectors.pipeline.fetch import FetchLimits, needs_fetch
+
+    fetch_limits = (FetchLimits(max_bytes=s.fetch_max_bytes, timeout_s=s.fetch_timeout_s)
+                    if s.fetch_urls else None)
     jobs = JobManager(jobs_dir or tempfile.mkdtemp(prefix="asif-jobs-"),
-                      make_runner(holder, roots, manager_ref, rebuild))
+                      make_runner(holder, roots, manager_ref, rebuild, fetch_limits))
     manager_ref.append(jobs)
     uploads = jobs.dir / "uploads"
     uploads.mkdir(exist_ok=True)
@@ -463,7 +468,11 @@ def create_app(index, settings: ServiceSettings | None = None, *,
     def checked_source(req: SourceRequest, metadata: bool = False) -> dict:
         params = req.model_dump(exclude_none=True)
         # bad paths (403/404), columns or fields (422) fail now, not in the job
-        source_items(params, roots, uploads, metadata)
+        items = source_items(params, roots, uploads, metadata)
+        if fetch_limits is None and needs_fetch(items):
+            raise HTTPException(422, f"table '{params.get('captions')}' names images by URL, "
+                                     "and this service downloads none (fetch_urls is off); "
+                                     "send the images (POST /jobs/ingest/images) instead")
         if metadata:
             from connectors.pipeline.metadata import field_name, source_name
 
@@ -475,15 +484,18 @@ def create_app(index, settings: ServiceSettings | None = None, *,
     @app.post("/uploads", response_model=Upload, tags=["jobs"], dependencies=[admin])
     def upload(file: UploadFile = File(..., description="a captions table or texts file")
                ) -> Upload:
-        """Store a table for a later job; returns the path to give the job."""
+        """Store a table for a later job; returns the handle to give the job (as its
+        ``captions`` or ``texts``)."""
         data = read_upload(file)
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(file.filename or "table").name)[-80:]
         if not safe.lower().endswith((".csv", ".tsv", ".jsonl", ".txt", ".parquet")):
             raise HTTPException(422, f"'{file.filename}': upload a .csv, .tsv, .jsonl, .txt or "
                                      ".parquet table")
-        name = f"{uuid.uuid4().hex[:8]}-{safe}"
-        (uploads / name).write_bytes(data)
-        return Upload(path=str(uploads / name), bytes=len(data))
+        handle = f"u-{uuid.uuid4().hex}"  # opaque: no server path leaves the service
+        tmp = uploads / f".{handle}"
+        tmp.write_bytes(data)
+        os.replace(tmp, uploads / f"{handle}-{safe}")
+        return Upload(handle=handle, name=safe, bytes=len(data))
 
     @app.post("/jobs/ingest", response_model=Job, status_code=202, tags=["jobs"],
               dependencies=[admin])

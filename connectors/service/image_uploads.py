@@ -11,8 +11,6 @@ opaque batch handle, never a server path.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import re
@@ -21,30 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from asif_index.errors import ConfigError, InputError
+from connectors.pipeline.image_store import image_format, store_image
 
 MAX_FILES = 1000
 HANDLE = re.compile(r"^b-[0-9a-f]{32}$")
-_EXT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
-        "TIFF": ".tif"}
-
-
-def image_format(name: str, data: bytes) -> str:
-    """The file extension of an image's bytes, or InputError naming the upload."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt = im.format
-            im.verify()  # reads the whole stream: a truncated file fails here
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"upload '{name}' is not a decodable image ({type(exc).__name__}: "
-                         f"{str(exc)[:120]})", name) from None
-    if fmt not in _EXT:
-        raise InputError(f"upload '{name}' is a {fmt} image; send JPEG, PNG, WebP, GIF, BMP "
-                         "or TIFF", name)
-    return _EXT[fmt]
-
-
 def _json_object(text: str | None, what: str, shape: str) -> dict:
     """A form field's JSON object ({} when absent), or a one-line error naming it."""
     if text is None or not text.strip():
@@ -107,13 +85,7 @@ def store_batch(files: list[tuple[str, bytes]], metadata: dict[str, dict[str, An
     exts = [image_format(n, d) for n, d in files]  # every file checked before any is kept
     rows = []
     for (name, data), ext in zip(files, exts):
-        digest = hashlib.sha256(data).hexdigest()
-        path = images_dir / digest[:2] / f"{digest}{ext}"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)  # readers never see a half-written image
+        path = store_image(data, ext, images_dir)
         rows.append({"file": name, "path": str(path), "fields": metadata.get(name, {})})
     handle = f"b-{uuid.uuid4().hex}"
     batches_dir.mkdir(parents=True, exist_ok=True)

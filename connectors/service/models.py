@@ -134,12 +134,14 @@ class ErrorResponse(BaseModel):
 
 
 class SourceRequest(BaseModel):
-    """Where a job reads from: a captions table (a path under the image roots, or the path
-    ``POST /uploads`` returned) with the folder its image paths are relative to; or an image
-    folder; or a texts file."""
+    """Where a job reads from: a captions table (a path under the image roots, or the handle
+    ``POST /uploads`` returned) with the folder its image paths are relative to (or image
+    URLs, which the service downloads); or an image folder; or a texts file (a path or a
+    handle)."""
 
     model_config = ConfigDict(extra="forbid")
-    captions: str | None = Field(None, examples=["uploads/3f2a-captions.tsv"])
+    captions: str | None = Field(None, examples=["u-3f2a9c0d1e2b4a5f8c7d6e5f4a3b2c1d",
+                                                 "tables/captions.tsv"])
     images: str | None = Field(None, description="folder the table's image paths are relative to")
     folder: str | None = Field(None, description="an image folder (sub-folders = labels)")
     texts: str | None = Field(None, description="a text file, one item per line, or a table")
@@ -179,5 +181,7 @@ class RebuildRequest(BaseModel):
 
 
 class Upload(BaseModel):
-    path: str = Field(description="pass it as a job's 'captions' or 'texts'")
+    handle: str = Field(description="pass it as a job's 'captions' or 'texts'",
+                        examples=["u-3f2a9c0d1e2b4a5f8c7d6e5f4a3b2c1d"])
+    name: str = Field(description="the file name as stored (unsafe characters replaced)")
     bytes: int

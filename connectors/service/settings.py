@@ -26,6 +26,11 @@ class ServiceSettings(BaseSettings):
     # Images the service may read by path (queries by path, thumbnails): only under these roots.
     image_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     max_upload_bytes: int = Field(10 * 2**20, ge=1024)
+    # A job's table may name images by http(s) URL: the service downloads each (admins only
+    # submit jobs), bounded in bytes and seconds; off for a service that must not reach out.
+    fetch_urls: bool = True
+    fetch_max_bytes: int = Field(20 * 2**20, ge=1024)
+    fetch_timeout_s: float = Field(20.0, gt=0, le=600)
     max_batch: int = Field(256, ge=1, le=100_000)  # labels, ids, texts per request
     max_limit: int = Field(1000, ge=1, le=1000)
     max_text_chars: int = Field(2000, ge=1)
