@@ -21,6 +21,9 @@ _HINTS = {
     "uvicorn": "asif-index[serve]",
     "skimage": "asif-index[sample]",
     "ray": "asif-index[ray]",
+    "fastapi_offline": "asif-index[serve]",
+    "llama_index": "asif-index[llamaindex]",
+    "langchain_core": "asif-index[langchain]",
 }
 
 

@@ -52,8 +52,7 @@ def server(encoders, tmp_path):
         yield base, root, idx
 
 
-@pytest.fixture()
-def browser():
+def chrome(offline: bool = False):
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
@@ -62,9 +61,36 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1280,900"):
         opts.add_argument(arg)
-    drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    if offline:  # every name but loopback fails to resolve: no CDN can answer
+        opts.add_argument("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
+    return webdriver.Chrome(service=Service(DRIVER), options=opts)
+
+
+@pytest.fixture()
+def browser():
+    drv = chrome()
     yield drv
     drv.quit()
+
+
+def test_api_docs_render_with_no_network(server):
+    """/docs (Swagger UI) and /redoc load their scripts from the service itself."""
+    from selenium.webdriver.common.by import By
+
+    base, _, _ = server
+    d = chrome(offline=True)
+    try:
+        d.get(base + "/docs")
+        ops = wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+        paths = {o.text.replace("\u200b", "") for o in ops}
+        assert {"/search", "/explain", "/jobs/ingest"} <= paths, paths
+        urls = d.execute_script("return performance.getEntriesByType('resource')"
+                                ".map(e => e.name)")
+        assert urls and all(u.startswith(base) for u in urls), urls
+        d.get(base + "/redoc")
+        wait(d, lambda d: "/search" in d.find_element(By.TAG_NAME, "body").text)
+    finally:
+        d.quit()
 
 
 def wait(drv, cond, timeout=60):

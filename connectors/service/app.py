@@ -115,7 +115,10 @@ def create_app(index, settings: ServiceSettings | None = None, *,
     image_store = (uploads / "images").resolve()
     image_store.mkdir(exist_ok=True)
     roots.append(image_store)
-    app = fastapi.FastAPI(
+    # Swagger UI and ReDoc from files in the fastapi-offline package: /docs renders with no
+    # network (FastAPI's own pages load them from a CDN)
+    offline = require("fastapi_offline", "offline API docs (/docs, /redoc)")
+    app = offline.FastAPIOffline(
         title="asif-index", version="0.1.0",
         description="Training-free multimodal search (ASIF relative vectors) on Qdrant or "
                     "Milvus. Send an API key as `X-API-Key` (or `Authorization: Bearer`); read "
