@@ -42,3 +42,19 @@ def test_enterprise_service(tmp_path):
     assert out["refused"] == 403
     assert out["job"]["state"] == "done" and out["job"]["result"]["new"] == 14
     assert out["filtered"] and {h["payload"]["label"] for h in out["filtered"]} == {"coins"}
+
+
+@pytest.mark.parametrize("name", ["llamaindex_retriever", "langchain_retriever"])
+def test_framework_retrievers(name, tmp_path):
+    pytest.importorskip("qdrant_edge")
+    pytest.importorskip("llama_index.core" if name.startswith("llama") else "langchain_core")
+    import importlib
+
+    from connectors import close_embedded
+
+    out = importlib.import_module(f"examples.{name}").main(
+        ["--path", str(tmp_path / "db"), "--images", str(tmp_path / "img")])
+    close_embedded()
+    assert out["ids"] == out["search_ids"] and len(out["ids"]) == 5  # Index.search's top-5
+    assert out["by_photo"] == out["by_photo_search"]
+    assert out["filtered"] and all(m["shelf"] >= 1 for m in out["filtered"])
