@@ -18,6 +18,7 @@ from connectors.pipeline.fetch import FetchLimits, fetch_items, is_url
 from connectors.pipeline.readers import SourceItem, read_captions_table
 
 LIMIT = 50_000  # bytes a URL may send in these tests
+SEEN: list[str] = []  # paths the server was asked for
 
 
 def png(rgb, size=40) -> bytes:
@@ -38,6 +39,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         p = self.path
+        SEEN.append(p)
         if p in PHOTOS:
             return self._send(200, PHOTOS[p], "image/png")
         if p == "/big.png":  # declares more than the limit
@@ -142,6 +144,20 @@ def test_fetch_stage_keeps_good_images_and_names_each_failure(web, tmp_path):
         r = reasons[path.lstrip("/")]
         assert word in r and "\n" not in r and path in r, (path, r)
     assert "unreachable" in reasons["x.png"]
+
+
+def test_a_resumed_run_downloads_nothing_before_its_checkpoint(web, tmp_path):
+    from connectors.pipeline.fetch import FetchingSource
+    from connectors.pipeline.ingest import resume_at
+
+    base, closed = web
+    items = list(read_captions_table(table(tmp_path, base, closed, with_bad=False)))
+    src = FetchingSource(items, tmp_path / "kept", FetchLimits(max_bytes=LIMIT, timeout_s=1.0))
+    SEEN.clear()
+    rest = list(resume_at(src, 3))
+    assert [it.key for it in rest] == [it.key for it in items[3:]]
+    redirected = ["/p0.png"] if any(it.url.endswith("/moved") for it in items[3:]) else []
+    assert sorted(SEEN) == sorted([it.url[len(base):] for it in items[3:]] + redirected)
 
 
 def test_bad_limits_are_one_line_errors():

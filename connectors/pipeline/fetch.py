@@ -161,6 +161,10 @@ class FetchingSource:
     def __iter__(self) -> Iterator:
         return fetch_items(self.items, self.images_dir, self.limits)
 
+    def after(self, done: int) -> "FetchingSource":
+        """The items from ``done`` on (a resumed run downloads nothing before them)."""
+        return FetchingSource(self.items[done:], self.images_dir, self.limits)
+
 
 def needs_fetch(items: Iterable) -> bool:
     return any(getattr(it, "url", None) is not None and it.image is None and not it.error

@@ -109,6 +109,14 @@ class Checkpoint:
             raise
 
 
+def resume_at(source: Iterable, done: int) -> Iterator:
+    """The source from item ``done`` on. A source that can start there itself (``after``:
+    a fetching source, which then downloads nothing for the items before) is asked to."""
+    if done and hasattr(source, "after"):
+        return iter(source.after(done))
+    return islice(source, done, None)
+
+
 def opened(source: Iterable) -> Iterator:
     """The source with its first item already read: a reader's up-front errors (a missing or
     unreadable file) surface here, before any progress bar or write."""
@@ -234,7 +242,7 @@ def ingest_items(index: Index, source: Iterable[SourceItem],
     label = _source_name(item_source, source_name or "api")
     for k in fields or {}:
         field_name(k, f"fields['{k}']")
-    it = with_fields(islice(opened(source), ck.done, None), dict(fields or {}), label)
+    it = with_fields(opened(resume_at(source, ck.done)), dict(fields or {}), label)
     bar = _bar(progress, ck.done, total)
     t_start = time.perf_counter() - s.seconds
     pending: tuple[Future, list, list] | None = None
@@ -308,7 +316,7 @@ def ingest_anchors(index: Index, source: Iterable[SourceItem], batch_size: int =
     source = opened(source)
     bar = _bar(progress, ck.done, total)
     t_start = time.perf_counter() - s.seconds
-    for batch in batched(islice(source, ck.done, None), batch_size):
+    for batch in batched(resume_at(source, ck.done), batch_size):
         fresh, keys = [], []
         for it in batch:
             if it.error or (it.url and it.image is None):
