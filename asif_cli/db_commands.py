@@ -557,6 +557,19 @@ def cmd_index_relocate(args) -> int:
     return 0
 
 
+def cmd_index_export(args) -> int:
+    """The live items as a Parquet or JSON Lines table (read-only; no encoders, no torch)."""
+    from connectors import open_store
+    from connectors.export import export_items
+    from connectors.readonly import live_manifest
+
+    store = open_store(_settings(args), must_exist=True)
+    v = live_manifest(store).version
+    n = export_items(store, v, args.out)
+    print(f"exported {n} items (anchor version {v}) to {args.out}")
+    return 0
+
+
 def cmd_stats(args) -> int:
     from connectors.readonly import index_stats
 
@@ -892,6 +905,14 @@ def register(sub, common) -> None:
     p.add_argument("root", help="the root's name, as ingest --image-root NAME=DIR gave it")
     p.add_argument("folder", help="where the photos are now")
     p.set_defaults(func=cmd_index_relocate)
+    p = ix.add_parser("export", help="write the live items (id, modality, payload, relative "
+                      "vector, fold, raw embedding) as a Parquet or JSON Lines table for "
+                      "other tools; read-only",
+                      epilog="example: asif-index index export items.parquet --backend qdrant "
+                      "--path ./db")
+    db(p)
+    p.add_argument("out", help="the file to write: NAME.parquet or NAME.jsonl")
+    p.set_defaults(func=cmd_index_export)
     p = ix.add_parser("migrate", help="copy an index, every version of it, into the store named "
                       "by --backend/--path/--url (e.g. from an asif-index 0.1 Qdrant local-mode "
                       "folder into the Qdrant engine)",

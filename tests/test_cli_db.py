@@ -315,6 +315,7 @@ def test_maintenance_commands_load_no_encoder(pairs, tmp_path):
                            (["anchors", "status", "--resume"], 0, False),
                            (["items", "delete", "--filter", "source=first"], 0, False),
                            (["search", "--text", "x", "--limit", "0"], 2, False),
+                           (["index", "export", str(tmp_path / "items.jsonl")], 0, False),
                            (["index", "drop", "m", "--yes"], 0, False)):
         out = subprocess.run([sys.executable, "-c", probe, *cmd, *a], capture_output=True,
                              text=True, timeout=300)
@@ -325,3 +326,5 @@ def test_maintenance_commands_load_no_encoder(pairs, tmp_path):
             assert len(out.stderr.strip().splitlines()) == 1, out.stderr
         elif cmd[0] == "items":
             assert "deleted 15 items" in out.stdout, out.stdout
+        elif cmd[:2] == ["index", "export"]:  # what delete left: nothing of source 'first'
+            assert "exported 0 items" in out.stdout, out.stdout
