@@ -284,7 +284,7 @@ def register(sub, common) -> None:
                         "p=4, each plain and with query-bank normalisation)")
     e.add_argument("--qbnorm", type=positive_float, default=0.05, metavar="T",
                    help="the query-bank temperature of that sweep (default 0.05; "
-                        "'evaluate-qbnorm' sweeps T)")
+                        "'eval qbnorm' sweeps T)")
     e.add_argument("--limit-anchor-images", type=positive_int, help="use at most this many "
                    "Flickr8k train images as anchors")
     e.add_argument("--limit-cifar", type=positive_int, help="at most this many CIFAR-10 images")

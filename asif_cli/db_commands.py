@@ -864,10 +864,6 @@ def register(sub, common) -> None:
     db(p)
     p.set_defaults(func=cmd_stats)
 
-    from asif_cli import method_commands
-
-    method_commands.register(sub, common, db)
-
     it = sub.add_parser("items", help="delete stored items").add_subparsers(
         dest="items_cmd", required=True)
     p = it.add_parser("delete", help="delete items by id or payload filter (readers pinned at an "
@@ -888,7 +884,7 @@ def register(sub, common) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_indexes_list)
 
-    ix = sub.add_parser("index", help="drop an index, or move indexes between stores"
+    ix = sub.add_parser("index", help="drop, export, relocate or migrate an index"
                         ).add_subparsers(dest="index_cmd", required=True)
     p = ix.add_parser("drop", help="delete an index (its anchors and items) for good",
                       epilog="example: asif-index index drop photos_v1700000000 --yes")
@@ -948,3 +944,4 @@ def register(sub, common) -> None:
     p.add_argument("which", choices=["qdrant", "milvus", "both"], nargs="?", default="both",
                    help="which server to start (default both)")
     p.set_defaults(func=cmd_servers)
+    return db

@@ -19,15 +19,70 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+from asif_cli.layout import GROUPS, MOVED
+
+
+class _Both:
+    """The parser of a moved command and its hidden old-name alias, configured as one."""
+
+    def __init__(self, new, old, old_name: str, new_name: str) -> None:
+        self._new, self._old, self._names = new, old, (old_name, new_name)
+
+    def add_argument(self, *a, **kw):
+        self._old.add_argument(*a, **kw)
+        return self._new.add_argument(*a, **kw)
+
+    def add_mutually_exclusive_group(self, **kw):
+        return _Both(self._new.add_mutually_exclusive_group(**kw),
+                     self._old.add_mutually_exclusive_group(**kw), *self._names)
+
+    def set_defaults(self, **kw):
+        self._new.set_defaults(**kw)
+        if "func" in kw:
+            kw["func"] = _deprecated(kw["func"], *self._names)
+        self._old.set_defaults(**kw)
+
+
+def _deprecated(func, old: str, new: str):
+    def run(args):
+        print(f"asif-index: '{old}' is now 'asif-index {new}'; the old name goes in the next "
+              "release", file=sys.stderr)
+        return func(args)
+
+    return run
+
+
+class _Router:
+    """``sub`` as the command modules see it: a moved command lands in its group."""
+
+    def __init__(self, sub, formatter) -> None:
+        self._sub, self._groups, self._formatter = sub, {}, formatter
+
+    def add_parser(self, name: str, **kw):
+        if name not in MOVED:
+            return self._sub.add_parser(name, **kw)
+        group, new = MOVED[name]
+        if group not in self._groups:
+            g = self._sub.add_parser(group, help=GROUPS[group], description=GROUPS[group])
+            self._groups[group] = g.add_subparsers(dest=f"{group}_cmd", required=True,
+                                                   metavar="COMMAND")
+        kw.setdefault("formatter_class", self._formatter)
+        p_new = self._groups[group].add_parser(new, **kw)
+        kw.pop("help", None)  # no help line: the alias is not listed
+        p_old = self._sub.add_parser(name, **kw)
+        return _Both(p_new, p_old, name, f"{group} {new}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from asif_cli import core_commands, db_commands
+    from asif_cli import core_commands, db_commands, method_commands
     from asif_cli.examples import add_examples
 
     ap = _Parser(prog="asif-index", description=__doc__,
                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="show third-party warnings and, on an error, the traceback")
-    sub = ap.add_subparsers(dest="command", required=True)
+    # metavar: the usage line names no command list (the hidden old names stay out of it)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p):
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -41,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cache-dir", help="embedding cache directory "
                        "(default ~/.cache/asif-index)")
 
-    core_commands.register(sub, common)
-    db_commands.register(sub, common)
+    routed = _Router(sub, argparse.HelpFormatter)
+    db = db_commands.register(routed, common)  # the product verbs first
+    core_commands.register(routed, common)  # demo; 'evaluate' goes to eval
+    method_commands.register(routed, common, db)
     add_examples(ap)
     return ap
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.quality [--grid runs/eval/evaluation.json] [--anchors 1000,3000,10000,30000]
 
-The grid comes from ``asif-index evaluate`` (run it first; it caches every embedding). The
+The grid comes from ``asif-index eval sweep`` (run it first; it caches every embedding). The
 curve subsamples the 30,000 Flickr8k train pairs (random pairs, fixed seed) and evaluates
 CIFAR-10 zero-shot accuracy and Flickr8k dev text-to-image Recall@10 at k=min(800, N), p=8:
 the data-efficiency curve of the ASIF paper.

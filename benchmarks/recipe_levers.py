@@ -2,7 +2,7 @@
 
     python -m benchmarks.recipe_levers          # ~10 min on 2 cores once the embeddings are cached
 
-Same inputs as ``asif-index evaluate`` (30,000 Flickr8k train pairs as anchors, CIFAR-10 test
+Same inputs as ``asif-index eval sweep`` (30,000 Flickr8k train pairs as anchors, CIFAR-10 test
 zero-shot with 5 templates averaged, Flickr8k dev retrieval both ways, R@10), same score
 (CIFAR-10 + mean of the two R@10). The relative vectors are computed here with dense numpy
 (every input's cosine to every anchor, then the variant's transform, top-k, clip, power, L2),
@@ -86,7 +86,7 @@ def anchor_stats(a: np.ndarray, k: int = 800, nearest: int = 10, block: int = 15
 
 
 class Lab:
-    """The dev inputs as cosine matrices, and the metrics of ``asif-index evaluate``."""
+    """The dev inputs as cosine matrices, and the metrics of ``asif-index eval sweep``."""
 
     def __init__(self, data, text_encoder) -> None:
         from asif_index.evaluation import CIFAR_TEMPLATES

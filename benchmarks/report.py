@@ -33,7 +33,7 @@ SECTIONS = [
     ("pruning.json", "4. Query-side pruning of the sparse query",
      "`python -m benchmarks.pruning`: keep the m largest query entries; recall and latency."),
     ("quality.json", "5. Quality: anchors curve (and the k x p grid in docs/evaluation.md)",
-     "`python -m benchmarks.quality` (after `asif-index evaluate`)."),
+     "`python -m benchmarks.quality` (after `asif-index eval sweep`)."),
     ("incremental.json", "Incremental anchors vs full rebuild (issue 4)",
      "`python -m benchmarks.incremental` (100k items, 30k anchors, k=800)."),
     ("faults.json", "6. Crash recovery: random SIGKILLs of ingest and anchor updates",
@@ -111,7 +111,7 @@ SECTIONS += [
 SECTIONS.append(
     ("recipe_levers.json", "11. Recipe levers on the dev data, built into the index or not",
      "`python -m benchmarks.recipe_levers` (issue 13's levers with the inputs and score of "
-     "`asif-index evaluate`: 30,000 Flickr8k train pairs as anchors; CIFAR-10 test zero-shot, "
+     "`asif-index eval sweep`: 30,000 Flickr8k train pairs as anchors; CIFAR-10 test zero-shot, "
      "5 templates averaged; Flickr8k dev R@10 both ways; score = CIFAR-10 + mean R@10; "
      "`d_*`: change against the published row; the module's docstring gives each lever's "
      "source). Per-modality k and p are options of the index today; the other levers are "

@@ -47,16 +47,16 @@ def test_method_commands_write_their_sections(data, tmp_path, capsys):
     page = tmp_path / "evaluation.md"
     page.write_text("# Evaluation\n\n<!-- section:doctor -->\nkept\n<!-- /section:doctor -->\n")
     common = ["--data", str(data), "--cache-dir", str(tmp_path / "cache")]
-    assert main(["evaluate-unified", *common, "--no-pointing", "--queries", "8", "--docs",
+    assert main(["eval", "unified", *common, "--no-pointing", "--queries", "8", "--docs",
                  str(page), "--json", "--k", "10", "--p", "4"]) == 0
     first = capsys.readouterr().out
     found = json.loads(first[first.index("\n{") + 1:])
     assert found["photos"] == 8 and found["captions"] == 40 and found["anchors"] == 80
     assert 0 <= found["gap"]["image_nn_is_text"] <= 1
-    assert main(["evaluate-text-classifier", *common, "--noise", "0,0.08", "--kinds",
+    assert main(["eval", "text-classifier", *common, "--noise", "0,0.08", "--kinds",
                  "centroid", "--no-mean-shift", "--draws", "2", "--docs", str(page),
                  "--k", "10", "--p", "4"]) == 0
-    assert main(["evaluate-rerank", *common, "--queries", "20", "--m", "10", "--weights",
+    assert main(["eval", "rerank", *common, "--queries", "20", "--m", "10", "--weights",
                  "0.02", "--docs", str(page)]) == 0
     out = first + capsys.readouterr().out
     secs = sections_of(page.read_text())
@@ -69,3 +69,50 @@ def test_method_commands_write_their_sections(data, tmp_path, capsys):
     # colour photos and colour captions: caption -> photo well above chance (1 in 8)
     t2i = [line for line in out.splitlines() if line.startswith("T2I:")][0]
     assert float(t2i.split("R@5 ")[1].split(",")[0]) > 0.5, t2i
+
+
+def test_cli_modules_import_no_circle():
+    """asif_cli's modules, with every import (module level or inside a function), form no
+    cycle: the product commands never reach into the lab's."""
+    import ast
+    from pathlib import Path
+
+    import asif_cli
+
+    root = Path(asif_cli.__file__).parent
+    graph = {}
+    for f in root.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module == "asif_cli":
+                    deps |= {f"asif_cli.{a.name}" for a in node.names}
+                elif node.module.startswith("asif_cli."):
+                    deps.add(node.module)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("asif_cli.")}
+        graph[f"asif_cli.{f.stem}"] = deps - {f"asif_cli.{f.stem}"}
+
+    def reach(start, seen):
+        for d in graph.get(start, ()):
+            if d not in seen:
+                seen.add(d)
+                reach(d, seen)
+        return seen
+
+    cyclic = sorted(m for m in graph if m in reach(m, set()))
+    assert not cyclic, {m: sorted(graph[m]) for m in cyclic}
+    assert "asif_cli.method_commands" not in reach("asif_cli.db_commands", set())
+
+
+def test_product_verbs_first_and_old_names_still_work(capsys):
+    from asif_cli.main import build_parser, main
+
+    text = build_parser().format_help()
+    listed = [ln.split()[0] for ln in text.split("COMMAND", 2)[-1].splitlines()
+              if ln.startswith("    ") and not ln.startswith("     ")]
+    assert listed[:6] == ["init", "anchors", "ingest", "search", "classify", "explain"], listed
+    assert listed.index("eval") > listed.index("serve") and "evaluate-qbnorm" not in text
+    assert main(["evaluate-qbnorm", "--temperatures", "0", "--data", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "'evaluate-qbnorm' is now 'asif-index eval qbnorm'" in err

@@ -146,7 +146,7 @@ def test_evaluation_on_a_slice_of_real_data(data_dir, encoders, tmp_path):
     assert "**Chosen default: `tuned`**" in text
     # evaluate-qbnorm's grid on the same slice: each temperature beside the plain ranking,
     # cross-modal and same-modality recall, CIFAR-10 untouched
-    from asif_cli.method_commands import qbnorm_markdown
+    from asif_index.reports import qbnorm_markdown
     from asif_index.evaluation import qbnorm_grid
 
     rows = qbnorm_grid(d, txt_enc, [(dataclasses.replace(TUNED, qbnorm=None), 800, 8.0)],

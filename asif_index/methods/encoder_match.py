@@ -10,9 +10,9 @@ Everything takes paired (or candidate) embeddings as float arrays, rows = items:
   geometry up to rotation and scale, 0 = unrelated);
 * :func:`mutual_knn`: share of each item's k nearest neighbours that both spaces agree on;
 * :func:`diagnose`: the two, a shuffled-pairs baseline, retrieval against the number of
-  anchors, and a verdict a user can act on (``asif-index doctor``);
+  anchors, and a verdict a user can act on (``asif-index lab doctor``);
 * :func:`match_unpaired`: recover the pairing of a batch of images and a batch of captions
-  from a few seed pairs (``asif-index match``).
+  from a few seed pairs (``asif-index lab match``).
 """
 
 from __future__ import annotations

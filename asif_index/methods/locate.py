@@ -5,7 +5,7 @@ crops that cover it. No training, no detector: only the anchors.
 
 * :func:`crop_boxes`: the grid of crops (pixel boxes) for an image size;
 * :func:`heat_map`: crop scores -> a [H, W] map;
-* :func:`locate`: image + query vector -> :class:`HeatMap` (``asif-index locate``);
+* :func:`locate`: image + query vector -> :class:`HeatMap` (``asif-index lab locate``);
 * :func:`overlay`: the map blended over the photo, for people;
 * :func:`pointing_game`: is the map's maximum inside the named object's box.
 """

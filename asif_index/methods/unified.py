@@ -6,7 +6,7 @@ input's modality, so one collection holds images and texts and any of them can q
   each part is a unit relative vector, the weighted sum is L2-normalised again, so a part's
   weight is its share of the query whatever the modality's typical magnitudes;
 * :func:`any_to_any`: T2I, I2T, I2I, T2T recall in one mixed collection and the gap between the
-  two cross-modal directions (Flickr8k dev in ``asif-index evaluate-unified``);
+  two cross-modal directions (Flickr8k dev in ``asif-index eval unified``);
 * :func:`modality_gap`: how far apart the image and text clouds sit in the relative space.
 """
 
@@ -22,7 +22,7 @@ from asif_index.sparse import SparseBatch
 
 # The image's share of a composed image + text query. An image's relative vector matches its
 # own modality far more strongly than a caption matches it (the modality gap), so an equal
-# split behaves like the image alone; on Flickr8k dev (`asif-index evaluate-unified`) a share
+# split behaves like the image alone; on Flickr8k dev (`asif-index eval unified`) a share
 # of 0.1-0.2 finds both the photo and the caption's target most often.
 DEFAULT_IMAGE_WEIGHT = 0.15
 
