@@ -117,8 +117,21 @@ def cmd_serve(args) -> int:
         print(f"resuming {len(app.state.resumed_jobs)} unfinished job(s) from {jobs_dir}",
               flush=True)
     print(f"serving {args.name} on http://{args.host}:{args.port} (API docs: /docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    import time
+
+    # Ctrl-C: open requests get at most 2 s, then the jobs stop (each resumes at its
+    # checkpoint on the next start) and the process leaves without torch's slow teardown
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=2)
+    t0 = time.perf_counter()
     app.state.wait_idle()  # a background refresh finishes before the database closes
+    app.state.jobs.stop(timeout=1.0)  # a running job is checkpointed batch by batch
+    print(f"stopped serving {args.name} ({time.perf_counter() - t0:.1f} s to stop; unfinished "
+          "jobs resume on the next start)", flush=True)
+    if getattr(args, "console", False):
+        from asif_cli.process import exit_now
+
+        exit_now(0)
     return 0
 
 

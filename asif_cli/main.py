@@ -20,6 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 from asif_cli.layout import GROUPS, MOVED
+from asif_cli.process import exit_now as _exit_now
 
 
 class _Both:
@@ -119,19 +120,6 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _exit_now(code: int) -> None:
-    """Leave within a second of Ctrl-C: the exit handlers run (embedded databases are closed,
-    and every write was already committed and checkpointed), but not the interpreter's
-    teardown of torch and the engines, which measured ~2 s on two cores."""
-    import atexit
-    import os
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    atexit._run_exitfuncs()
-    os._exit(code)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -141,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet(verbose)
     from asif_index.errors import AsifError
 
+    args.console = argv is None  # the console script: a long command may leave at once
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
