@@ -520,3 +520,37 @@ def test_path_and_filter_errors_are_json_never_plain_500(served):
         assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
         assert r.headers["content-type"].startswith("application/json")
         assert r.json()["error"] and r.json()["detail"], r.text
+
+
+def test_anchor_list_image_explanations_and_image_search_filters(served):
+    client, idx, root, labels = served
+    page = client.get("/anchors", params={"limit": 7}, headers=h()).json()
+    assert page["total"] == len(idx.anchors) and len(page["anchors"]) == 7
+    assert page["anchor_version"] == idx.version
+    assert [a["id"] for a in page["anchors"]] == idx.anchors.ids[:7].tolist()
+    rest = client.get("/anchors", params={"offset": 7, "limit": 500}, headers=h()).json()
+    assert len(page["anchors"]) + len(rest["anchors"]) == page["total"]
+    word = idx.anchors.payloads[0].caption.split()[-1]
+    hit = client.get("/anchors", params={"grep": word.upper()}, headers=h()).json()
+    assert hit["total"] >= 1 and all(word.lower() in a["caption"].lower()
+                                     for a in hit["anchors"])
+    assert client.get(page["anchors"][0]["thumbnail_url"], headers=h()).status_code == 200
+    assert client.get("/anchors", params={"limit": 0}, headers=h()).status_code == 422
+    # an image query explained: the score /search/image gave, decomposed
+    img = root / "items" / "33.png"
+    up = {"file": ("q.png", img.read_bytes())}
+    res = client.post("/search/image", files=up, data={"limit": "3", "modality": "text"},
+                      headers=h()).json()
+    top = res["hits"][0]
+    ex = client.post("/explain/image", files=up, data={"item_id": top["id"], "top": "4"},
+                     headers=h()).json()
+    assert ex["score"] == pytest.approx(top["score"], abs=1e-6)
+    assert ex["similarity"] == pytest.approx(top["similarity"], abs=1e-4)
+    assert 0 < len(ex["anchors"]) <= 4
+    # /search/image takes a filter (JSON text), as /search does
+    lab = labels[33]
+    only = client.post("/search/image", files=up, headers=h(),
+                       data={"limit": "20", "filter": json.dumps({"label": lab})}).json()
+    assert only["hits"] and {x["payload"]["label"] for x in only["hits"]} == {lab}
+    bad = client.post("/search/image", files=up, data={"filter": "{nope"}, headers=h())
+    assert bad.status_code == 422 and "JSON" in bad.text

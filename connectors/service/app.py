@@ -10,6 +10,7 @@ a database that did not keep a write 507, a bug 500.
 # no "from __future__ import annotations": FastAPI reads the route annotations at runtime,
 # and they name classes imported inside create_app
 
+import json
 import logging
 import os
 import re
@@ -43,6 +44,8 @@ from connectors.service.metrics import Metrics
 from connectors.service.models import (
     AnchorAddRequest,
     AnchorContribution,
+    AnchorPage,
+    AnchorRow,
     AnchorRemoveRequest,
     ClassifyResponse,
     ErrorResponse,
@@ -83,8 +86,8 @@ def create_app(index, settings: ServiceSettings | None = None, *,
         at start); default a temporary folder, so nothing resumes.
     rebuild: ``rebuild(index, k, p) -> (new index, items)`` for the rebuild job (the caller
         knows where a new physical index goes and how the alias switches); None: refused."""
-    fastapi = require("fastapi", "the HTTP service")
-    from fastapi import Depends, File, Form, HTTPException, Request, Security, UploadFile
+    require("fastapi", "the HTTP service")  # its install hint before the imports below
+    from fastapi import Depends, File, Form, HTTPException, Query, Request, Security, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
     from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -252,6 +255,25 @@ def create_app(index, settings: ServiceSettings | None = None, *,
                                 f"got {value!r}")
         return t
 
+    def explanation(ex) -> ExplainResponse:
+        return ExplainResponse(score=ex.score, similarity=ex.similarity,
+                               temperature=ex.temperature, log_z=ex.log_z, anchors=[
+            AnchorContribution(**a, thumbnail_url=(f"/anchors/{a['anchor_id']}/thumbnail"
+                                                   if s.image_roots and a["image_ref"] else None))
+            for a in ex.anchors])
+
+    def form_filter(text: str | None):
+        """An upload form's filter field (JSON text) as a filter object."""
+        if text is None or not text.strip():
+            return {}
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise HTTPException(422, f"filter is not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise HTTPException(422, "filter must be a JSON object, as /search's filter")
+        return doc
+
     def hits_out(hits) -> list[Hit]:
         return [Hit(id=h.id, score=h.score, modality=h.modality, payload=h.payload,
                     similarity=h.score if h.similarity is None else h.similarity,
@@ -326,11 +348,14 @@ def create_app(index, settings: ServiceSettings | None = None, *,
                          "the image's share of a composed query")),
                      qbnorm: str | None = Form(None, description=(
                          "query-bank normalisation: unset, the index's default; a "
-                         "temperature, or 'on' for the recipe's; 'off': the plain ranking"))
+                         "temperature, or 'on' for the recipe's; 'off': the plain ranking")),
+                     filter: str | None = Form(None, description=(
+                         "payload conditions as /search's filter, in JSON text"))
                      ) -> SearchResponse:
         """Items ranked for an uploaded image, or for the image composed with a text."""
         idx = fresh()
         qb = form_qbnorm(qbnorm)
+        user_filter = form_filter(filter)
         data = read_upload(file)
         if text is not None:
             check_text(text)
@@ -338,8 +363,36 @@ def create_app(index, settings: ServiceSettings | None = None, *,
                 raise HTTPException(422, "qbnorm re-ranks single-modality queries; drop it "
                                     "(or set it 'off') for a composed query")
         return answer(idx.search_result(text=text, image=data, limit=min(limit, s.max_limit),
-                                        filter=query_filter({}, modality),
+                                        filter=query_filter(user_filter, modality),
                                         image_weight=image_weight, qbnorm=qb, offset=offset))
+
+    @app.post("/explain/image", response_model=ExplainResponse, tags=["search"],
+              dependencies=[reader])
+    def explain_image(file: UploadFile = File(..., description="the query image"),
+                      item_id: str = Form(...), top: int = Form(10, ge=1, le=200),
+                      qbnorm: str | None = Form(None, description="as /search/image's")
+                      ) -> ExplainResponse:
+        """/explain for an uploaded image query (what /search/image ranked)."""
+        idx = fresh()
+        ex = idx.explain(item_id, image=read_upload(file), top=top, qbnorm=form_qbnorm(qbnorm))
+        return explanation(ex)
+
+    @app.get("/anchors", response_model=AnchorPage, tags=["anchors"], dependencies=[reader])
+    def anchors_list(grep: str | None = Query(None, max_length=200, description=(
+                         "only captions holding this text (case-insensitive)")),
+                     source: str | None = Query(None, max_length=256),
+                     offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=500)
+                     ) -> AnchorPage:
+        """The live anchors (id, caption, source), optionally narrowed, a page at a time."""
+        a = fresh().anchors
+        rows = [(int(i), pl) for i, pl in zip(a.ids.tolist(), a.payloads)
+                if (not grep or grep.lower() in pl.caption.lower())
+                and (source is None or pl.source == source)]
+        return AnchorPage(anchor_version=a.manifest.version, total=len(rows), anchors=[
+            AnchorRow(id=i, caption=pl.caption, source=pl.source or "",
+                      thumbnail_url=(f"/anchors/{i}/thumbnail"
+                                     if s.image_roots and pl.image_ref else None))
+            for i, pl in rows[offset:offset + limit]])
 
     @app.post("/classify", response_model=ClassifyResponse, tags=["search"],
               dependencies=[reader])
@@ -408,11 +461,7 @@ def create_app(index, settings: ServiceSettings | None = None, *,
         image = resolve_under(req.image_path, s.image_roots) if req.image_path else None
         ex = idx.explain(req.item_id, text=req.text, image=image, top=req.top,
                          qbnorm=req.qbnorm)
-        return ExplainResponse(score=ex.score, similarity=ex.similarity,
-                               temperature=ex.temperature, log_z=ex.log_z, anchors=[
-            AnchorContribution(**a, thumbnail_url=(f"/anchors/{a['anchor_id']}/thumbnail"
-                                                   if s.image_roots and a["image_ref"] else None))
-            for a in ex.anchors])
+        return explanation(ex)
 
     @app.get("/stats", tags=["index"], dependencies=[reader])
     def stats() -> dict[str, Any]:

@@ -100,6 +100,19 @@ class AnchorContribution(BaseModel):
     thumbnail_url: str | None = None
 
 
+class AnchorRow(BaseModel):
+    id: int = Field(description="the id 'anchors remove' takes")
+    caption: str
+    source: str
+    thumbnail_url: str | None = None
+
+
+class AnchorPage(BaseModel):
+    anchor_version: int
+    total: int = Field(description="anchors matching grep / source (all pages)")
+    anchors: list[AnchorRow]
+
+
 class ExplainResponse(BaseModel):
     score: float = Field(description=SCORE_DOC + " (the hit's score in /search)")
     similarity: float = Field(description="s: the sum of every shared anchor's contribution")
