@@ -141,3 +141,94 @@ def test_search_explain_and_anchor_job_in_a_browser(server, browser):
     assert "8 / 8" in d.find_element(By.ID, "job-state").text
     wait(d, lambda d: d.find_element(By.ID, "anchor-count").text == "32")
     assert len(idx.anchors) == 32
+
+
+def test_daily_use_paging_more_like_this_photo_queries_and_removal(server, browser, tmp_path):
+    """The page as a photo library is used: no key yet, paging, more like this, a dropped
+    photo as the query (previewed, explained), photos added by upload, anchors found and
+    removed, the key forgotten."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    base, root, idx = server
+    d = browser
+    d.get(base + "/")
+    assert d.find_element(By.ID, "need-key").is_displayed()  # the "enter a key" state
+    assert not d.find_element(By.ID, "search-btn").is_enabled()
+    d.find_element(By.ID, "key").send_keys(KEY)
+    d.find_element(By.ID, "save-key").click()
+    wait(d, lambda d: "key accepted" in d.find_element(By.ID, "status").text)
+    assert not d.find_element(By.ID, "need-key").is_displayed()
+    Select(d.find_element(By.ID, "limit")).select_by_visible_text("12")
+    d.find_element(By.ID, "query").send_keys(QUERY)
+    d.find_element(By.ID, "search-btn").click()
+
+    def ids(d):
+        return [r.get_attribute("data-id") for r in
+                d.find_elements(By.CSS_SELECTOR, "#results .result")]
+
+    first = wait(d, lambda d: ids(d) if len(ids(d)) == 12 else None)
+    cards = d.find_elements(By.CSS_SELECTOR, "#results .result")
+    assert cards[0].find_element(By.CSS_SELECTOR, ".file").text.endswith(".png")  # a file name
+    d.find_element(By.ID, "next").click()
+    second = wait(d, lambda d: ids(d) if ids(d) and ids(d) != first else None)
+    assert len(second) == 6 and not set(first) & set(second)  # 18 items: 12 + 6, no repeat
+    assert [h.id for h in idx.search(text=QUERY, limit=18)] == first + second
+    assert "results 13-18" in d.find_element(By.ID, "status").text
+    assert not d.find_element(By.ID, "next").is_enabled()
+    d.find_element(By.ID, "prev").click()
+    wait(d, lambda d: ids(d) == first)
+    # more like this: the item itself comes first, then its neighbours, as the API has them
+    d.find_elements(By.CSS_SELECTOR, "#results .result .more")[2].click()
+    like = wait(d, lambda d: ids(d) if ids(d) and ids(d)[0] == first[2] else None)
+    assert like == [h.id for h in idx.similar(first[2], limit=12).hits]
+    # a photo as the query: previewed, the text box cleared, the match explained
+    photo = root / "img" / "30.png"
+    f = d.find_element(By.ID, "file")
+    d.execute_script("arguments[0].hidden = false", f)
+    d.find_element(By.ID, "query").send_keys(" ")
+    f.send_keys(str(photo))
+    wait(d, lambda d: "photo 30.png" in d.find_element(By.ID, "status").text)
+    assert d.find_element(By.ID, "query").get_attribute("value") == ""
+    assert d.find_element(By.ID, "query-preview").is_displayed()
+    top = d.find_elements(By.CSS_SELECTOR, "#results .result")[0]
+    top.click()
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#explain .anchor"))
+    card = top.find_element(By.CSS_SELECTOR, ".score").text.split("·")[-1].strip()
+    assert d.find_element(By.ID, "explain-score").text.rsplit(" ", 1)[-1] == card
+    if os.environ.get("ASIF_UI_SCREENSHOT"):
+        time.sleep(0.5)
+        d.save_screenshot(os.environ["ASIF_UI_SCREENSHOT"].replace(".png", "-photo.png"))
+    # admin: photos added by upload, then an anchor found and removed
+    d.find_element(By.ID, "tab-anchors").click()
+    new = []
+    for i in (40, 41):
+        p = tmp_path / f"new{i}.png"
+        Image.open(root / "img" / f"{i}.png").rotate(90).save(p)
+        new.append(str(p))
+    n0 = idx.store.count_items(version=idx.version)
+    d.find_element(By.ID, "ingest-source").send_keys("browser")
+    d.find_element(By.ID, "ingest-files").send_keys("\n".join(new))
+    wait(d, lambda d: d.find_element(By.ID, "job-state").get_attribute("data-state") == "done",
+         timeout=120)
+    idx.refresh()
+    assert idx.store.count_items({"source": "browser"}, idx.version) == 2
+    assert idx.store.count_items(version=idx.version) == n0 + 2
+    caption = idx.anchors.payloads[3].caption
+    d.find_element(By.ID, "anchor-grep").send_keys(caption)
+    d.find_element(By.ID, "anchor-find").click()
+    rows = wait(d, lambda d: [r for r in d.find_elements(By.CSS_SELECTOR, ".anchor-row")
+                              if caption in r.text] or None)
+    target = int(rows[0].get_attribute("data-id"))
+    rows[0].find_element(By.TAG_NAME, "input").click()
+    if os.environ.get("ASIF_UI_SCREENSHOT"):
+        d.save_screenshot(os.environ["ASIF_UI_SCREENSHOT"].replace(".png", "-anchors.png"))
+    d.find_element(By.ID, "remove-anchors").click()
+    wait(d, lambda d: d.find_element(By.ID, "job-state").get_attribute("data-state") == "done"
+         and "remove" in d.find_element(By.ID, "job-state").text, timeout=120)
+    wait(d, lambda d: d.find_element(By.ID, "anchor-count").text == "23")
+    idx.refresh()
+    assert target not in idx.anchors.ids.tolist() and len(idx.anchors) == 23
+    d.find_element(By.ID, "forget-key").click()
+    assert d.execute_script("return sessionStorage.getItem('asif-key')") is None
+    assert d.find_element(By.ID, "need-key").is_displayed()
