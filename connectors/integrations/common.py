@@ -29,6 +29,25 @@ def hit_text(hit) -> str:
     return str(p.get("path") or p.get("url") or hit.id)
 
 
+class ImagePaths:
+    """Where stored photos are now (their paths resolved against the index's image roots,
+    read once), for the frameworks' image fields."""
+
+    def __init__(self, index) -> None:
+        self._index, self._roots = index, None
+
+    def of(self, payload: dict) -> str | None:
+        from connectors.image_roots import resolve, roots_of
+
+        if self._roots is None:
+            self._roots = roots_of(self._index.store)
+        try:
+            p = resolve(payload, self._roots)
+        except ConfigError:  # a root no longer recorded: no path to give
+            return None
+        return None if p is None else str(p)
+
+
 def hit_metadata(hit, result) -> dict[str, Any]:
     """A hit's payload with what asif-index knows about it (reserved names prefixed)."""
     return {**hit.payload, "asif_id": hit.id, "asif_modality": hit.modality,
@@ -37,4 +56,4 @@ def hit_metadata(hit, result) -> dict[str, Any]:
             "asif_anchor_version": result.anchor_version}
 
 
-__all__ = ["hit_metadata", "hit_text", "search_hits"]
+__all__ = ["ImagePaths", "hit_metadata", "hit_text", "search_hits"]

@@ -19,9 +19,8 @@ from __future__ import annotations
 from typing import Any, Literal, Optional
 
 from asif_index._optional import require
-from asif_index.errors import ConfigError
 from connectors import filters as flt
-from connectors.integrations.common import hit_metadata, hit_text, search_hits
+from connectors.integrations.common import ImagePaths, hit_metadata, hit_text, search_hits
 
 require("langchain_core", "the LangChain retriever")
 from langchain_core.callbacks import CallbackManagerForRetrieverRun  # noqa: E402
@@ -54,20 +53,12 @@ class AsifLangChainRetriever(BaseRetriever):
         expr = flt._and([self.filter, flt.parse(kwargs.get("filter"))])
         hits, res = search_hits(self.index, query, self.query_kind, int(kwargs.get("k", self.k)),
                                 expr, self.modality, **self.search_options)
-        roots = None
+        paths = ImagePaths(self.index)
         docs = []
         for h in hits:
             meta = hit_metadata(h, res)
-            if h.modality == "image":
-                from connectors.image_roots import resolve, roots_of
-
-                roots = roots_of(self.index.store) if roots is None else roots
-                try:
-                    p = resolve(h.payload, roots)
-                except ConfigError:  # a root no longer recorded: no path to give
-                    p = None
-                if p is not None:
-                    meta["asif_image_path"] = str(p)
+            if h.modality == "image" and (p := paths.of(h.payload)) is not None:
+                meta["asif_image_path"] = p
             docs.append(Document(id=h.id, page_content=hit_text(h), metadata=meta))
         return docs
 

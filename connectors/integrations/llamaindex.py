@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from asif_index._optional import require
-from asif_index.errors import ConfigError, FilterError
+from asif_index.errors import FilterError
 from connectors import filters as flt
-from connectors.integrations.common import hit_metadata, hit_text, search_hits
+from connectors.integrations.common import ImagePaths, hit_metadata, hit_text, search_hits
 
 require("llama_index.core", "the LlamaIndex retriever")
 from llama_index.core.retrievers import BaseRetriever  # noqa: E402
@@ -81,24 +81,13 @@ class AsifRetriever(BaseRetriever):
         self._index, self._k, self._modality = index, similarity_top_k, modality
         self._filter = from_metadata_filters(filters)  # a bad filter fails here, not later
         self._options = search_options
-        self._roots = None
-
-    def _image_path(self, payload: dict) -> str | None:
-        from connectors.image_roots import resolve, roots_of
-
-        if self._roots is None:
-            self._roots = roots_of(self._index.store)
-        try:
-            p = resolve(payload, self._roots)
-        except ConfigError:  # a root no longer recorded: the node keeps its text
-            return None
-        return None if p is None else str(p)
+        self._paths = ImagePaths(index)
 
     def _node(self, hit, result) -> NodeWithScore:
         meta = hit_metadata(hit, result)
         if hit.modality == "image":
             node = ImageNode(id_=hit.id, text=hit_text(hit), metadata=meta,
-                             image_path=self._image_path(hit.payload))
+                             image_path=self._paths.of(hit.payload))
         else:
             node = TextNode(id_=hit.id, text=hit_text(hit), metadata=meta)
         return NodeWithScore(node=node, score=float(hit.score))

@@ -10,7 +10,6 @@ a database that did not keep a write 507, a bug 500.
 # no "from __future__ import annotations": FastAPI reads the route annotations at runtime,
 # and they name classes imported inside create_app
 
-import json
 import logging
 import os
 import re
@@ -263,16 +262,14 @@ def create_app(index, settings: ServiceSettings | None = None, *,
             for a in ex.anchors])
 
     def form_filter(text: str | None):
-        """An upload form's filter field (JSON text) as a filter object."""
-        if text is None or not text.strip():
-            return {}
+        """An upload form's filter field (JSON text) as a filter object; 422 as a bad
+        /search filter is."""
+        from connectors.service.image_uploads import _json_object
+
         try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise HTTPException(422, f"filter is not valid JSON ({exc})") from None
-        if not isinstance(doc, dict):
-            raise HTTPException(422, "filter must be a JSON object, as /search's filter")
-        return doc
+            return _json_object(text, "filter", "conditions, as /search's filter")
+        except ConfigError as exc:
+            raise HTTPException(422, str(exc)) from None
 
     def hits_out(hits) -> list[Hit]:
         return [Hit(id=h.id, score=h.score, modality=h.modality, payload=h.payload,
