@@ -598,19 +598,11 @@ class Index:
 
     def _ranked(self, text, image, limit, filter, image_weight, qbnorm, query_keep, exact,
                 candidates) -> "SearchResult":
-        from asif_index.methods.qbnorm import DEFAULT_TEMPERATURE, check_temperature
-
-        explicit = qbnorm is not None and qbnorm is not False
+        anchors = self.anchors
+        explicit, temperature = _temperature(anchors, qbnorm)
         if explicit and text is not None and image is not None:
             raise ConfigError("qbnorm re-ranks single-modality queries; drop it for a "
                               "composed (text + image) query")
-        anchors = self.anchors
-        if qbnorm is True:
-            qbnorm = anchors.recipe.qbnorm or DEFAULT_TEMPERATURE
-        if explicit:
-            check_temperature(qbnorm)
-        temperature = qbnorm if explicit else (None if qbnorm is False
-                                               else anchors.recipe.qbnorm)
         q, modality = self._query_on(anchors, text, image, image_weight)
         version = anchors.manifest.version
         if temperature is None or modality == "composed":
@@ -851,17 +843,10 @@ class Index:
         decomposed as :meth:`search` ranks a collection of the item's modality (``qbnorm``
         as there: by default a text query over photos is normalised, a same-modality pair
         is not)."""
-        from asif_index.methods.qbnorm import DEFAULT_TEMPERATURE, check_temperature
-
         anchors = self.anchors  # query, item and captions from one anchor version
         q, modality = self._query_on(anchors, text, image)
         rec = self.item(item, anchors.manifest.version)
-        explicit = qbnorm is not None and qbnorm is not False
-        temperature = (qbnorm if explicit and qbnorm is not True else
-                       (anchors.recipe.qbnorm or DEFAULT_TEMPERATURE) if qbnorm is True else
-                       None if qbnorm is False else anchors.recipe.qbnorm)
-        if temperature is not None:
-            check_temperature(temperature)
+        explicit, temperature = _temperature(anchors, qbnorm)
         if modality == "composed" or not (explicit or rec.modality != modality):
             temperature = None
         qi, qv = q.row(0)
@@ -899,6 +884,19 @@ class Index:
         from connectors.readonly import index_stats
 
         return index_stats(self.store, self.anchors)
+
+
+def _temperature(anchors: AnchorSet, qbnorm: float | bool | None) -> tuple[bool, float | None]:
+    """(explicit, T) of a search's qbnorm argument (see :meth:`Index.search`): None is the
+    recipe's default, True the recipe's temperature (else 0.05), False none."""
+    from asif_index.methods.qbnorm import DEFAULT_TEMPERATURE, check_temperature
+
+    explicit = qbnorm is not None and qbnorm is not False
+    if qbnorm is True:
+        qbnorm = anchors.recipe.qbnorm or DEFAULT_TEMPERATURE
+    if explicit:
+        check_temperature(qbnorm)
+    return explicit, (qbnorm if explicit else None if qbnorm is False else anchors.recipe.qbnorm)
 
 
 __all__ = ["Explanation", "Index", "anchors_at"]
