@@ -163,9 +163,9 @@ def test_daily_use_paging_more_like_this_photo_queries_and_removal(server, brows
     d.find_element(By.ID, "query").send_keys(QUERY)
     d.find_element(By.ID, "search-btn").click()
 
-    def ids(d):
-        return [r.get_attribute("data-id") for r in
-                d.find_elements(By.CSS_SELECTOR, "#results .result")]
+    def ids(d):  # in one script call: a re-render between calls would leave stale elements
+        return d.execute_script("return [...document.querySelectorAll('#results .result')]"
+                                ".map((e) => e.dataset.id)")
 
     first = wait(d, lambda d: ids(d) if len(ids(d)) == 12 else None)
     cards = d.find_elements(By.CSS_SELECTOR, "#results .result")
