@@ -54,12 +54,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 pass
             return None
-        if p == "/slow.png":
+        if p == "/slow.png":  # a byte every 0.1 s for 6 s: each read is quick, the whole is not
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
             self.end_headers()
             try:
-                for _ in range(30):
+                for _ in range(60):
                     self.wfile.write(b"\x89")
                     self.wfile.flush()
                     time.sleep(0.1)
@@ -127,7 +127,9 @@ def test_fetch_stage_keeps_good_images_and_names_each_failure(web, tmp_path):
     assert all(it.url and it.image is None for it in items)
     assert is_url(items[0].url) and not is_url("photos/a.jpg") and not is_url("file:///x")
     store = tmp_path / "kept"
+    t0 = time.monotonic()
     out = list(fetch_items(items, store, FetchLimits(max_bytes=LIMIT, timeout_s=1.0)))
+    assert time.monotonic() - t0 < 5.0  # the 6-second dribble was cut at its 1-second limit
     assert [it.key for it in out] == [it.key for it in items]  # in order, one for one
     good = [it for it in out if not it.error]
     assert len(good) == len(PHOTOS) + 1

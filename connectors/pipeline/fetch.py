@@ -86,7 +86,8 @@ def fetch_bytes(url: str, limits: FetchLimits = FetchLimits()) -> bytes:
                 if time.monotonic() > deadline:
                     raise FetchError(f"image URL '{shown}' took longer than "
                                      f"{limits.timeout_s:g} s", url)
-                chunk = resp.read(_CHUNK)
+                # read1: what has arrived, so a server that dribbles still meets the deadline
+                chunk = resp.read1(_CHUNK)
                 if not chunk:
                     break
                 got += len(chunk)
