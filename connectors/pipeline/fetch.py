@@ -172,5 +172,5 @@ def needs_fetch(items: Iterable) -> bool:
                for it in items)
 
 
-__all__ = ["FetchError", "FetchLimits", "FetchingSource", "fetch_bytes", "fetch_image", "fetch_items", "is_url",
-           "needs_fetch"]
+__all__ = ["FetchError", "FetchLimits", "FetchingSource", "fetch_bytes", "fetch_image",
+           "fetch_items", "is_url", "needs_fetch"]
