@@ -167,6 +167,12 @@ def _demo_page(out: Path, lines) -> Path:
     return page.resolve()
 
 
+# what `eval sweep` compares by default: the EfficientNet-Lite family and its ensembles
+ENCODER_SETS = ("efficientnet-lite0,efficientnet-lite1,efficientnet-lite2,"
+                "efficientnet-lite0+efficientnet-lite2,"
+                "efficientnet-lite0+efficientnet-lite1+efficientnet-lite2")
+
+
 def cmd_evaluate(args) -> int:
     from asif_index.datasets import shared_data_dir
     from asif_index.evaluation import load_eval_data, markdown_table, run_evaluation, write_report
@@ -217,6 +223,10 @@ def cmd_evaluate(args) -> int:
     if args.grouped:  # one anchor per image (its captions averaged) against the 5 pairs
         extra += [(r, k, p, True) for r in recipes for k in (400, 800, 1600) for p in (4.0, 8.0)]
     result = run_evaluation(data, txt_enc, ks, ps, recipes=recipes, extra_points=extra)
+    sets = [x.strip() for x in (args.encoder_sets or "").split(",") if x.strip()]
+    if sets:
+        del data  # one encoder set's embeddings in memory at a time
+        result["encoder_sets"] = _encoder_sets(args, s, sets, data_dir, stage, bars)
     import platform
     import shlex
 
@@ -237,6 +247,39 @@ def cmd_evaluate(args) -> int:
         Path(args.docs).with_suffix(".json").write_text(j.read_text())
         print(f"wrote {args.docs} and {Path(args.docs).with_suffix('.json')}")
     return 0
+
+
+def _encoder_sets(args, s, sets: list[str], data_dir: Path, stage, bars) -> list[dict]:
+    """Each image encoder spec of ``sets`` (ensembles 'A+B' too) with the text encoder, at
+    each of ``--encoder-recipes``, k=800, p=8; the index's default marked."""
+    from asif_index.encoders.registry import DEFAULT_IMAGE, canonical_image_spec
+    from asif_index.evaluation import evaluate_point, load_eval_data
+    from asif_index.recipe import DEFAULT as DEFAULT_RECIPE, Recipe
+
+    recipes = [Recipe.parse(x.strip()) for x in args.encoder_recipes.split(",") if x.strip()]
+    rows = []
+    for spec in sets:
+        s_set = s.model_copy(update={"image_encoder": spec})
+        img_enc, txt_enc = s_set.encoders()
+        try:
+            data = load_eval_data(data_dir, img_enc, txt_enc, args.limit_anchor_images,
+                                  args.limit_cifar, args.limit_dev_images, progress=stage)
+        finally:
+            for b in bars:
+                b.close()
+        for recipe in recipes:
+            r = evaluate_point(data, txt_enc, 800, 8.0, recipe)
+            r.update(image_spec=canonical_image_spec(spec), text_spec=s.text_encoder,
+                     default=(canonical_image_spec(spec) == canonical_image_spec(DEFAULT_IMAGE)
+                              and recipe == DEFAULT_RECIPE))
+            a, b = r["select"], r["confirm"]
+            print(f"{spec} {recipe.name}: select CIFAR-10 {a['cifar10_acc_mean']:.4f} T2I R@10 "
+                  f"{a['t2i_R@10']:.3f} I2T R@10 {a['i2t_R@10']:.3f} | confirm CIFAR-10 "
+                  f"{b['cifar10_acc_mean']:.4f} T2I R@10 {b['t2i_R@10']:.3f} I2T R@10 "
+                  f"{b['i2t_R@10']:.3f}", flush=True)
+            rows.append(r)
+        del data
+    return rows
 
 
 def register(sub, common) -> None:
@@ -285,6 +328,12 @@ def register(sub, common) -> None:
     e.add_argument("--qbnorm", type=positive_float, default=0.05, metavar="T",
                    help="the query-bank temperature of that sweep (default 0.05; "
                         "'eval qbnorm' sweeps T)")
+    e.add_argument("--encoder-sets", default=ENCODER_SETS,
+                   help="image encoders (or ensembles A+B, A*0.3+B*0.7) compared with the "
+                        "text encoder, comma-separated; '' to skip (default: "
+                        f"{ENCODER_SETS})")
+    e.add_argument("--encoder-recipes", default="tuned",
+                   help="recipes each encoder set is measured with at k=800, p=8 (default tuned)")
     e.add_argument("--limit-anchor-images", type=positive_int, help="use at most this many "
                    "Flickr8k train images as anchors")
     e.add_argument("--limit-cifar", type=positive_int, help="at most this many CIFAR-10 images")

