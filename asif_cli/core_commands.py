@@ -175,7 +175,7 @@ ENCODER_SETS = ("efficientnet-lite0,efficientnet-lite1,efficientnet-lite2,"
 
 def cmd_evaluate(args) -> int:
     from asif_index.datasets import shared_data_dir
-    from asif_index.evaluation import load_eval_data, markdown_table, run_evaluation, write_report
+    from asif_index.evaluation import markdown_table, run_evaluation, write_report
 
     data_dir = Path(args.data) if args.data else shared_data_dir()
     if data_dir is None:
@@ -198,12 +198,7 @@ def cmd_evaluate(args) -> int:
             bars[0].update(done - bars[0].n)
         return cb
 
-    try:
-        data = load_eval_data(data_dir, img_enc, txt_enc, args.limit_anchor_images,
-                              args.limit_cifar, args.limit_dev_images, progress=stage)
-    finally:
-        for b in bars:
-            b.close()
+    data = _eval_data(args, data_dir, img_enc, txt_enc, stage, bars)
     from asif_index.recipe import Recipe
 
     ks = [int(x) for x in args.ks.split(",")]
@@ -249,28 +244,36 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _eval_data(args, data_dir: Path, img_enc, txt_enc, stage, bars):
+    """The evaluation's embeddings for one encoder pair, the stage bars closed after."""
+    from asif_index.evaluation import load_eval_data
+
+    try:
+        return load_eval_data(data_dir, img_enc, txt_enc, args.limit_anchor_images,
+                              args.limit_cifar, args.limit_dev_images, progress=stage)
+    finally:
+        for b in bars:
+            b.close()
+
+
 def _encoder_sets(args, s, sets: list[str], data_dir: Path, stage, bars) -> list[dict]:
     """Each image encoder spec of ``sets`` (ensembles 'A+B' too) with the text encoder, at
     each of ``--encoder-recipes``, k=800, p=8; the index's default marked."""
     from asif_index.encoders.registry import DEFAULT_IMAGE, canonical_image_spec
-    from asif_index.evaluation import evaluate_point, load_eval_data
+    from asif_index.evaluation import evaluate_point
     from asif_index.recipe import DEFAULT as DEFAULT_RECIPE, Recipe
 
     recipes = [Recipe.parse(x.strip()) for x in args.encoder_recipes.split(",") if x.strip()]
+    default_spec = canonical_image_spec(DEFAULT_IMAGE)
     rows = []
     for spec in sets:
         s_set = s.model_copy(update={"image_encoder": spec})
         img_enc, txt_enc = s_set.encoders()
-        try:
-            data = load_eval_data(data_dir, img_enc, txt_enc, args.limit_anchor_images,
-                                  args.limit_cifar, args.limit_dev_images, progress=stage)
-        finally:
-            for b in bars:
-                b.close()
+        data = _eval_data(args, data_dir, img_enc, txt_enc, stage, bars)
         for recipe in recipes:
             r = evaluate_point(data, txt_enc, 800, 8.0, recipe)
             r.update(image_spec=canonical_image_spec(spec), text_spec=s.text_encoder,
-                     default=(canonical_image_spec(spec) == canonical_image_spec(DEFAULT_IMAGE)
+                     default=(canonical_image_spec(spec) == default_spec
                               and recipe == DEFAULT_RECIPE))
             a, b = r["select"], r["confirm"]
             print(f"{spec} {recipe.name}: select CIFAR-10 {a['cifar10_acc_mean']:.4f} T2I R@10 "

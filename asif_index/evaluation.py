@@ -21,7 +21,8 @@ from asif_index.datasets import flickr8k, read_class_folder
 from asif_index.encoders.base import Encoder
 from asif_index.errors import ConfigError
 from asif_index.recipe import Recipe
-from asif_index.search import prompts, recall_from_scores, score_matrix, template_scores
+from asif_index.search import (hits_at, prompts, recall_from_scores, score_matrix,
+                                template_scores)
 
 CIFAR_TEMPLATES = (
     "a photo of a {}.",
@@ -238,10 +239,8 @@ def retrieval_hits(t2i: np.ndarray, i2t: np.ndarray, caption_image: np.ndarray,
     rel_i = [set(np.flatnonzero(caption_image == i).tolist()) for i in range(t2i.shape[1])]
     out = {}
     for name, sc, rel in (("t2i", t2i, rel_t), ("i2t", i2t, rel_i)):
-        top = np.argsort(-sc, axis=1, kind="stable")[:, :max(ks)]
-        for k in ks:
-            out[f"{name}_R@{k}"] = np.array([bool(set(r[:k].tolist()) & q)
-                                             for r, q in zip(top, rel)])
+        top = np.argsort(-sc, axis=1, kind="stable")[:, :max(ks)]  # as recall_from_scores
+        out.update({f"{name}_{m}": h for m, h in hits_at(top, rel, ks).items()})
     return out
 
 

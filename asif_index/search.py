@@ -116,10 +116,15 @@ def recall_from_scores(scores: np.ndarray, relevant: Sequence[set[int]], ks=(1, 
     return recall_at(np.argsort(-scores, axis=1, kind="stable")[:, :max(ks)], relevant, ks)
 
 
+def hits_at(ranked: np.ndarray, relevant: Sequence[set[int]], ks=(1, 5, 10)
+            ) -> dict[str, np.ndarray]:
+    """Per query, whether its top-k positions hold a relevant item: bool [Q] per "R@k"; the
+    mean over any subset of queries is that subset's recall."""
+    return {f"R@{k}": np.array([bool(set(r[:k].tolist()) & rel)
+                                for r, rel in zip(ranked, relevant)], bool) for k in ks}
+
+
 def recall_at(ranked: np.ndarray, relevant: Sequence[set[int]], ks=(1, 5, 10)) -> dict[str, float]:
     """Recall@k: share of queries whose top-k positions hold a relevant item."""
-    out = {}
-    for k in ks:
-        hit = [bool(set(r[:k].tolist()) & rel) for r, rel in zip(ranked, relevant)]
-        out[f"R@{k}"] = float(np.mean(hit)) if hit else 0.0
-    return out
+    return {key: float(hit.mean()) if len(hit) else 0.0
+            for key, hit in hits_at(ranked, relevant, ks).items()}

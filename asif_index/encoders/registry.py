@@ -56,12 +56,10 @@ def image_encoder_from_spec(spec: str, **kwargs: Any) -> Encoder:
     if "+" in spec:
         return _ensemble(spec, image_encoder_from_spec, **kwargs)
     from asif_index.encoders.image import (EFFICIENTNET_LITE, HFImageEncoder, TimmImageEncoder,
-                                           default_image_encoder, efficientnet_lite)
+                                           efficientnet_lite)
 
-    if spec in ("default", "efficientnet-lite0"):
-        return default_image_encoder(**kwargs)
-    if spec in EFFICIENTNET_LITE:
-        return efficientnet_lite(spec, **kwargs)
+    if canonical_image_spec(spec) in EFFICIENTNET_LITE:
+        return efficientnet_lite(canonical_image_spec(spec), **kwargs)
     if spec.startswith("timm:"):
         parts = spec.split(":", 2)
         if len(parts) != 3 or not parts[2]:
