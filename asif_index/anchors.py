@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -61,9 +61,14 @@ class AnchorManifest:
         if not same(text_encoder, self.text_encoder):
             mism.append(f"text encoder '{text_encoder}' != stored '{self.text_encoder}'")
         if mism:
+            from asif_index.encoders.registry import stored_encoder_specs
+
+            specs = stored_encoder_specs(self.extra, self.image_encoder, self.text_encoder)
+            flags = " ".join(f"--{m}-encoder '{v}'" for m, v in specs.items() if v)
             raise EncoderMismatchError(
                 f"{where} was built with other encoders: {'; '.join(mism)}. Use the stored "
-                "encoders (see its manifest) or rebuild it with the new ones"
+                f"encoders ({flags or 'see its manifest'}; or leave the encoder options unset "
+                "and the CLI uses them) or rebuild it with the new ones"
             )
 
 
@@ -83,7 +88,9 @@ class AnchorSet:
         self.payloads: list[AnchorPayload] = []
         self.added_at = np.zeros(0, np.float64)
         self.next_id = 0
-        self._engines: dict[tuple, "TopKEngine"] = {}
+        # what is derived from one version's rows and cleared with any change: top-k engines
+        # and hub weights
+        self._engines: dict[tuple, Any] = {}
         # the index's folded QB-Norm (asif_index.methods.qbnorm_fold.QBNormFold), attached
         # by the connector that loaded the set; None: not folded
         self.fold = None
@@ -158,7 +165,9 @@ class AnchorSet:
         return view
 
     def _freeze(self) -> None:
-        if self.recipe.center and "centers" not in self.manifest.extra and len(self):
+        # a centred recipe subtracts the means; hub weights measure each anchor against them
+        needs = self.recipe.center or self.recipe.hub is not None
+        if needs and "centers" not in self.manifest.extra and len(self):
             self.manifest.extra["centers"] = {
                 "image": self.image.mean(0, dtype=np.float64).astype(np.float32).tolist(),
                 "text": self.text.mean(0, dtype=np.float64).astype(np.float32).tolist()}
@@ -167,6 +176,28 @@ class AnchorSet:
         """The frozen anchor mean a centred recipe subtracts (float32 [d]), else None."""
         c = self.manifest.extra.get("centers") if self.recipe.center else None
         return None if c is None else np.asarray(c[modality], np.float32)
+
+    def hub_weights(self, modality: Modality) -> np.ndarray | None:
+        """The recipe's hub weight of each anchor row, ``exp(-beta * cos(a, mu))`` with mu
+        the frozen anchor mean of ``modality`` (float32 [N]), or None without hub weights."""
+        beta = self.recipe.hub
+        c = self.manifest.extra.get("centers") if beta is not None else None
+        if c is None:
+            return None
+        key = ("hub", modality)
+        if key not in self._engines:  # cleared with the engines when the anchors change
+            mu = np.asarray(c[modality], np.float64)
+            cos = self.matrix(modality).astype(np.float64) @ (mu / max(np.linalg.norm(mu), 1e-12))
+            self._engines[key] = np.exp(-float(beta) * cos).astype(np.float32)
+        return self._engines[key]
+
+    def hub_weights_of(self, ids: np.ndarray, modality: Modality) -> np.ndarray | None:
+        """:meth:`hub_weights` of anchor ``ids`` (any shape), or None without hub weights."""
+        w = self.hub_weights(modality)
+        if w is None:
+            return None
+        ids = np.asarray(ids)
+        return w[self.rows_of(ids.ravel())].reshape(ids.shape)
 
     def engine_matrix(self, modality: Modality) -> np.ndarray:
         """The rows the top-k engine searches: the unit anchors, or under a centred recipe
@@ -287,7 +318,8 @@ class AnchorSet:
             embeddings = _minus(embeddings, c)
         return project(embeddings,
                        engine if engine is not None else self.engine(modality, **engine_options),
-                       self.ids.astype(np.int64), k=k, p=p)
+                       self.ids.astype(np.int64), k=k, p=p,
+                       anchor_weights=self.hub_weights(modality))
 
     # ------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:

@@ -100,6 +100,20 @@ class AsifSettings(BaseSettings):
 
         return EmbeddingCache(self.cache_dir / "embeddings.sqlite")
 
+    def for_index(self, manifest) -> "AsifSettings":
+        """These settings with the encoders an index was made with (its manifest's
+        ``encoder_specs``, or what its encoder names say) wherever the user set none
+        (flag, config file, environment): an index keeps its encoders when the default
+        changes. An encoder set explicitly is kept, and the manifest check then names any
+        mismatch."""
+        from asif_index.encoders.registry import stored_encoder_specs
+
+        specs = stored_encoder_specs(manifest.extra, manifest.image_encoder,
+                                     manifest.text_encoder)
+        update = {f"{m}_encoder": spec for m, spec in specs.items()
+                  if spec is not None and f"{m}_encoder" not in self.model_fields_set}
+        return self.model_copy(update=update) if update else self
+
     def encoders(self):
         """(image encoder, text encoder) built from the specs, sharing the cache. Built once
         per process for the same specs (a service or a test suite opens many indexes)."""

@@ -12,6 +12,15 @@ projected the same way, and every statistic it needs is frozen there.
 - ``k_image``/``p_image``, ``k_text``/``p_text``: per-modality top-k and power (unset: the
   index's k and p). Image-to-text recall falls as p grows while text-to-image does not, so
   the two sides need not share them.
+- ``hub``: hub weights, strength beta. Anchor ``a`` of each side gets the weight
+  ``exp(-beta * cos(a, mu))``, mu the side's frozen anchor mean, multiplied into its entry of
+  every relative vector (items and queries) before the L2 normalisation, so a dimension
+  every input shares (an anchor near the centre of the cloud: a hub, the generic photo or
+  caption that is in everyone's top-k) counts less in every dot product: CSLS's penalty of
+  a point's mean similarity to the others (Conneau et al. 2018), taken against the mean of
+  all anchors, which costs one dot product per anchor. The weight of an anchor depends only
+  on its embedding and the frozen mean, so adding anchors changes no other anchor's
+  weight and live updates stay exact; ``anchors rebuild`` refreezes mu.
 - ``qbnorm``: the temperature of query-bank normalisation (:mod:`asif_index.methods.qbnorm`),
   which a search applies by default to its cross-modal results (unset: plain ranking). It
   changes no stored vector: the bank is rebuilt from each anchor version.
@@ -40,6 +49,7 @@ class Recipe:
     k_text: int | None = None
     p_text: float | None = None
     qbnorm: float | None = None
+    hub: float | None = None
 
     def kp(self, modality: str, k: int, p: float) -> tuple[int, float]:
         """(k, p) for one modality, the index's own where the recipe sets none."""
@@ -60,6 +70,8 @@ class Recipe:
             k, p = getattr(self, f"k_{m}"), getattr(self, f"p_{m}")
             if k is not None or p is not None:
                 parts.append(f"{m}(k={k if k is not None else '-'},p={p if p is not None else '-'})")
+        if self.hub is not None:
+            parts.append(f"hub(beta={self.hub:g})")
         if self.qbnorm is not None:
             parts.append(f"qbnorm(T={self.qbnorm:g})")
         name = "+".join(parts)
@@ -85,14 +97,23 @@ class Recipe:
                 raise ConfigError(f"p_{m} must be a positive number; got {p!r}")
         if r.qbnorm is not None:
             check_temperature(r.qbnorm)
+        if r.hub is not None and (isinstance(r.hub, bool) or not isinstance(r.hub, (int, float))
+                                  or not (r.hub > 0 and np.isfinite(r.hub))):
+            raise ConfigError(f"hub (the hub weights' strength beta) must be a positive "
+                              f"number, e.g. 10; got {r.hub!r}")
         return r
 
     @classmethod
     def parse(cls, text: str) -> "Recipe":
-        """A recipe by name (one of :data:`RECIPES`: 'tuned', 'asif', 'centered') or as
-        'center,k_image=400,p_image=4,qbnorm=0.05' (for the command line)."""
+        """A recipe by name (one of :data:`RECIPES`: 'tuned', 'asif', 'centered'), a name
+        with settings on top ('tuned,hub=10') or settings alone
+        ('center,k_image=400,p_image=4,qbnorm=0.05', for the command line)."""
         if text in RECIPES:
             return RECIPES[text]
+        head, _, rest = text.partition(",")
+        if head.strip() in RECIPES and rest.strip():
+            base = RECIPES[head.strip()].to_dict()
+            return cls.from_dict({**base, **cls.parse(rest).to_dict()})
         doc: dict[str, Any] = {}
         for part in (x.strip() for x in text.split(",") if x.strip()):
             key, eq, val = part.partition("=")
@@ -100,7 +121,7 @@ class Recipe:
                 if key != "center":
                     raise ConfigError(f"'{part}' is not a recipe setting: use a name "
                                       f"({', '.join(RECIPES)}) or center,k_image=N,p_image=X,"
-                                      "qbnorm=T,...")
+                                      "qbnorm=T,hub=B,...")
                 doc["center"] = True
                 continue
             try:

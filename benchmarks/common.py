@@ -62,9 +62,10 @@ def flickr_anchors(data_dir, img_enc, txt_enc):
     return train, dev, a_img, a_txt, payloads
 
 
-def flickr_bench_setup():
+def flickr_bench_setup(image_encoder: str | None = None):
     """(image encoder, text encoder, train, dev, anchor image emb, anchor caption emb,
-    anchor payloads) for the Flickr8k benchmarks, or None (with a message) without data."""
+    anchor payloads) for the Flickr8k benchmarks, or None (with a message) without data.
+    image_encoder: a spec (asif_index.encoders.registry; None: the settings' default)."""
     from asif_index.config import AsifSettings
     from asif_index.datasets import shared_data_dir
 
@@ -72,7 +73,7 @@ def flickr_bench_setup():
     if data is None:
         print("no ../shared/data: nothing to measure")
         return None
-    img_enc, txt_enc = AsifSettings.load().encoders()
+    img_enc, txt_enc = AsifSettings.load(image_encoder=image_encoder).encoders()
     return (img_enc, txt_enc, *flickr_anchors(data, img_enc, txt_enc))
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from asif_index.anchors import AnchorManifest, AnchorPayload, AnchorSet
 from asif_index.encoders.base import Encoder
+from asif_index.encoders.registry import ENCODER_SPECS_KEY
 from asif_index.errors import (
     AnchorError,
     ConfigError,
@@ -243,6 +244,10 @@ class Index:
                              text_encoder.dim, k=k, p=p, extra={"uid": uuid.uuid4().hex})
         if not recipe.published:
             man.extra["recipe"] = recipe.to_dict()
+        specs = {"image": getattr(image_encoder, "spec", None),
+                 "text": getattr(text_encoder, "spec", None)}
+        if all(specs.values()):  # so that opening it builds these encoders, not the default
+            man.extra[ENCODER_SPECS_KEY] = specs
         if raw_dtype not in RAW_DTYPES:
             raise ConfigError(f"raw_dtype (--raw-dtype) must be one of {', '.join(RAW_DTYPES)}; "
                               f"got {raw_dtype!r}")

@@ -254,7 +254,8 @@ def _apply(store: VectorStore, plan: ItemPassPlan, recs: list[ItemRecord]) -> in
         if mergeable.any():
             rows = todo[mergeable]
             merged, unsure = merge_new_anchors([group[j] for j in rows], sims[rows],
-                                               add_ids, k, p, target)
+                                               add_ids, k, p, target,
+                                               hub=_hub_lookup(new_set, mod))
             if new_set.fold is not None:
                 new_set.fold.fold_records(merged)
             fresh += merged
@@ -416,9 +417,20 @@ def mergeable_record(r: ItemRecord, old_n: int, k: int) -> bool:
     return old_n >= k and r.kth_similarity > 0 and len(r.sparse_indices) == k
 
 
-def recover_similarities(values: np.ndarray, kth: np.ndarray, p: float) -> np.ndarray:
-    """Raw cosine similarities from relative-vector weights: w_i = s_i^p / Z, so
-    s_i = s_k * (w_i / w_k)^(1/p) with s_k the stored k-th similarity. values: [b, k]."""
+def _hub_lookup(anchors: AnchorSet, modality: str):
+    """ids -> the recipe's hub weights of those anchors, or None without hub weights."""
+    if anchors.hub_weights(modality) is None:
+        return None
+    return lambda ids: anchors.hub_weights_of(ids, modality)
+
+
+def recover_similarities(values: np.ndarray, kth: np.ndarray, p: float,
+                         scale: np.ndarray | None = None) -> np.ndarray:
+    """Raw cosine similarities from relative-vector weights: w_i = g_i s_i^p / Z (g_i the
+    anchors' hub weights, ``scale``; 1 without), so s_i = s_k * (w_i/g_i / (w_k/g_k))^(1/p)
+    with s_k the stored k-th similarity, the smallest w_i/g_i. values, scale: [b, k]."""
+    if scale is not None:
+        values = values / scale
     wk = values.min(axis=1, keepdims=True)
     return kth[:, None] * (values / wk) ** (1.0 / p)
 
@@ -427,14 +439,17 @@ MERGE_TIE_TOL = 1e-5  # recovered and fresh similarities agree to ~1e-7; closer 
 
 
 def merge_new_anchors(recs: list[ItemRecord], new_sims: np.ndarray, new_ids: np.ndarray,
-                      k: int, p: float, target: int) -> tuple[list[ItemRecord], np.ndarray]:
+                      k: int, p: float, target: int, hub=None
+                      ) -> tuple[list[ItemRecord], np.ndarray]:
     """New top-k of each item = top-k of (its old top-k, the new anchors), exactly as a
     projection over all anchors would rank them (ties: older anchor, i.e. lower id, first).
 
     -> (records, positions in ``recs`` that must be re-projected instead). Recovered
     similarities carry rounding error, so where the k-th and (k+1)-th merged values are
     within MERGE_TIE_TOL (a new anchor duplicating an old one, say) membership cannot be
-    decided from them; those items are left to a full projection."""
+    decided from them; those items are left to a full projection. ``hub``: anchor ids ->
+    their hub weights (the recipe's; None: none), divided out before the similarities are
+    recovered and multiplied back into the merged weights."""
     from asif_index.projection import relative_weights
 
     b = len(recs)
@@ -443,7 +458,9 @@ def merge_new_anchors(recs: list[ItemRecord], new_sims: np.ndarray, new_ids: np.
     kth = np.array([r.kth_similarity for r in recs], np.float64)
     # Stored indices are ascending and every new id exceeds every old one, so the
     # concatenation is already in id order: one stable sort gives the tie rule.
-    sims = np.concatenate([recover_similarities(old_vals, kth, p), new_sims.astype(np.float64)], 1)
+    old_scale = None if hub is None else hub(old_ids).astype(np.float64)
+    sims = np.concatenate([recover_similarities(old_vals, kth, p, old_scale),
+                           new_sims.astype(np.float64)], 1)
     # new_ids come from a range (ascending), matching the columns of new_sims
     ids = np.concatenate([old_ids, np.broadcast_to(new_ids, (b, len(new_ids)))], 1)
     order = np.argsort(-sims, axis=1, kind="stable")
@@ -454,7 +471,7 @@ def merge_new_anchors(recs: list[ItemRecord], new_sims: np.ndarray, new_ids: np.
         ambiguous = (ranked[:, 0] - ranked[:, 1]) < MERGE_TIE_TOL
     top_s = np.take_along_axis(sims, top, 1).astype(np.float32)
     top_i = np.take_along_axis(ids, top, 1)
-    w = relative_weights(top_s, p)
+    w = relative_weights(top_s, p, None if hub is None else hub(top_i))
     out = []
     for j, r in enumerate(recs):
         if ambiguous[j]:

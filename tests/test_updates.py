@@ -221,7 +221,11 @@ VARIANTS = {"centered": Recipe(center=True),
             "centered+per-modality": Recipe(center=True, k_image=K - 10, p_image=3.0),
             # the default recipe's shape at this scale (its k_image=3200 would hold every
             # one of these 120 anchors)
-            "tuned": dataclasses.replace(TUNED, k_image=2 * K)}
+            "tuned": dataclasses.replace(TUNED, k_image=2 * K),
+            # hub weights: merged items divide them out and back in (random anchors sit near
+            # the mean's equator, so a strong beta is what spreads their weights)
+            "hub": Recipe(hub=30.0),
+            "tuned+hub": dataclasses.replace(TUNED, k_image=2 * K, hub=30.0)}
 
 
 @pytest.mark.parametrize("kind", ["memory", "qdrant-edge"])
@@ -233,7 +237,7 @@ def test_every_recipe_variant_stays_exact_under_updates(variant, kind, tmp_path)
     idx = build(kind, tmp_path, recipe=recipe)
     assert idx.anchors.recipe == recipe
     centers = idx.store.read_manifest().extra.get("centers")
-    assert (centers is not None) == recipe.center
+    assert (centers is not None) == (recipe.center or recipe.hub is not None)
     assert_equals_rebuild(idx)
     res = update_anchors(idx, add=(*data(3, 12), [AnchorPayload(f"n{i}") for i in range(12)]))
     assert 0 < res.items_touched < 300
@@ -258,3 +262,27 @@ def test_every_recipe_variant_stays_exact_under_updates(variant, kind, tmp_path)
     q = data(9, 1)[1]
     assert not np.array_equal(plain.project(q, "text").indices, idx.project(q, "text").indices) \
         or not np.allclose(plain.project(q, "text").values, idx.project(q, "text").values)
+
+
+def test_hub_recipe_parses_on_a_name_and_refuses_bad_strengths():
+    r = Recipe.parse("tuned,hub=12")
+    assert r == dataclasses.replace(TUNED, hub=12.0) and "hub(beta=12)" in r.name
+    assert Recipe.from_dict(r.to_dict()) == r  # what a manifest stores reads back
+    for bad in ("hub=0", "hub=-1", "hub=inf", "tuned,hub=nan"):
+        with pytest.raises(ConfigError, match="hub .*positive number") as e:
+            Recipe.parse(bad)
+        assert "\n" not in str(e.value)
+
+
+def test_hub_weights_follow_each_anchor_and_the_frozen_mean(tmp_path):
+    """An anchor's hub weight is exp(-beta cos(a, mu)) with mu frozen: adding anchors leaves
+    every old anchor's weight as it was."""
+    idx = build("memory", tmp_path, recipe=Recipe(hub=5.0))
+    a = idx.anchors
+    mu = np.asarray(a.manifest.extra["centers"]["image"], np.float64)
+    want = np.exp(-5.0 * (a.image @ (mu / np.linalg.norm(mu))))
+    np.testing.assert_allclose(a.hub_weights("image"), want, rtol=1e-5)
+    before = dict(zip(a.ids.tolist(), a.hub_weights("text").tolist()))
+    update_anchors(idx, add=(*data(3, 12), [AnchorPayload(f"n{i}") for i in range(12)]))
+    after = dict(zip(idx.anchors.ids.tolist(), idx.anchors.hub_weights("text").tolist()))
+    assert all(after[i] == w for i, w in before.items()) and len(after) == len(before) + 12

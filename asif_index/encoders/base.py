@@ -50,6 +50,9 @@ class Encoder(ABC):
     modality: Modality
     name: str
     dim: int
+    # the spec (asif_index.encoders.registry) that builds this encoder again; set by the
+    # registry, None for an encoder made directly
+    spec: str | None = None
 
     def __init__(self, device: str | None = None, batch_size: int | None = None, cache=None,
                  decode_workers: int | None = None) -> None:
