@@ -43,6 +43,14 @@ def positive_float(text: str) -> float:
     return v
 
 
+def positive_floats(text: str) -> list[float]:
+    """A comma-separated list of finite numbers > 0 (e.g. '3,10,30')."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("give at least one number, e.g. 3,10")
+    return [positive_float(x) for x in parts]
+
+
 def unit_float(text: str) -> float:
     """A number in [0, 1] (a weight, a share, a fraction of an image)."""
     try:

@@ -6,11 +6,12 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from asif_cli.args import kp_options, positive_float, positive_int, positive_ints
+from asif_cli.args import kp_options, positive_float, positive_floats, positive_int, positive_ints
 
 
 def _settings(args):
@@ -167,7 +168,9 @@ def _demo_page(out: Path, lines) -> Path:
     return page.resolve()
 
 
-# what `eval sweep` compares by default: the EfficientNet-Lite family and its ensembles
+# what `eval sweep` compares by default: the EfficientNet-Lite family and its ensembles, with
+# the tuned recipe and with hub weights on top
+ENCODER_RECIPES = "tuned;tuned,hub=10"
 ENCODER_SETS = ("efficientnet-lite0,efficientnet-lite1,efficientnet-lite2,"
                 "efficientnet-lite0+efficientnet-lite2,"
                 "efficientnet-lite0+efficientnet-lite1+efficientnet-lite2")
@@ -199,11 +202,11 @@ def cmd_evaluate(args) -> int:
         return cb
 
     data = _eval_data(args, data_dir, img_enc, txt_enc, stage, bars)
-    from asif_index.recipe import Recipe
+    from asif_index.recipe import TUNED, Recipe, parse_list
 
     ks = [int(x) for x in args.ks.split(",")]
     ps = [float(x) for x in args.ps.split(",")]
-    recipes = [Recipe.parse(x.strip()) for x in args.recipes.split(",") if x.strip()]
+    recipes = parse_list(args.recipes)
     extra = []
     if args.per_modality:  # image-side and text-side p apart, at k=800, plain and centred
         pis = [float(x) for x in args.image_ps.split(",")]
@@ -215,6 +218,10 @@ def cmd_evaluate(args) -> int:
         # without query-bank normalisation of the retrieval (the tuned recipe is one point)
         extra += [(Recipe(k_image=ki, p_text=4.0, qbnorm=t), kt, 8.0)
                   for ki in args.image_ks for kt in (400, 800) for t in (None, args.qbnorm)]
+    # hub weights beside query-bank normalisation and combined with it (the tuned recipe's
+    # k and p), at each strength beta
+    extra += [(replace(TUNED, qbnorm=t, hub=b), 800, 8.0)
+              for b in args.hub_betas for t in (None, TUNED.qbnorm)]
     if args.grouped:  # one anchor per image (its captions averaged) against the 5 pairs
         extra += [(r, k, p, True) for r in recipes for k in (400, 800, 1600) for p in (4.0, 8.0)]
     result = run_evaluation(data, txt_enc, ks, ps, recipes=recipes, extra_points=extra)
@@ -261,9 +268,9 @@ def _encoder_sets(args, s, sets: list[str], data_dir: Path, stage, bars) -> list
     each of ``--encoder-recipes``, k=800, p=8; the index's default marked."""
     from asif_index.encoders.registry import DEFAULT_IMAGE, canonical_image_spec
     from asif_index.evaluation import evaluate_point
-    from asif_index.recipe import DEFAULT as DEFAULT_RECIPE, Recipe
+    from asif_index.recipe import DEFAULT as DEFAULT_RECIPE, parse_list
 
-    recipes = [Recipe.parse(x.strip()) for x in args.encoder_recipes.split(",") if x.strip()]
+    recipes = parse_list(args.encoder_recipes)
     default_spec = canonical_image_spec(DEFAULT_IMAGE)
     rows = []
     for spec in sets:
@@ -335,8 +342,12 @@ def register(sub, common) -> None:
                    help="image encoders (or ensembles A+B, A*0.3+B*0.7) compared with the "
                         "text encoder, comma-separated; '' to skip (default: "
                         f"{ENCODER_SETS})")
-    e.add_argument("--encoder-recipes", default="tuned",
-                   help="recipes each encoder set is measured with at k=800, p=8 (default tuned)")
+    e.add_argument("--encoder-recipes", default=ENCODER_RECIPES,
+                   help="recipes each encoder set is measured with at k=800, p=8; ';' between "
+                        f"recipes with settings (default {ENCODER_RECIPES})")
+    e.add_argument("--hub-betas", type=positive_floats, default=[3.0, 10.0, 30.0],
+                   help="hub-weight strengths measured on the tuned recipe, with and without "
+                        "query-bank normalisation (default 3,10,30)")
     e.add_argument("--limit-anchor-images", type=positive_int, help="use at most this many "
                    "Flickr8k train images as anchors")
     e.add_argument("--limit-cifar", type=positive_int, help="at most this many CIFAR-10 images")

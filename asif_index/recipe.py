@@ -131,6 +131,13 @@ class Recipe:
         return cls.from_dict(doc)
 
 
+def parse_list(text: str) -> list[Recipe]:
+    """Several recipes: separated by ';' where any recipe carries settings
+    ('tuned;tuned,hub=10'), else by ',' ('asif,centered')."""
+    sep = ";" if ";" in text else ","
+    return [Recipe.parse(x.strip()) for x in text.split(sep) if x.strip()]
+
+
 def check_temperature(temperature: float) -> None:
     """A query-bank temperature (``qbnorm``) must be a positive, finite number; ConfigError
     naming it otherwise (a recipe's, a search's, a bank's)."""

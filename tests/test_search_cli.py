@@ -116,14 +116,20 @@ def test_evaluation_on_a_slice_of_real_data(data_dir, encoders, tmp_path):
                          recipes=(Recipe(), Recipe(center=True)),
                          extra_points=[(Recipe(p_image=2.0), 800, 8.0),
                                        (Recipe(), 800, 8.0, True), (TUNED, 800, 8.0),
-                                       (dataclasses.replace(TUNED, qbnorm=None), 800, 8.0)])
+                                       (dataclasses.replace(TUNED, qbnorm=None), 800, 8.0),
+                                       (dataclasses.replace(TUNED, hub=10.0), 800, 8.0)])
     assert res["default"]["k"] == 300 and res["default"]["recipe"] == "asif"  # k capped at N
     assert res["chosen"]["recipe"] == "tuned" and res["chosen"]["k"] == 300
-    assert res["configurations"] == 8
+    assert res["configurations"] == 9
     assert [g["recipe"] for g in res["grid"]] == ["asif"] * 2 + ["centered"] * 2 + \
-        ["image(k=-,p=2.0)", "asif /grouped", "tuned", "image(k=3200,p=-)+text(k=-,p=4.0)"]
+        ["image(k=-,p=2.0)", "asif /grouped", "tuned", "image(k=3200,p=-)+text(k=-,p=4.0)",
+         "image(k=3200,p=-)+text(k=-,p=4.0)+hub(beta=10)+qbnorm(T=0.05)"]
+    # hub weights change every projection: zero-shot and retrieval both move
+    hub = res["grid"][8]
+    assert hub["cifar10_acc_mean"] != res["grid"][6]["cifar10_acc_mean"] or \
+        hub["t2i_R@10"] != res["grid"][6]["t2i_R@10"]
     # the tuned recipe's re-ranking moves retrieval only, never CIFAR-10
-    tuned, unranked = res["grid"][-2:]
+    tuned, unranked = res["grid"][6:8]
     assert tuned["cifar10_acc_mean"] == unranked["cifar10_acc_mean"]
     assert (tuned["t2i_R@1"], tuned["t2i_R@5"], tuned["i2t_R@1"], tuned["i2t_R@5"]) != \
         (unranked["t2i_R@1"], unranked["t2i_R@5"], unranked["i2t_R@1"], unranked["i2t_R@5"])
@@ -152,7 +158,7 @@ def test_evaluation_on_a_slice_of_real_data(data_dir, encoders, tmp_path):
     text = m.read_text()
     assert "| asif (published) | 300 | 8 |" in text and "| centered | 300 | 8 |" in text
     assert "| tuned **(default)** | 300 | 8 |" in text
-    assert "Best by the select half's score:" in text and "8 configurations" in text
+    assert "Best by the select half's score:" in text and "9 configurations" in text
     assert "**Default recipe: `tuned`**" in text
     # evaluate-qbnorm's grid on the same slice: each temperature beside the plain ranking,
     # cross-modal and same-modality recall, CIFAR-10 untouched
