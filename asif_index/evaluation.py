@@ -372,8 +372,10 @@ def markdown_table(result: dict) -> str:
     lines = head + [
         f"Anchors: {result['anchors']} Flickr8k train pairs; CIFAR-10 test images: "
         f"{result['cifar_images']} (chance {result['chance_cifar10']:.2f}); Flickr8k dev: "
-        f"{result['dev_images']} images, {result['dev_captions']} captions. Encoders: "
-        f"{result['encoders']['image']} + {result['encoders']['text']}.",
+        f"{result['dev_images']} images, {result['dev_captions']} captions. Encoders of the "
+        f"recipe grid: {result['encoders']['image']} + {result['encoders']['text']}"
+        + (" (other encoders and ensembles: the last section)." if result.get("encoder_sets")
+           else "."),
         "",
         "",
         f"{result.get('configurations', len(result['grid']))} configurations. score = CIFAR-10 "
@@ -453,6 +455,22 @@ def encoder_table(rows: list[dict]) -> str:
                    f"| {a['cifar10_acc_mean']:.4f} | {b['cifar10_acc_mean']:.4f} "
                    f"| {a['t2i_R@10']:.3f} | {b['t2i_R@10']:.3f} | {a['i2t_R@10']:.3f} "
                    f"| {b['i2t_R@10']:.3f} | {a['score']:.4f} | {b['score']:.4f} |")
+    best = max(rows, key=lambda r: r["select"]["score"])
+    out += ["", f"Best by the select half's score: {best['image_spec']} with {best['recipe']} "
+            f"({best['select']['score']:.4f}; confirm {best['confirm']['score']:.4f})."]
+    default = next((r for r in rows if r.get("default")), None)
+    base = next((r for r in rows if r["image_spec"] == "efficientnet-lite0"
+                 and r["recipe"] == "tuned"), None)
+    if default is not None and base is not None and default is not base:
+        a, b = default["confirm"], base["confirm"]
+        out += ["", f"The default image encoder ({default['image_spec']}, {default['recipe']}) "
+                f"against the light one (efficientnet-lite0, tuned), on the confirm half: "
+                f"CIFAR-10 {a['cifar10_acc_mean']:.4f} "
+                f"({100 * (a['cifar10_acc_mean'] - b['cifar10_acc_mean']):+.1f} points), "
+                f"T2I R@10 {a['t2i_R@10']:.3f} ({100 * (a['t2i_R@10'] - b['t2i_R@10']):+.1f}), "
+                f"I2T R@10 {a['i2t_R@10']:.3f} ({100 * (a['i2t_R@10'] - b['i2t_R@10']):+.1f}). "
+                "What each costs (encode and projection rates, bytes, search latency): "
+                "docs/benchmarks.md, section 13."]
     return "\n".join(out)
 
 

@@ -704,18 +704,21 @@ class Index:
     def search_vectors(self, q: SparseBatch, limit: int, flt: Filter | None = None,
                        query_keep: int | Literal["all"] | None = None,
                        version: int | None = None, fold: bool = False, exact: bool = False,
-                       candidates: int | None = None) -> list[list[Hit]]:
+                       candidates: int | None = None, fold_candidates: int | None = None
+                       ) -> list[list[Hit]]:
         """Ranked hits per query row. ``query_keep``: largest query entries sent to the
         database for this call (``"all"``: every entry; None: the index's ``query_keep``).
         ``version``: the anchor version ``q`` was projected at (default: the index's).
-        fold: add the items' folded QB-Norm values (the database ranks by s + fold(x)).
+        fold: rank by s + fold(x), the items' folded QB-Norm values
+        (:func:`connectors.search_stages.folded`): over the whole collection, or with
+        ``fold_candidates`` C over the plain top C re-scored.
         exact: one exact stage over every item, even where the index has candidate vectors;
         candidates: the first stage's candidate count (None: by collection size, see
         ``connectors.search_stages``). Either way every returned hit's score is exact."""
-        from asif_index.methods.qbnorm_fold import fold_query
         from connectors import filters, search_stages
 
         candidates = search_stages.check_candidates(candidates, limit)
+        fold_candidates = search_stages.check_fold_candidates(fold_candidates, limit)
         flt = filters.parse(flt)
         if filters.uses_dates(flt) and not self.anchors.manifest.extra.get(DATE_TWINS_KEY):
             raise filters.FilterError(
@@ -729,9 +732,10 @@ class Index:
         out = []
         for r in range(len(q)):
             idx, val = self._pruned(*q.row(r), keep)
-            if fold:
-                idx, val = fold_query(idx, val)
-            out.append(search_stages.ranked(self, idx, val, limit, flt, v, exact, candidates))
+            out.append(search_stages.folded(self, idx, val, limit, flt, v, exact, candidates,
+                                            fold_candidates) if fold
+                       else search_stages.ranked(self, idx, val, limit, flt, v, exact,
+                                                 candidates))
         return out
 
     def item_count(self, version: int | None = None) -> int:

@@ -1,8 +1,10 @@
 """The stages of a normalised (QB-Norm) search, which :class:`connectors.index.Index` calls.
 
-* **Folded** (an index whose manifest has ``qbnorm_fold``): the database ranks by
-  ``s(q, x) + fold(x)`` over the whole collection (``asif_index.methods.qbnorm_fold``), and
-  the scores are mapped back to ``s/T - log Z``: no stored vector is read, no bank is touched.
+* **Folded** (an index whose manifest has ``qbnorm_fold``): hits are ranked by
+  ``s(q, x) + fold(x)`` (``asif_index.methods.qbnorm_fold``) over the whole collection in the
+  database, or over the plain ranking's top C re-scored with the fold value each hit carries
+  (:func:`folded`); the scores are mapped back to ``s/T - log Z``: no stored vector is read,
+  no bank is touched.
 * **Re-ranked** (an index made before folding, or a temperature other than the folded one):
   the database's plain top ``CANDIDATES`` are read back and re-scored against a query bank.
 
@@ -86,6 +88,50 @@ def ranked(index: "Index", indices: np.ndarray, values: np.ndarray, limit: int,
     if QUERY_KEEP is not None:
         cand = candidate_entries(*cand, QUERY_KEEP)
     return index.store.search_two_stage((indices, values), cand, c, limit, flt, version)
+
+# Folded QB-Norm, two ways. The whole collection ranked by s + fold(x) in the database, the
+# fold sent as a query entry (exact; that entry's posting list holds every item), or the
+# plain ranking's top C re-scored by adding the fold value each hit carries (C payload reads;
+# exact on the hits it returns, but the folded top 10 need not lie in the plain top C).
+# FOLD_RESCORE: the default C, None for the whole collection. benchmarks/scale.py measures
+# both (fold_rescore_sweep): on its synthetic collections the plain top 100 held only 0.83 of
+# the folded top 10 at 3x10^4 items, so the exact whole-collection fold stays the default.
+FOLD_RESCORE: int | None = None
+
+
+def check_fold_candidates(fold_candidates: Any, limit: int) -> int | None:
+    """A caller's re-scoring count (None: :data:`FOLD_RESCORE`), or a one-line error."""
+    if fold_candidates is None:
+        return FOLD_RESCORE
+    if isinstance(fold_candidates, bool) or not isinstance(fold_candidates, (int, np.integer)) \
+            or not limit <= fold_candidates <= MAX_CANDIDATES:
+        raise ConfigError(f"fold_candidates must be a whole number from the limit ({limit}) "
+                          f"to {MAX_CANDIDATES}; got {fold_candidates!r}")
+    return int(fold_candidates)
+
+
+def folded(index: "Index", indices: np.ndarray, values: np.ndarray, limit: int,
+           flt: Filter | None, version: int, exact: bool = False,
+           candidates: int | None = None, fold_candidates: int | None = None) -> list[Hit]:
+    """One query row ranked by ``s(q, x) + fold(x)``: over the whole collection (the fold
+    as a query entry; always with ``exact``), or with ``fold_candidates`` C over the plain
+    ranking's top C re-scored (every returned hit's score is its exact folded score).
+    ``candidates``: the plain ranking's own first stage, as in :func:`ranked`."""
+    from dataclasses import replace
+
+    from asif_index.methods.qbnorm_fold import fold_query
+
+    if not exact and fold_candidates is not None:
+        hits = ranked(index, indices, values, max(limit, fold_candidates), flt, version,
+                      candidates=candidates)
+        if all(h.fold is not None for h in hits):  # else an item without one: rank them all
+            scored = [replace(h, score=float(np.float32(h.score) + np.float32(h.fold)))
+                      for h in hits]
+            scored.sort(key=lambda h: (-h.score, h.id))
+            return scored[:limit]
+    return ranked(index, *fold_query(indices, values), limit, flt, version, exact=exact,
+                  candidates=candidates)
+
 
 if TYPE_CHECKING:
     from connectors.index import Index, SearchResult
@@ -201,5 +247,5 @@ def reranked(index: "Index", anchors: AnchorSet, q: SparseBatch, modality: str, 
                         modality, version, float(temperature))
 
 
-__all__ = ["candidate_count", "check_candidates", "check_page", "log_odds", "normalised",
-           "paged", "ranked", "relevance", "reranked", "unfold"]
+__all__ = ["candidate_count", "check_candidates", "check_fold_candidates", "check_page", "folded",
+           "log_odds", "normalised", "paged", "ranked", "relevance", "reranked", "unfold"]
