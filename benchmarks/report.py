@@ -140,18 +140,23 @@ SECTIONS.append(
      "`encode_share` sums worker-seconds. The cost model's assumptions are listed under it and "
      "in docs/deployment.md."))
 SECTIONS.append(
-    ("recipe_cost.json", "13. What the default recipe costs: published and tuned side by side",
-     "`python -m benchmarks.recipe_cost` (issue 13: Flickr8k's 30,000 train pairs as anchors, "
-     "the 1,000 dev photos and 5,000 dev captions stored in one embedded Qdrant (Qdrant Edge) "
-     "index per recipe, k = 800, p = 8; 500 seeded queries per direction through "
+    ("recipe_cost.json", "13. What the defaults cost: recipes and image encoders side by side",
+     "`python -m benchmarks.recipe_cost` (Flickr8k's 30,000 train pairs as anchors, the 1,000 "
+     "dev photos and 5,000 dev captions stored in one embedded Qdrant (Qdrant Edge) index per "
+     "configuration, k = 800, p = 8; each configuration an image encoder (`light`: "
+     "EfficientNet-Lite0; `default`: the Lite0+Lite1+Lite2 ensemble) and a recipe (`asif`, the "
+     "published one; `tuned`, the default); 500 seeded queries per direction through "
      "`Index.search` with a `modality` filter, the query embedding cached so the encoder is "
-     "left out of `p50_ms` / `p95_ms`; `search`: `default` is what the index does unasked, "
-     "`plain` the tuned recipe without its re-ranking; `entries_per_*`: stored non-zeros per "
-     "item; `db_MB`: the database folder; `project_*_per_s`: the items' projection rate). The "
-     "re-ranking's time is fetching the 100 candidates' stored vectors and their log-partition "
-     "over the 6,000-query bank (a numba kernel, parallel over the candidates); R@10 over these "
-     "300 seeded queries is noisier than docs/evaluation.md's over all dev queries. "
-     "`search --no-qbnorm` / `\"qbnorm\": false` skip the re-ranking where latency matters more."))
+     "left out of `p50_ms` / `p95_ms`; `search`: `default` is what the index does unasked "
+     "(tuned: QB-Norm folded into the stored vectors), `plain` the same recipe without it; "
+     "`entries_per_*`: stored non-zeros per item; `db_MB`: the database folder; "
+     "`raw_bytes_per_photo`: the float32 raw embedding each photo keeps for exact anchor "
+     "updates (`--raw-dtype float16` halves it); `encode_photos_per_s`: the image encoder from "
+     "the JPEG files with its cache left out, on this machine's CPU; `project_*_per_s`: the "
+     "items' projection rate). R@10 over these seeded queries is noisier than "
+     "docs/evaluation.md's over all dev queries. `search --no-qbnorm` / `\"qbnorm\": false` "
+     "skip the normalisation; `--image-encoder light` trades the ensemble's quality for a third "
+     "of its encode time and raw bytes."))
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"  # JSON kept with the docs
 
 
