@@ -135,3 +135,30 @@ def test_encode_rate_benchmark_measures_both_paths(tmp_path):
     (tmp_path / "gpu.json").write_text(json.dumps(doc))
     assert gpu_encode_rate(None, str(tmp_path / "gpu.json")) == (9000.0, "measured (NVIDIA H100)")
     assert gpu_encode_rate(123.0)[0] == 123.0
+
+
+def test_recipe_cost_encode_rate_leaves_out_and_restores_every_cache():
+    """The encode rate is the model's, not the cache's: the encoder's and each ensemble
+    member's cache are off while it is timed, and back after; a bad --configs is one line."""
+    import pytest
+
+    from benchmarks.recipe_cost import encode_rate, main
+
+    seen = []
+
+    class Enc:
+        def __init__(self):
+            self.cache = object()
+
+        def encode(self, items):
+            seen.append((len(items), self.cache, [m.cache for m, _ in self.members]))
+            return items
+
+    e = Enc()
+    e.members = [(Enc(), 0.5), (Enc(), 0.5)]
+    caches = [e.cache] + [m.cache for m, _ in e.members]
+    assert encode_rate(e, list(range(200)), n=96) > 0
+    assert seen[-1] == (96, None, [None, None]) and seen[0][0] == 8
+    assert [e.cache] + [m.cache for m, _ in e.members] == caches
+    with pytest.raises(SystemExit):
+        main(["--configs", "light"])

@@ -363,3 +363,13 @@ def test_index_keeps_its_encoders_when_the_default_changes(pairs, tmp_path, capf
     assert main(["search", "--text", "a blue square", "--image-encoder", "default"] + a) == 2
     err = capfd.readouterr().err
     assert "other encoders" in err and "--image-encoder 'efficientnet-lite0'" in err
+    # a new index without the flag gets today's default, the Lite ensemble, and says so
+    from asif_index.encoders.registry import canonical_image_spec
+
+    b = a[:a.index("--name") + 1] + ["dflt"] + a[a.index("--name") + 2:]
+    assert main(["init", "--k", "4"] + b) == 0
+    man = open_store(AsifSettings.load(None, backend="qdrant", path=str(path),
+                                       collection="dflt"), must_exist=True).read_manifest()
+    assert man.extra[ENCODER_SPECS_KEY]["image"] == canonical_image_spec("default")
+    assert man.image_encoder.startswith("ensemble[efficientnet-lite0-imagenet*")
+    assert man.image_dim == 3 * 1280
