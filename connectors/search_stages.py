@@ -59,15 +59,18 @@ def candidate_count(n_items: int, limit: int) -> int:
     return int(min(MAX_CANDIDATES, max(c, CANDIDATES_PER_HIT * limit)))
 
 
+def _count(value: Any, limit: int, name: str) -> int:
+    """A caller's candidate count from ``limit`` to MAX_CANDIDATES, or a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+            or not limit <= value <= MAX_CANDIDATES:
+        raise ConfigError(f"{name} must be a whole number from the limit ({limit}) to "
+                          f"{MAX_CANDIDATES}; got {value!r}")
+    return int(value)
+
+
 def check_candidates(candidates: Any, limit: int) -> int | None:
     """A caller's candidate count (None: chosen by collection size), or a one-line error."""
-    if candidates is None:
-        return None
-    if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) \
-            or not limit <= candidates <= MAX_CANDIDATES:
-        raise ConfigError(f"candidates (--candidates) must be a whole number from the limit "
-                          f"({limit}) to {MAX_CANDIDATES}; got {candidates!r}")
-    return int(candidates)
+    return None if candidates is None else _count(candidates, limit, "candidates (--candidates)")
 
 
 def ranked(index: "Index", indices: np.ndarray, values: np.ndarray, limit: int,
@@ -103,11 +106,7 @@ def check_fold_candidates(fold_candidates: Any, limit: int) -> int | None:
     """A caller's re-scoring count (None: :data:`FOLD_RESCORE`), or a one-line error."""
     if fold_candidates is None:
         return FOLD_RESCORE
-    if isinstance(fold_candidates, bool) or not isinstance(fold_candidates, (int, np.integer)) \
-            or not limit <= fold_candidates <= MAX_CANDIDATES:
-        raise ConfigError(f"fold_candidates must be a whole number from the limit ({limit}) "
-                          f"to {MAX_CANDIDATES}; got {fold_candidates!r}")
-    return int(fold_candidates)
+    return _count(fold_candidates, limit, "fold_candidates")
 
 
 def folded(index: "Index", indices: np.ndarray, values: np.ndarray, limit: int,
