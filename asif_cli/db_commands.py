@@ -24,29 +24,21 @@ def _settings(args):
 
 
 def _open(args, create: bool = False):
-    from connectors import Index, open_store
+    from connectors import Index, open_index, open_store
 
     s = _settings(args)
-    recipe = _recipe(args) if create else None  # a bad --recipe fails before any work
-    if create:
-        from connectors.schema import parse_field_specs
-
-        fields = parse_field_specs(getattr(args, "field", None))  # and a bad --field
-    store = open_store(s, must_exist=not create)
     if not create:
-        from connectors.readonly import live_manifest
+        return open_index(s)  # with the encoders it was made with, unless the user names others
+    recipe = _recipe(args)  # a bad --recipe fails before any work
+    from connectors.schema import parse_field_specs
 
-        # before loading encoders: a missing index fails fast; then its own encoders
-        s = s.for_index(live_manifest(store))
+    fields = parse_field_specs(getattr(args, "field", None))  # and a bad --field
+    store = open_store(s)
     img, txt = s.encoders()
-    if create:
-        keep = getattr(args, "candidate_keep", None)
-        return Index.create(store, img, txt, k=s.k, p=s.p, recreate=args.recreate,
-                            recipe=recipe, raw_dtype=getattr(args, "raw_dtype", None) or "float32",
-                            fields=fields, **({} if keep is None else {"candidate_keep": keep}))
-    idx = Index.open(store, img, txt, cache_dir=str(s.cache_dir))
-    idx.query_keep = s.query_keep
-    return idx
+    keep = getattr(args, "candidate_keep", None)
+    return Index.create(store, img, txt, k=s.k, p=s.p, recreate=args.recreate,
+                        recipe=recipe, raw_dtype=getattr(args, "raw_dtype", None) or "float32",
+                        fields=fields, **({} if keep is None else {"candidate_keep": keep}))
 
 
 def _recipe(args):

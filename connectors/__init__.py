@@ -97,6 +97,20 @@ def open_store(settings, name: str | None = None, resolve: bool = True,
                       "use qdrant or milvus")
 
 
+def open_index(settings, name: str | None = None) -> "Index":
+    """The live index named by settings, opened with the encoders it was made with (its
+    manifest's specs, :meth:`AsifSettings.for_index`) unless the settings name others, its
+    anchors cached under ``settings.cache_dir``: what the CLI, the service and a script use."""
+    from connectors.index import Index
+    from connectors.readonly import live_manifest
+
+    store = open_store(settings, name, must_exist=True)
+    s = settings.for_index(live_manifest(store))  # a missing index fails before any model loads
+    idx = Index.open(store, *s.encoders(), cache_dir=str(s.cache_dir))
+    idx.query_keep = s.query_keep
+    return idx
+
+
 def edge_store(path: str, name: str, settings=None) -> VectorStore:
     from connectors.qdrant_edge import QdrantEdgeStore
 
@@ -168,5 +182,4 @@ def registry_of(settings) -> VectorStore:
 
 
 __all__ = ["AnchorRecord", "Hit", "Index", "ItemRecord", "VectorStore", "close_embedded",
-           "drop_index",
-           "list_indexes", "open_store"]
+           "drop_index", "list_indexes", "open_index", "open_store"]
