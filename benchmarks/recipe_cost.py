@@ -122,6 +122,8 @@ def main(argv=None) -> None:
                     help="ENCODER:RECIPE pairs, comma-separated (a recipe with settings "
                          "takes ';' between them: default:tuned;hub=10)")
     ap.add_argument("--out", default="runs/bench/recipe_cost.json")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows of --out for configurations this run does not measure")
     a = ap.parse_args(argv)
     configs = [c.strip().replace(";", ",") for c in a.configs.split(",") if c.strip()]
     for c in configs:
@@ -137,7 +139,13 @@ def main(argv=None) -> None:
         if setups[spec] is None:
             return
         rows += measure(config, setups[spec], a.backend, tmp, a.queries)
-    md = table(rows, list(rows[0]))
+    if a.append and Path(a.out).is_file():
+        import json
+
+        mine = {(r["image_encoder"], r["recipe"]) for r in rows}
+        rows = [r for r in json.loads(Path(a.out).read_text()).get("rows", [])
+                if (r.get("image_encoder"), r.get("recipe")) not in mine] + rows
+    md = table(rows, list(rows[-1]))
     print("\n" + md)
     write_json({"machine": machine(), "backend": a.backend, "configs": configs, "rows": rows,
                 "markdown": md}, a.out)
