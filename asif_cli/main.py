@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--text-encoder", help="'default' (all-MiniLM-L6-v2) or "
                        "'hf:/path/to/model_dir'")
         p.add_argument("--image-encoder", help="'default' (the EfficientNet-Lite0+Lite1+Lite2 "
-                       "ensemble), 'light' (Lite0 alone, ~3x faster), efficientnet-lite0|1|2, "
+                       "ensemble), 'light' (Lite0 alone, 4-6x faster), efficientnet-lite0|1|2, "
                        "'timm:<model>:<weights>', 'hf:/path/to/model_dir' or an ensemble A+B; "
                        "an existing index uses its own unless this is given")
         p.add_argument("--device", help="auto (default), cpu or cuda[:N]")

@@ -155,8 +155,9 @@ SECTIONS.append(
      "the JPEG files with its cache left out, on this machine's CPU; `project_*_per_s`: the "
      "items' projection rate). R@10 over these seeded queries is noisier than "
      "docs/evaluation.md's over all dev queries. `search --no-qbnorm` / `\"qbnorm\": false` "
-     "skip the normalisation; `--image-encoder light` trades the ensemble's quality for a third "
-     "of its encode time and raw bytes."))
+     "skip the normalisation; `--image-encoder light` trades the ensemble's quality for 4-6x "
+     "its encode rate and a third of its raw bytes. This run had the test suite beside it at "
+     "the lowest priority, so its latencies read high; compare rows, not runs."))
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"  # JSON kept with the docs
 
 

@@ -104,7 +104,9 @@ def build(engine: str, root: Path, a, img_dim: int):
     from connectors.base import item_id, point_records
     from connectors.index import Index
 
-    img, txt = AsifSettings.load().encoders()
+    # the photos are synthetic 1280-d rows, never encoded: the light image encoder names their
+    # width without loading the default ensemble; text queries go through the real encoder
+    img, txt = AsifSettings.load(image_encoder="light").encoders()
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((20, txt.dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)

@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
 
 @pytest.fixture(scope="session")
 def encoders(tmp_path_factory):
-    """The light image encoder (EfficientNet-Lite0, a third of the default ensemble's time)
+    """The light image encoder (EfficientNet-Lite0, 4-6x faster than the default ensemble)
     and the default text encoder, with a session-local cache."""
     from asif_index.encoders import EmbeddingCache, image_encoder_from_spec, text_encoder_from_spec
 

@@ -249,7 +249,7 @@ def test_killed_driver_resumes_and_a_killed_worker_loses_nothing(local_ray, tmp_
     script = DRIVER.format(root=str(Path(__file__).resolve().parents[1]),
                            address=ray.get_runtime_context().gcs_address,
                            table=str(pictures / "captions.tsv"), images=str(pictures / "img"),
-                           settings=settings.model_dump(mode="json"))
+                           settings=settings.model_dump(mode="json", exclude_unset=True))
     driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE)
     deadline = time.time() + 240

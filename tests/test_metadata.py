@@ -286,7 +286,8 @@ def test_moved_photo_folder_keeps_thumbnails_after_one_relocate(photos, tmp_path
     shutil.copytree(photos / "img", lib)
     a = ["--backend", "qdrant", "--path", str(tmp_path / "q"), "--name", "roots",
          "--cache-dir", str(tmp_path / "cache")]
-    assert main(["init", "--k", "6"] + a) == 0
+    # made with the light encoder (the fixture's); later commands open it with that one
+    assert main(["init", "--k", "6", "--image-encoder", "light"] + a) == 0
     assert main(["anchors", "add", "--captions", str(photos / "anchors.tsv"), "--images",
                  str(photos / "img")] + a) == 0
     assert main(["ingest", "--folder", str(lib), "--image-root", f"lib={lib}"] + a) == 0

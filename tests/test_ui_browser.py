@@ -94,9 +94,13 @@ def test_api_docs_render_with_no_network(server):
 
 
 def wait(drv, cond, timeout=60):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(drv, timeout, poll_frequency=0.1).until(lambda d: cond(d))
+    # a re-render between finding an element and reading it is another poll, not a failure
+    return WebDriverWait(drv, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(lambda d: cond(d))
 
 
 def test_search_explain_and_anchor_job_in_a_browser(server, browser):

@@ -3,8 +3,8 @@
 Text:  ``default`` (all-MiniLM-L6-v2, offline package) | ``hf:/path/to/model_dir``
 Image: ``default`` (the EfficientNet-Lite0+Lite1+Lite2 ensemble, offline packages: +7.9
        points CIFAR-10 zero-shot and +6.5 T2I R@10 over Lite0 alone on the held-out dev
-       half, docs/evaluation.md) | ``light`` (EfficientNet-Lite0 alone: a third of the
-       encode time and raw bytes) | ``efficientnet-lite0`` | ``efficientnet-lite1`` |
+       half, docs/evaluation.md) | ``light`` (EfficientNet-Lite0 alone: 4-6x faster
+       to encode on a CPU, a third of the raw bytes) | ``efficientnet-lite0`` | ``efficientnet-lite1`` |
        ``efficientnet-lite2`` | ``timm:<model>:<weights file>`` | ``hf:/path/to/model_dir``
 Either: an ensemble ``A+B`` or ``A*0.3+B*0.7`` of specs of one modality
 (:mod:`asif_index.encoders.ensemble`).

@@ -467,6 +467,7 @@ def ingest_on_ray(settings, source: Iterable[SourceItem] | None = None,
     driver_index = Index.open_writer(store)
     anchors, man = driver_index.anchors, driver_index.anchors.manifest
     driver_index.close()
+    settings = settings.for_index(man)  # workers load the index's own encoders, unless named
     embedded = not settings.url
     if embedded:
         forget_store(store)
