@@ -132,10 +132,13 @@ class Recipe:
 
 
 def parse_list(text: str) -> list[Recipe]:
-    """Several recipes: separated by ';' where any recipe carries settings
-    ('tuned;tuned,hub=10'), else by ',' ('asif,centered')."""
-    sep = ";" if ";" in text else ","
-    return [Recipe.parse(x.strip()) for x in text.split(sep) if x.strip()]
+    """Several recipes: separated by ';' ('tuned;tuned,hub=10'), or by ',' where every part
+    is a name ('asif,centered'); anything else is one recipe ('tuned,hub=10')."""
+    if ";" not in text:
+        parts = [x.strip() for x in text.split(",") if x.strip()]
+        return [Recipe.parse(x) for x in parts] if all(x in RECIPES for x in parts) \
+            else [Recipe.parse(text)]
+    return [Recipe.parse(x.strip()) for x in text.split(";") if x.strip()]
 
 
 def check_temperature(temperature: float) -> None:

@@ -268,6 +268,11 @@ def test_hub_recipe_parses_on_a_name_and_refuses_bad_strengths():
     r = Recipe.parse("tuned,hub=12")
     assert r == dataclasses.replace(TUNED, hub=12.0) and "hub(beta=12)" in r.name
     assert Recipe.from_dict(r.to_dict()) == r  # what a manifest stores reads back
+    from asif_index.recipe import parse_list
+
+    assert parse_list("tuned,hub=12") == [r]
+    assert parse_list("asif,centered") == [Recipe(), Recipe(center=True)]
+    assert parse_list("tuned; tuned,hub=12") == [TUNED, r]
     for bad in ("hub=0", "hub=-1", "hub=inf", "tuned,hub=nan"):
         with pytest.raises(ConfigError, match="hub .*positive number") as e:
             Recipe.parse(bad)
