@@ -31,25 +31,24 @@ _IMAGE_ALIASES = {"default": LITE_ENSEMBLE, "light": "efficientnet-lite0"}
 _TEXT_ALIASES = {"all-MiniLM-L6-v2": "default", "minilm": "default"}
 
 
-def canonical_image_spec(spec: str) -> str:
-    """A spec with its aliases resolved ('default' -> its encoders) and ensemble weights
-    written out, for comparing and storing specs."""
-    spec = _IMAGE_ALIASES.get(spec, spec)
+def _canonical(spec: str, aliases: dict[str, str]) -> str:
+    spec = aliases.get(spec, spec)
     if "+" in spec:
         from asif_index.encoders.ensemble import parse_members
 
-        return "+".join(f"{canonical_image_spec(n)}*{w:.6g}" for n, w in parse_members(spec))
+        return "+".join(f"{_canonical(n, aliases)}*{w:.6g}" for n, w in parse_members(spec))
     return spec
+
+
+def canonical_image_spec(spec: str) -> str:
+    """A spec with its aliases resolved ('default' -> its encoders) and ensemble weights
+    written out, for comparing and storing specs."""
+    return _canonical(spec, _IMAGE_ALIASES)
 
 
 def canonical_text_spec(spec: str) -> str:
     """:func:`canonical_image_spec` for text specs."""
-    spec = _TEXT_ALIASES.get(spec, spec)
-    if "+" in spec:
-        from asif_index.encoders.ensemble import parse_members
-
-        return "+".join(f"{canonical_text_spec(n)}*{w:.6g}" for n, w in parse_members(spec))
-    return spec
+    return _canonical(spec, _TEXT_ALIASES)
 
 
 def spec_of_name(name: str, modality: str) -> str | None:
