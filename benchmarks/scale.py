@@ -12,7 +12,8 @@ queries over an image collection; i2t: image queries over texts) it reports sing
 
 * ``default``: what ``Index.search`` runs: QB-Norm folded (tuned) + two stages, C by size;
 * ``plain``: the same two stages without QB-Norm (the 1.2x target's denominator);
-* ``exact``: one exact sparse stage (``--exact``), with the fold;
+* ``exact``: one exact sparse stage (``--exact``), with the fold; ``exact_plain`` without it
+  (``qbnorm_cost_exact``: what folding costs the exact search);
 * ``rerank``: today's re-ranking path (plain top 100 read back, rescored per query);
 * ``dense``: the peer, a 384-d dense index of the same items on the same engine (Qdrant:
   HNSW m=16, ef 128; Milvus Lite has no HNSW: IVF_FLAT, nprobe 16);
@@ -313,18 +314,23 @@ def run(engine, n_items, recipe_name, direction, a, root) -> dict:
 
     # warm every variant over every query first: the first variant timed after the writes
     # otherwise pays the engine's cold pages (it read 3x slower than the same search after)
-    for fold_on, exact_on in ((fold is not None, False), (False, False), (fold is not None, True)):
+    for fold_on, exact_on in ((fold is not None, False), (False, False), (fold is not None, True),
+                             (False, True)):
         variant(fold_on, exact_on)
     ref = "fold" if fold is not None else "plain"
     for name, kw, kind in (("default", {"fold_on": fold is not None}, ref),
                            ("plain", {"fold_on": False}, "plain"),
-                           ("exact", {"fold_on": fold is not None, "exact_on": True}, ref)):
-        n = reps if name != "exact" or n_items <= 200_000 else min(reps, 40)
+                           ("exact", {"fold_on": fold is not None, "exact_on": True}, ref),
+                           ("exact_plain", {"fold_on": False, "exact_on": True}, "plain")):
+        if name == "exact_plain" and fold is None:
+            continue  # the same search as 'exact'
+        n = reps if not name.startswith("exact") or n_items <= 200_000 else min(reps, 40)
         lat, hits = variant(n=n, **kw)
         row[f"{name}_p50_ms"], row[f"{name}_p95_ms"] = pct(lat, 50), pct(lat, 95)
         row[f"{name}_recall"] = recall_at_10(hits, exact.top[kind][:n], exact.top_s[kind][:n], ids)
     if fold is not None:
         row["qbnorm_cost"] = row["default_p50_ms"] / row["plain_p50_ms"]
+        row["qbnorm_cost_exact"] = row["exact_p50_ms"] / row["exact_plain_p50_ms"]
         n = min(reps, 30)
         lat, res = timed(lambda r: _rerank(idx, rows_q[r], query_mod), n)
         row["rerank_p50_ms"] = pct(lat, 50)
@@ -462,6 +468,7 @@ def _save(rows, a, key) -> str:
     out.sort(key=lambda r: tuple(str(r[k]) for k in key))
     cols = ["engine", "items", "recipe", "direction", "default_p50_ms", "default_recall",
             "plain_p50_ms", "plain_recall", "qbnorm_cost", "exact_p50_ms", "exact_recall",
+            "exact_plain_p50_ms", "qbnorm_cost_exact",
             "rerank_p50_ms", "dense_p50_ms", "candidates", "bytes_per_item", "fold_items_s",
             "write_items_s", "rebuild_s", "add_1pct_s", "add_1pct_vs_rebuild", "add_1pct_touched",
             "add_10pct_s", "add_10pct_vs_rebuild"]

@@ -8,7 +8,9 @@ The index holds synthetic clustered anchors and items (d = 384 on the text side,
 MiniLM encoder embeds the queries; every write through ``Index.write``). The server is
 uvicorn in this process; the clients are threads in a separate process (httpx), so the load
 generator does not share the server's interpreter. Each request is a full text search: encode
-the query, project it against the anchors, search the database. The update phase adds 1% new
+the query, project it against the anchors, search the database; the service's Server-Timing
+header says what each of those took (``encode``/``project``/``search``/``server`` p50 columns),
+so the rest of the client's p50 is HTTP and the client. The update phase adds 1% new
 anchors through the same ``Index`` the server uses, exactly as an anchors job does, and
 records which anchor versions the responses came from.
 """
@@ -38,7 +40,10 @@ KEY = "bench-read-key"
 def _client_load(base: str, clients: int, seconds: float, out) -> None:
     import httpx
 
+    from connectors.timing import parse_server_timing
+
     lat: list[float] = []
+    stages: list[dict[str, float]] = []  # each answer's Server-Timing (server-side ms)
     errors = [0]
     versions: set[int] = set()
     lock = threading.Lock()
@@ -53,12 +58,14 @@ def _client_load(base: str, clients: int, seconds: float, out) -> None:
                     r = c.post("/search", json={"text": QUERIES[i % len(QUERIES)], "limit": 10})
                     ok = r.status_code == 200
                     v = r.json()["anchor_version"] if ok else None
+                    st = parse_server_timing(r.headers.get("server-timing")) if ok else {}
                 except httpx.HTTPError:
                     ok, v = False, None
                 dt = time.perf_counter() - t0
                 with lock:
                     if ok:
                         lat.append(dt)
+                        stages.append(st)
                         versions.add(v)
                     else:
                         errors[0] += 1
@@ -72,7 +79,7 @@ def _client_load(base: str, clients: int, seconds: float, out) -> None:
         t.join()
     wall = time.perf_counter() - t0
     out.put({"requests": len(lat), "errors": errors[0], "wall_s": wall,
-             "lat": lat, "versions": sorted(versions)})
+             "lat": lat, "stages": stages, "versions": sorted(versions)})
 
 
 def load(base: str, clients: int, seconds: float) -> dict:
@@ -93,7 +100,23 @@ def summary(windows: list[dict]) -> dict:
             "rps": n / wall, "versions": sorted({v for w in windows for v in w["versions"]}),
             "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+            **stage_p50s([st for w in windows for st in w.get("stages", [])]),
             "_windows": windows}
+
+
+def stage_p50s(stages: list[dict[str, float]]) -> dict[str, float]:
+    """p50 of each server-side stage the answers' Server-Timing headers named (``server``:
+    the whole request inside the service; the rest of the client's time is HTTP and the
+    client itself)."""
+    from connectors.timing import STAGES
+
+    out = {}
+    cols = [(n, f"{n}_p50_ms") for n in STAGES] + [("total", "server_p50_ms")]
+    for name, col in cols:
+        vals = [st[name] for st in stages if name in st]
+        if vals:
+            out[col] = float(np.percentile(vals, 50))
+    return out
 
 
 def build(engine: str, root: Path, a, img_dim: int):
@@ -198,7 +221,8 @@ def run_engine(engine: str, a, root: Path) -> list[dict]:
 
 
 COLS = ["engine", "recipe", "items", "phase", "clients", "rps", "p50_ms", "p99_ms", "p99_vs_idle",
-        "requests", "errors", "update_s", "versions_seen"]
+        "server_p50_ms", "encode_p50_ms", "project_p50_ms", "search_p50_ms", "requests",
+        "errors", "update_s", "versions_seen"]
 
 
 def main(argv=None):

@@ -22,6 +22,7 @@ from asif_index.errors import (
 from asif_index.methods.unified import DEFAULT_IMAGE_WEIGHT
 from asif_index.search import DEFAULT_TEMPLATES, prompts
 from asif_index.sparse import SparseBatch
+from connectors import timing
 from connectors.anchor_cache import cached_anchors_at
 from connectors.base import (
     DEFAULT_ITEM_KEEP,
@@ -531,12 +532,14 @@ class Index:
             qt, _ = self._query_on(anchors, text, None)
             return compose([(qi, image_weight), (qt, 1 - image_weight)]), "composed"
         emb, modality = self._embed(text, image)
-        return anchors.project(emb, modality, **self.engine_options), modality
+        with timing.stage("project"):
+            return anchors.project(emb, modality, **self.engine_options), modality
 
     def _embed(self, text: str | None, image: Any) -> tuple[np.ndarray, str]:
         """One query's embedding [1, d] and its modality (exactly one of text, image)."""
         modality = "text" if text is not None else "image"
-        return self.encoders[modality].encode([text if text is not None else image]), modality
+        with timing.stage("encode"):
+            return self.encoders[modality].encode([text if text is not None else image]), modality
 
     def search(self, text: str | None = None, image: Any = None, limit: int = 10,
                filter: Filter | None = None, image_weight: float = DEFAULT_IMAGE_WEIGHT,
@@ -730,12 +733,13 @@ class Index:
         keep = self.query_keep if query_keep is None else (None if query_keep == "all" else query_keep)
         v = self.version if version is None else version
         out = []
-        for r in range(len(q)):
-            idx, val = self._pruned(*q.row(r), keep)
-            out.append(search_stages.folded(self, idx, val, limit, flt, v, exact, candidates,
-                                            fold_candidates) if fold
-                       else search_stages.ranked(self, idx, val, limit, flt, v, exact,
-                                                 candidates))
+        with timing.stage("search"):
+            for r in range(len(q)):
+                idx, val = self._pruned(*q.row(r), keep)
+                out.append(search_stages.folded(self, idx, val, limit, flt, v, exact,
+                                                candidates, fold_candidates) if fold
+                           else search_stages.ranked(self, idx, val, limit, flt, v, exact,
+                                                     candidates))
         return out
 
     def item_count(self, version: int | None = None) -> int:

@@ -28,6 +28,7 @@ from connectors.base import (
     in_range,
 )
 from connectors.qdrant_layout import (
+    SPARSE_FULL_SCAN,
     item_payload,
     item_record,
     payload_key,
@@ -158,14 +159,18 @@ class QdrantStore(VectorStore):
         }, **spread)
         raw = (m.Datatype.FLOAT16 if manifest.extra.get(RAW_DTYPE_KEY) == "float16"
                else None)
+        # filtered searches through the inverted index at every segment size (see
+        # connectors/qdrant_edge.py SPARSE_FULL_SCAN: every search carries the version filter)
+        sparse = m.SparseVectorParams(index=m.SparseIndexParams(
+            full_scan_threshold=SPARSE_FULL_SCAN))
         self._call("create", self.client.create_collection, self.items, vectors_config={
             "emb_image": m.VectorParams(size=manifest.image_dim, distance=m.Distance.COSINE,
                                         datatype=raw),
             "emb_text": m.VectorParams(size=manifest.text_dim, distance=m.Distance.COSINE,
                                        datatype=raw),
-        }, sparse_vectors_config={"rel": m.SparseVectorParams(),
-                                  **({"cand": m.SparseVectorParams()}
-                                     if two_stage_keep(manifest) else {})}, **spread)
+        }, sparse_vectors_config={"rel": sparse,
+                                  **({"cand": sparse} if two_stage_keep(manifest) else {})},
+            **spread)
         if "://" in self.where:  # payload indexes exist on servers (local mode ignores them)
             for field, kind in (("asif_modality", m.PayloadSchemaType.KEYWORD),
                                 ("asif_item", m.PayloadSchemaType.KEYWORD),

@@ -39,6 +39,7 @@ from connectors.base import (
     two_stage_keep,
 )
 from connectors.qdrant_layout import (
+    SPARSE_FULL_SCAN,
     BOOL_TWIN,
     item_payload,
     item_record,
@@ -262,11 +263,13 @@ class QdrantEdgeStore(VectorStore):
             # Cached: the sparse index is memory-mapped and warmed into the page cache, so it
             # is served from RAM while it fits and the OS may evict it when it does not.
             sparse_vectors={"rel": q.EdgeSparseVectorParams(datatype=dtype,
-                                                            memory=q.Memory.Cached),
+                                                            memory=q.Memory.Cached,
+                                                            full_scan_threshold=SPARSE_FULL_SCAN),
                             # the first stage's vectors (two-stage search); absent in indexes
                             # made without one
-                            **({"cand": q.EdgeSparseVectorParams(datatype=dtype,
-                                                                 memory=q.Memory.Cached)}
+                            **({"cand": q.EdgeSparseVectorParams(
+                                datatype=dtype, memory=q.Memory.Cached,
+                                full_scan_threshold=SPARSE_FULL_SCAN)}
                                if two_stage_keep(manifest) else {})}),
             {"asif_item": "Keyword", "asif_modality": "Keyword", "asif_from": "Integer",
              "asif_to": "Integer", "asif_kth": "Float", **_field_indexes(manifest)})

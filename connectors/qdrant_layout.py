@@ -68,3 +68,11 @@ def item_record(point) -> ItemRecord:
     return ItemRecord(str(point.id), pl["asif_item"], mod, idx, val,
                       np.asarray(point.vector[f"emb_{mod}"], np.float32), float(pl["asif_kth"]),
                       int(pl["asif_from"]), int(pl["asif_to"]), user_payload(pl), fold)
+
+
+# Qdrant scores every point a filter admits one by one (no inverted index) while the filter's
+# estimated cardinality is below the sparse index's full_scan_threshold (default 5,000). Every
+# search carries the live-version filter, which admits nearly every point, so below that size
+# each search scored every point: 20 ms at 3,000 tuned image items (800-entry text queries)
+# against 1 ms unfiltered. The inverted index with the filter checked per hit: 0.8 ms.
+SPARSE_FULL_SCAN = 1

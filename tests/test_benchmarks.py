@@ -75,6 +75,10 @@ def test_service_load_benchmark_has_no_errors_and_no_mixed_versions(tmp_path):
     assert [r["phase"] for r in rows] == ["idle", "idle", "during update"]
     assert all(r["errors"] == 0 and r["requests"] > 0 for r in rows)
     assert not rows[-1]["mixed"] and rows[-1]["update_s"] > 0
+    # the server's own stage times, read from each answer's Server-Timing header
+    for r in rows:
+        stages = [r[f"{n}_p50_ms"] for n in ("encode", "project", "search")]
+        assert all(v > 0 for v in stages) and r["server_p50_ms"] <= r["p50_ms"]
 
 
 def test_gpu_stage_benchmarks_and_append_run_on_this_machine(tmp_path, monkeypatch):

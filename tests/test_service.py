@@ -85,6 +85,44 @@ def test_text_search_returns_items_with_thumbnails(served):
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
 
 
+def test_search_says_where_its_time_went(served):
+    """Server-Timing: each stage a text search ran (encode, project, search) with its
+    milliseconds, and the total, which covers them; routes that run none carry no header."""
+    from connectors.timing import parse_server_timing
+
+    client, idx, root, labels = served
+    r = client.post("/search", json={"text": captions_of(idx)[0], "limit": 5}, headers=h())
+    assert r.status_code == 200, r.text
+    t = parse_server_timing(r.headers.get("server-timing"))
+    assert set(t) == {"encode", "project", "search", "total"}, r.headers.get("server-timing")
+    assert all(v > 0 for v in t.values())
+    assert t["total"] >= t["encode"] + t["project"] + t["search"]
+    # a stored item as the query: nothing encoded or projected, the database searched
+    item = r.json()["hits"][0]["id"]
+    t = parse_server_timing(client.post("/search", json={"item_id": item, "limit": 3},
+                                        headers=h()).headers.get("server-timing"))
+    assert set(t) == {"search", "total"}
+    assert "server-timing" not in client.get("/healthz").headers
+
+
+def test_server_timing_values_round_trip():
+    from connectors.timing import parse_server_timing, recording, server_timing, stage
+
+    with recording() as acc:
+        with stage("encode"):
+            pass
+        with stage("search"):
+            pass
+        with stage("search"):  # a stage run twice adds up
+            pass
+    assert set(acc) == {"encode", "search"}
+    got = parse_server_timing(server_timing(acc, 0.5))
+    assert got["total"] == 500.0 and got["encode"] == round(acc["encode"] * 1000, 2)
+    with stage("encode"):  # no record open: nothing kept anywhere
+        pass
+    assert parse_server_timing("a;desc=x, b;dur=nope, c;dur=1.5") == {"c": 1.5}
+
+
 def captions_of(idx):
     return [p.caption for p in idx.anchors.payloads]
 

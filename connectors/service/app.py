@@ -35,7 +35,7 @@ from asif_index.errors import (
     ModalityError,
     StorageError,
 )
-from connectors import filters
+from connectors import filters, timing
 from connectors.service.auth import KeyRing
 from connectors.service.images import ImageMissing, PathRefused, resolve_under, thumbnail
 from connectors.service.jobs import Job, JobManager
@@ -157,10 +157,14 @@ def create_app(index, settings: ServiceSettings | None = None, *,
     @app.middleware("http")
     async def observe(request: Request, call_next):
         t0 = time.perf_counter()
-        response = await call_next(request)
+        with timing.recording() as stages:
+            response = await call_next(request)
+        total = time.perf_counter() - t0
         route = request.scope.get("route")
         metrics.observe(request.method, getattr(route, "path", "unmatched"),
-                        response.status_code, time.perf_counter() - t0)
+                        response.status_code, total)
+        if stages:  # the request ran stages (encode, project, search): say what each took
+            response.headers["Server-Timing"] = timing.server_timing(stages, total)
         return response
 
     @app.exception_handler(HTTPException)
