@@ -166,3 +166,30 @@ def test_recipe_cost_encode_rate_leaves_out_and_restores_every_cache():
     assert [e.cache] + [m.cache for m, _ in e.members] == caches
     with pytest.raises(SystemExit):
         main(["--configs", "light"])
+
+
+def test_scale_cost_model_fits_power_laws_and_names_what_it_fitted(tmp_path):
+    """benchmarks.scale_model: p50 = a N^b through the measured sizes, disk and build time
+    from the largest run, and nothing fitted through runs of different first stages."""
+    import math
+
+    from benchmarks.scale_model import main, model
+
+    base = {"engine": "qdrant-edge", "recipe": "tuned", "direction": "t2i"}
+    rows = [{**base, "items": 10_000, "exact_p50_ms": 2.0, "default_p50_ms": 3.0,
+             "candidate_keep": 0},
+            {**base, "items": 100_000, "exact_p50_ms": 8.0, "default_p50_ms": 5.0,
+             "candidate_keep": 128, "bytes_per_item": 50_000.0, "project_items_s": 1000.0,
+             "write_items_s": 500.0, "fold_items_s": 1000.0}]
+    out = {r["quantity"]: r for r in model(rows)}
+    exact = out["exact p50"]
+    assert exact["exponent"] == pytest.approx(math.log10(4))  # 4x per decade
+    assert exact["at_1e6"] == pytest.approx(32.0) and exact["at_1e8"] == pytest.approx(512.0)
+    assert exact["fitted_on"] == "10000,100000"
+    assert "default p50" not in out  # two-stage at one size, single stage at the other
+    assert out["disk"]["at_1e7"] == pytest.approx(500.0)  # GB
+    assert out["project + fold + write"]["at_1e6"] == pytest.approx(4e6 * 1e-3 / 3600)
+    p = tmp_path / "one.json"
+    p.write_text(json.dumps({"rows": rows[:1]}))
+    with pytest.raises(SystemExit, match="two sizes"):
+        main([str(p)])
