@@ -45,16 +45,27 @@ SECTIONS = [
     ("scale_search.json", "7b. Search and updates at scale: folded QB-Norm, two stages, "
      "bounded updates (issue 25)",
      "`python -m benchmarks.scale` (synthetic clustered embeddings, d = 384 both modalities, "
-     "30,000 anchors, the `tuned` recipe: image items k = 3,200, text queries p = 4, QB-Norm "
-     "T = 0.05 folded into the items; 100 text queries over an image collection, each through "
-     "`Index.search_vectors`, single client, projection excluded). `default`: QB-Norm folded + "
-     "two stages with the candidate count chosen by size; `plain`: the same without QB-Norm "
-     "(`qbnorm_cost` = default / plain p50); `exact`: one exact sparse stage with the fold; "
-     "`rerank`: the path before folding (plain top 100 read back, rescored per query against "
-     "the bank); `dense`: the peer, a 384-d HNSW collection of the same items on the same "
-     "engine. Recalls are against the exact in-memory ranking (the normalised one for "
-     "`default`, `exact` and `rerank`; ties within 1e-5 count as found). `fold_items_s`: the "
-     "write-time cost of the fold. The second table sweeps the candidate count."),
+     "20 topics, 30,000 anchors, the `tuned` recipe: image items k = 3,200, QB-Norm T = 0.05 "
+     "folded into the items; 200 queries (t2i: text over an image collection; i2t: image over "
+     "texts), each through `Index.search_vectors`, single client, projection excluded). "
+     "`default`: what a search runs: QB-Norm folded, and two stages where the index has "
+     "candidate vectors (`candidate_keep` entries per item; 0: none, one exact stage) with the "
+     "candidate count chosen by size; `plain`: the same without QB-Norm (`qbnorm_cost` = "
+     "default / plain p50); `exact` / `exact_plain`: one exact sparse stage with / without the "
+     "fold (`qbnorm_cost_exact`); `rerank`: the path before folding (plain top 100 read back, "
+     "rescored per query against the bank); `dense`: the peer, a 384-d HNSW collection of the "
+     "same items on the same engine. Recalls are against the exact in-memory ranking (the "
+     "normalised one for `default`, `exact` and `rerank`; ties within 1e-5 count as found). "
+     "`*_items_s`: items per second of projection, fold and write. `add_*`: +1% / +10% "
+     "new-domain anchors against a rebuild into a new index, exact on a 1,000-item sample. "
+     "The second table sweeps the two-stage candidate count, the third re-scores the plain top "
+     "C by each hit's stored fold instead of folding over the whole collection."),
+    ("scale_model.json", "7c. A cost model for 10^6-10^8 items from measured parts",
+     "`python -m benchmarks.scale_model docs/results/scale_search.json`: each latency of section "
+     "7b fitted as p50 = a N^b through the sizes it was measured at (named in `fitted_on`; "
+     "`exponent` b), disk as the largest run's bytes per item times N, build time (project + "
+     "fold + write) at its measured rates; a prediction, not a measurement, for sizes whose "
+     "disk (about 52 KB per tuned image item) or hours this 2-core machine does not have."),
     ("scale.json", "7. Both embedded engines at scale (the benchmark before issue 25)",
      "Recorded by the earlier version of `python -m benchmarks.scale` (synthetic clustered embeddings, d=384, 30,000 anchors, "
      "k=800; every write through `Index.write`; 200 queries; recall@10 against the exact "

@@ -3,7 +3,7 @@
 (engine, recipe, direction) on a log-log least-squares line, disk as the largest run's bytes
 per item times N, and the write time at the measured items per second.
 
-    python -m benchmarks.scale_model docs/results/scale_search_30k.json runs/bench/scale_300k.json
+    python -m benchmarks.scale_model docs/results/scale_search.json
 
 Only sizes the runs measured go into a fit, and each prediction names them, so nobody reads
 an extrapolation as a measurement. Latencies fitted: the variants every row shares
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import table
+from benchmarks.common import machine, table, write_json
 
 VARIANTS = ("exact", "exact_plain", "dense", "default", "plain")
 SIZES = (10**6, 10**7, 10**8)
@@ -83,6 +83,7 @@ def model(rows: list[dict], sizes=SIZES) -> list[dict]:
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("runs", nargs="+", help="benchmarks.scale JSON results")
+    ap.add_argument("--out", default="runs/bench/scale_model.json")
     a = ap.parse_args(argv)
     rows = [r for p in a.runs for r in json.loads(Path(p).read_text())["rows"]]
     out = model(rows)
@@ -91,6 +92,8 @@ def main(argv=None) -> str:
                          f"{', '.join(a.runs)}; run benchmarks.scale at another --items")
     md = table(out, list(out[0]))
     print(md)
+    write_json({"machine": machine(), "config": {"runs": a.runs}, "rows": out, "markdown": md},
+               a.out)
     return md
 
 

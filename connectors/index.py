@@ -539,7 +539,11 @@ class Index:
         """One query's embedding [1, d] and its modality (exactly one of text, image)."""
         modality = "text" if text is not None else "image"
         with timing.stage("encode"):
-            return self.encoders[modality].encode([text if text is not None else image]), modality
+            enc, item = self.encoders[modality], (text if text is not None else image)
+            # encode_query keeps queries off the on-disk cache; an encoder written to the
+            # bare interface (encode alone) encodes the query as a batch of one
+            query = getattr(enc, "encode_query", None)
+            return (query(item) if query is not None else enc.encode([item])), modality
 
     def search(self, text: str | None = None, image: Any = None, limit: int = 10,
                filter: Filter | None = None, image_weight: float = DEFAULT_IMAGE_WEIGHT,

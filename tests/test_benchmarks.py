@@ -192,4 +192,4 @@ def test_scale_cost_model_fits_power_laws_and_names_what_it_fitted(tmp_path):
     p = tmp_path / "one.json"
     p.write_text(json.dumps({"rows": rows[:1]}))
     with pytest.raises(SystemExit, match="two sizes"):
-        main([str(p)])
+        main([str(p), "--out", str(tmp_path / "m.json")])

