@@ -104,6 +104,13 @@ SECTIONS += [
      "filtered read (`points_at`), and V+1 is adopted only once its engines and query banks "
      "are built. `p99_vs_idle`: the during-update p99 over the idle p99 at the same 10 "
      "clients of the same run (target <= 2)."),
+    ("service_tuned.json", "9d. Where a service search's time goes, tuned default",
+     "`python -m benchmarks.service --items 100000 --clients 1,8 --engines qdrant-edge "
+     "--recipe tuned --item-modality image --no-update` (10^5 synthetic 1,280-d photos, "
+     "text queries through MiniLM, a new text every request so no answer comes from a cache; "
+     "QB-Norm folded, one exact stage). `server_p50_ms` and the stage columns are the p50s of "
+     "the service's own Server-Timing header (encode: MiniLM; project: the query against "
+     "30,000 anchors; search: the database); the rest of `p50_ms` is HTTP and the client."),
     ("topk_gpu.json", "10. Top-k engine on a GPU vs torch",
      "`bash benchmarks/gpu_check.sh` on a lent GPU (`python -m benchmarks.topk --device cuda`: "
      "k=800; inputs and outputs are device tensors; `asif`: the fused fp16 selection with fp32 "

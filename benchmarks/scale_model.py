@@ -90,7 +90,9 @@ def main(argv=None) -> str:
     if not out:
         raise SystemExit("no (engine, recipe, direction) was measured at two sizes in "
                          f"{', '.join(a.runs)}; run benchmarks.scale at another --items")
-    md = table(out, list(out[0]))
+    cols = ["engine", "recipe", "direction", "quantity", "unit", "fitted_on", "exponent",
+            *(_col(n) for n in SIZES)]
+    md = table(out, cols)
     print(md)
     write_json({"machine": machine(), "config": {"runs": a.runs}, "rows": out, "markdown": md},
                a.out)

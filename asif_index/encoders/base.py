@@ -91,8 +91,8 @@ class Encoder(ABC):
     def encode_query(self, item: Any) -> np.ndarray:
         """One search query (a text, an image) -> float32 [1, dim], remembered in memory for
         the last :data:`QUERY_MEMORY` distinct queries (a repeated query, a next page) and
-        never written to the on-disk cache: a query seldom comes back, and a write per query
-        (SQLite commit) cost more than encoding it."""
+        never written to the on-disk cache: a query seldom comes back, and writing each one
+        would grow the cache file and put a SQLite commit on every search's path."""
         import threading
         from collections import OrderedDict
 
