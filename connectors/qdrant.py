@@ -159,8 +159,8 @@ class QdrantStore(VectorStore):
         }, **spread)
         raw = (m.Datatype.FLOAT16 if manifest.extra.get(RAW_DTYPE_KEY) == "float16"
                else None)
-        # filtered searches through the inverted index at every segment size (see
-        # connectors/qdrant_edge.py SPARSE_FULL_SCAN: every search carries the version filter)
+        # filtered searches through the inverted index at every segment size (every search
+        # carries the version filter; see qdrant_layout.SPARSE_FULL_SCAN)
         sparse = m.SparseVectorParams(index=m.SparseIndexParams(
             full_scan_threshold=SPARSE_FULL_SCAN))
         self._call("create", self.client.create_collection, self.items, vectors_config={

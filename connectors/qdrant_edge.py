@@ -39,8 +39,8 @@ from connectors.base import (
     two_stage_keep,
 )
 from connectors.qdrant_layout import (
-    SPARSE_FULL_SCAN,
     BOOL_TWIN,
+    SPARSE_FULL_SCAN,
     item_payload,
     item_record,
     payload_key,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from abc import ABC, abstractmethod
@@ -20,6 +22,7 @@ if TYPE_CHECKING:  # torch loads with the first encoder, not with the interface:
 
 Modality = Literal["image", "text"]
 QUERY_MEMORY = 1024  # distinct recent queries each encoder keeps in memory (encode_query)
+_RECENT_INIT = threading.Lock()
 
 
 @dataclass
@@ -93,13 +96,12 @@ class Encoder(ABC):
         the last :data:`QUERY_MEMORY` distinct queries (a repeated query, a next page) and
         never written to the on-disk cache: a query seldom comes back, and writing each one
         would grow the cache file and put a SQLite commit on every search's path."""
-        import threading
-        from collections import OrderedDict
-
         key = self._key(item)
-        if not hasattr(self, "_recent"):
-            self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
-            self._recent_lock = threading.Lock()
+        if not hasattr(self, "_recent"):  # made on first use: subclasses need not call up
+            with _RECENT_INIT:
+                if not hasattr(self, "_recent"):
+                    self._recent_lock = threading.Lock()
+                    self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
         if key is not None:
             with self._recent_lock:
                 hit = self._recent.get(key)
