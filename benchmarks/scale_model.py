@@ -85,7 +85,13 @@ def main(argv=None) -> str:
     ap.add_argument("runs", nargs="+", help="benchmarks.scale JSON results")
     ap.add_argument("--out", default="runs/bench/scale_model.json")
     a = ap.parse_args(argv)
-    rows = [r for p in a.runs for r in json.loads(Path(p).read_text())["rows"]]
+    rows = []
+    for p in a.runs:
+        try:
+            rows += json.loads(Path(p).read_text())["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"{p}: not a benchmarks.scale result ({type(exc).__name__}: "
+                             f"{exc}); give the JSON files its --out wrote") from None
     out = model(rows)
     if not out:
         raise SystemExit("no (engine, recipe, direction) was measured at two sizes in "

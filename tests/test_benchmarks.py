@@ -193,3 +193,7 @@ def test_scale_cost_model_fits_power_laws_and_names_what_it_fitted(tmp_path):
     p.write_text(json.dumps({"rows": rows[:1]}))
     with pytest.raises(SystemExit, match="two sizes"):
         main([str(p), "--out", str(tmp_path / "m.json")])
+    (tmp_path / "norows.json").write_text(json.dumps({"markdown": ""}))
+    for bad in (tmp_path / "absent.json", tmp_path / "norows.json"):
+        with pytest.raises(SystemExit, match=f"{bad.name}: not a benchmarks.scale result"):
+            main([str(bad), "--out", str(tmp_path / "m2.json")])
