@@ -36,6 +36,8 @@ QUERIES = ["a dog running on the grass", "two people walking on a beach", "a red
            "a boat on a lake"]
 KEY = "bench-read-key"
 PHASE_QUERIES = 10_000  # texts each phase may use before the next phase's
+WARM_START = 11 * PHASE_QUERIES  # the warm-up's texts: the last phase's worth before they
+# repeat, so up to 11 measured phases (idle ones and update windows) never meet them
 PLACES = ["in the morning", "at dusk", "in the rain", "near a river", "in a park", "indoors",
           "on a hill", "by the sea", "in winter", "under trees", "at a market", "in a garden"]
 
@@ -187,7 +189,7 @@ def run_engine(engine: str, a, root: Path) -> list[dict]:
     with serving(app, log_level="error") as base:
         # warm (encoder, engine) on texts no measured phase sends: each phase starts at
         # its own offset, so no answer comes from the embedding cache
-        load(base, 1, 2.0, start=9 * PHASE_QUERIES)
+        load(base, 1, 2.0, start=WARM_START)
         for j, c in enumerate(a.clients):
             r = load(base, c, a.seconds, start=j * PHASE_QUERIES)
             rows.append({"engine": engine, "recipe": a.recipe, "items": a.items, "phase": "idle",
